@@ -1,0 +1,29 @@
+"""Command line: ``python -m mdl_utils COMMAND ...``.
+
+Commands:
+    dl      description length of a latent matrix (see ``mdl_utils.dl``)
+    sweep   train a grid of SAEs, resumably (see ``mdl_utils.sweep``)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in _COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in {"-h", "--help"} else sys.stdout)
+        if argv and argv[0] not in {"-h", "--help"}:
+            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    module = importlib.import_module(_COMMANDS[argv[0]])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
