@@ -1,0 +1,81 @@
+# MDL-SAE: two commands, `make book` and `make test` (see README.md).
+#
+#   make book [PROFILE=quick|full]   set up .venv, execute every chapter once, build the HTML book
+#   make test                        the same set-up and execution (quick profile), then pytest,
+#                                    nbval over the executed chapters, and a strict book build
+#
+# Chapters are Jupytext sources in notebooks/. Each is converted, executed once by papermill
+# with `profile` injected, and written to book/chapters/, which the book renders (Jupyter Book
+# never re-executes). An executed chapter is rebuilt whenever its source, the mdl_utils package,
+# the installed dependencies or the profile change, so stored outputs cannot go stale.
+
+PROFILE ?= quick
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# The venv's tools (and its Jupyter kernel) come first.
+export PATH := $(BIN):$(PATH)
+
+SOURCES := $(sort $(wildcard notebooks/*.py))
+EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(SOURCES))
+PACKAGE := $(sort $(wildcard mdl_utils/*.py))
+PROFILE_STAMP := _build/profile
+
+.PHONY: all book test chapters unit nbval html setup lock clean FORCE
+.DELETE_ON_ERROR:
+
+all: book
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+# Regenerate the lock file from the current .venv (after changing pins in pyproject.toml).
+lock: $(INSTALLED)
+	@{ echo "# Exact versions of every package the project installs (pip freeze of a working .venv, Python 3.11)."; \
+	   echo "# Regenerate with: make lock"; \
+	   $(VENV)/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+
+# Rewritten only when the profile differs from the last run's, so changing it re-executes.
+$(PROFILE_STAMP): FORCE
+	@mkdir -p $(@D)
+	@echo "$(PROFILE)" | cmp -s - $@ || echo "$(PROFILE)" > $@
+
+book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) $(INSTALLED) $(PROFILE_STAMP) Makefile
+	@mkdir -p book/chapters _build/prepared
+	jupytext --quiet --to ipynb --output _build/prepared/$*.ipynb $<
+	papermill --cwd book/chapters --kernel python3 --no-progress-bar \
+	    -p profile "$$(cat $(PROFILE_STAMP))" _build/prepared/$*.ipynb _build/prepared/$*.executed.ipynb
+	mv _build/prepared/$*.executed.ipynb $@
+
+chapters: $(EXECUTED)
+
+html: chapters
+	jupyter-book build . --quiet -W -n --keep-going
+
+book: html
+	@echo "The book is in _build/html/index.html"
+
+unit: $(INSTALLED)
+	python -m pytest tests
+
+# nbval re-runs each executed chapter and compares the cells marked NBVAL_CHECK_OUTPUT with
+# the outputs papermill stored; expensive steps are cached on disk by mdl_utils, so the second
+# run reuses the first run's trained models and checks that everything else reproduces.
+nbval: chapters
+	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(EXECUTED)
+
+test: PROFILE := quick
+test: unit nbval html
+
+clean:
+	rm -rf _build book/chapters

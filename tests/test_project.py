@@ -1,0 +1,108 @@
+"""Tests of the project's layout: pins agree, the book lists every chapter, and executed
+chapters are in step with their Jupytext sources."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+from mdl_utils.profiles import PROFILES, choose
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = [
+    "01_background",
+    "02_two_part_code",
+    "03_mnist_mdl_sweep",
+    "04_feature_splitting",
+    "05_hierarchical_codes",
+]
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_every_direct_dependency_is_pinned_exactly_and_matches_the_lock():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    lock = _lock()
+    for requirement in requirements:
+        name, sep, version = requirement.partition("==")
+        assert sep, f"{requirement} is not an exact pin"
+        assert lock.get(name.lower()) == version, f"{requirement} disagrees with requirements.lock"
+    assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"
+    assert lock["jupyter-book"] == "1.0.4.post1"
+
+
+def test_conda_environment_installs_python_311_and_the_lock():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-r requirements.lock" in pip_section
+
+
+def test_toc_lists_the_chapters_in_order_and_nothing_is_orphaned():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [entry["file"] for entry in toc["chapters"]]
+    chapters = [f.removeprefix("book/chapters/") for f in files if f.startswith("book/chapters/")]
+    assert chapters[: len(CHAPTERS)] == CHAPTERS
+    sources = sorted(p.stem for p in (REPO / "notebooks").glob("*.py"))
+    assert sorted(chapters) == sources, "every notebook source must be a chapter, and vice versa"
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_chapter_has_a_parameters_cell_with_profile(stem):
+    notebook = jupytext.read(REPO / "notebooks" / f"{stem}.py")
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{stem} needs exactly one cell tagged 'parameters'"
+    assert re.search(r'^profile\s*=\s*"quick"', tagged[0].source, flags=re.M)
+    assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
+
+
+def _code_sources(notebook) -> list[str]:
+    return [
+        c.source.strip()
+        for c in notebook.cells
+        if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+    ]
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_executed_chapter_matches_its_source(stem):
+    executed_path = REPO / "book" / "chapters" / f"{stem}.ipynb"
+    if not executed_path.exists():
+        pytest.skip("chapter not executed yet (make chapters)")
+    source = jupytext.read(REPO / "notebooks" / f"{stem}.py")
+    executed = nbformat.read(executed_path, as_version=4)
+    assert _code_sources(executed) == _code_sources(source), (
+        f"book/chapters/{stem}.ipynb is stale: re-run `make chapters`"
+    )
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and re.search(r"profile = \"(quick|full)\"", injected[0].source)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    assert "make test" in (REPO / "README.md").read_text()
+
+
+def test_unknown_profile_is_a_clear_error():
+    assert choose("quick", quick=1, full=2) == 1 and choose("full", quick=1, full=2) == 2
+    assert PROFILES == ("quick", "full")
+    with pytest.raises(ValueError, match="unknown profile 'huge'.*quick, full"):
+        choose("huge", quick=1, full=2)
