@@ -75,7 +75,7 @@ nbval: chapters
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(EXECUTED)
 
 test: PROFILE := quick
-test: unit nbval html
+test: chapters unit nbval html
 
 clean:
 	rm -rf _build book/chapters
