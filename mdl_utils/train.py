@@ -1,0 +1,562 @@
+"""Training BatchTopK SAEs the way the field does (Bussmann et al. 2024; the recipe of
+saprmarks/dictionary_learning), sized for MNIST on a CPU.
+
+The recipe: Adam with a linear learning-rate warm-up; the decoder rows kept at unit norm (the
+gradient's component along each row is removed before the step, and the rows are renormalised
+after it); an auxiliary loss (AuxK, Gao et al. 2024) in which the *dead* features reconstruct
+the main reconstruction's residual, which revives them; the inference threshold learned as a
+running average of the smallest activation the batch top-k kept. Language-model trainers call
+a feature dead after 10 million tokens without firing; here "dead" is relative to the data:
+no firing in the last ``dead_after_samples`` training samples (default: one epoch).
+
+Early stopping uses the validation split's MSE (a split carved from the training data, never
+the test set) measured the way the SAE is used afterwards: inference mode, with the learned
+threshold. The weights of the best validation epoch are returned.
+
+Speed: a training step has one dense matrix multiplication, the encoder's. Everything after
+the batch top-k is sparse (``round(k * B)`` kept entries out of ``B * width``): the decoder,
+its gradient, and the encoder's gradient are CSR products, and the gradients are written by
+hand (checked against autograd in ``tests/test_train.py``), which also avoids the full
+``(B, width) @ (width, d_in)`` product autograd would spend on the decoder bias's gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mdl_utils.sae import BatchTopKSAE, _csr, batch_topk, check_sae_shape, sparse_decode
+
+__all__ = [
+    "TrainConfig",
+    "EpochStats",
+    "TrainHistory",
+    "SAEMetrics",
+    "StepStats",
+    "train_sae",
+    "evaluate_sae",
+    "compute_grads",
+    "project_decoder_grad_",
+    "geometric_median",
+    "resolve_device",
+    "as_tensor",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained SAE (with the data). All fields are JSON scalars.
+
+    Attributes:
+        width: number of features F.
+        k: mean active features per sample in training (fractional allowed; >= 1, <= width).
+        seed: seeds the initialisation and the batch order.
+        batch_size: samples per step B.
+        max_epochs: hard limit on passes over the training split.
+        patience: stop after this many epochs without a validation-MSE improvement.
+        min_rel_improvement: an epoch improves when its validation MSE is below
+            ``best * (1 - min_rel_improvement)``.
+        lr: Adam learning rate; ``None`` uses dictionary_learning's rule
+            ``2e-4 / sqrt(width / 2**14)``.
+        warmup_steps: linear learning-rate warm-up from ``lr / warmup_steps`` to ``lr``.
+        beta1, beta2: Adam's moment decay rates.
+        aux_k: how many dead features (per sample) reconstruct the residual in AuxK;
+            ``None`` means ``d_in // 2`` (Gao et al. 2024).
+        aux_alpha: weight of the normalised AuxK loss (1/32 in Gao et al.); 0 disables it.
+        dead_after_samples: a feature is dead once it has not been kept for this many
+            training samples; ``None`` means the size of the training split (one epoch).
+        threshold_beta: decay of the running average that learns the inference threshold.
+        b_dec_init: ``"geometric_median"``, ``"mean"`` or ``"zeros"``: the decoder bias's start.
+        bf16_encoder: run the encoder's matrix multiplication under bf16 autocast.
+        eval_batch_size: samples per chunk when evaluating.
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ...
+        progress: show a progress bar (does not affect the result).
+    """
+
+    width: int
+    k: float
+    seed: int = 0
+    batch_size: int = 1024
+    max_epochs: int = 100
+    patience: int = 10
+    min_rel_improvement: float = 1e-4
+    lr: float | None = None
+    warmup_steps: int = 100
+    beta1: float = 0.9
+    beta2: float = 0.999
+    aux_k: int | None = None
+    aux_alpha: float = 1.0 / 32.0
+    dead_after_samples: int | None = None
+    threshold_beta: float = 0.99
+    b_dec_init: str = "geometric_median"
+    bf16_encoder: bool = False
+    eval_batch_size: int = 8192
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
+        check_sae_shape(1, self.width, self.k)
+        object.__setattr__(self, "k", float(self.k))  # 8 and 8.0 must give the same cache key
+        positive_ints = ("batch_size", "max_epochs", "patience", "eval_batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        for name in ("beta1", "beta2", "threshold_beta"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.aux_alpha < 0:
+            raise ValueError(f"aux_alpha must be >= 0, got {self.aux_alpha!r}")
+        if self.aux_k is not None and (not isinstance(self.aux_k, int) or self.aux_k < 1):
+            raise ValueError(f"aux_k must be an integer >= 1 or None, got {self.aux_k!r}")
+        if self.dead_after_samples is not None and (
+            not isinstance(self.dead_after_samples, int) or self.dead_after_samples < 1
+        ):
+            raise ValueError(f"dead_after_samples must be an integer >= 1 or None, got {self.dead_after_samples!r}")
+        if self.b_dec_init not in {"geometric_median", "mean", "zeros"}:
+            raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {self.b_dec_init!r}")
+        if not 0 <= self.min_rel_improvement < 1:
+            raise ValueError(f"min_rel_improvement must lie in [0, 1), got {self.min_rel_improvement!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate used: ``lr``, or ``2e-4 / sqrt(width / 2**14)`` when unset."""
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.width / 2**14)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training. MSE is per input element (per pixel for MNIST)."""
+
+    epoch: int
+    train_mse: float  # mean over the epoch's steps, training mode (batch top-k)
+    val_mse: float  # inference mode (threshold)
+    val_l0: float  # mean active features per validation sample, inference mode
+    dead_fraction: float  # features not kept in the last dead_after_samples training samples
+    threshold: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch statistics and why training stopped."""
+
+    epochs: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based epoch whose weights were returned
+    stop_reason: str = ""  # "early_stopping" or "max_epochs"
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SAEMetrics:
+    """An SAE evaluated in inference mode on one split."""
+
+    mse: float  # mean squared error per input element
+    l0: float  # mean number of active features per sample
+    dead_fraction: float  # fraction of features never active on the split
+    n_samples: int
+
+
+@dataclass
+class StepStats:
+    """What one training step measured (training mode)."""
+
+    loss: float  # the objective: per-sample squared error summed over inputs + aux term
+    mse: float  # per input element
+    aux_loss: float  # normalised AuxK loss (before the aux_alpha weight)
+    n_active: int  # non-zero activations in the batch
+    min_active: float  # smallest positive kept activation (the threshold's target); nan if none
+    kth_value: float  # smallest kept activation (a bound for the next batch's selection)
+    fired_F: Tensor  # bool, features with a positive kept activation
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def as_tensor(x: Any, name: str, device: torch.device | str = "cpu") -> Tensor:
+    """A float32 (N, D) tensor from an array, with clear errors for empty, NaN or non-2-D data."""
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if not arr.flags.writeable:  # e.g. load_mnist's read-only arrays; torch wants writable ones
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (samples, dimension) array, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has dimension 0")
+    t = t.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t.contiguous()
+
+
+def geometric_median(x_ND: Tensor, max_iter: int = 100, tol: float = 1e-6) -> Tensor:
+    """The geometric median of the rows of ``x_ND`` (Weiszfeld's algorithm), shape (D,).
+
+    The point minimising the summed Euclidean distance to the samples; the decoder bias's
+    usual start (robust to outliers, unlike the mean).
+    """
+    x = x_ND.double()
+    median = x.mean(0)
+    for _ in range(max_iter):
+        dist = (x - median).norm(dim=1).clamp_min(1e-12)
+        weights = 1.0 / dist
+        new = (weights[:, None] * x).sum(0) / weights.sum()
+        shift = (new - median).norm()
+        median = new
+        if shift <= tol * (median.norm() + 1e-12):
+            break
+    return median.to(x_ND.dtype)
+
+
+def compute_grads(
+    sae: BatchTopKSAE,
+    x_BD: Tensor,
+    k: float,
+    *,
+    dead_F: Tensor | None = None,
+    aux_k: int = 1,
+    aux_alpha: float = 0.0,
+    lower_bound: float = 0.0,
+    bf16_encoder: bool = False,
+) -> StepStats:
+    """One training step's loss and gradients, written into the parameters' ``.grad``.
+
+    The objective (dictionary_learning's BatchTopK trainer): the per-sample squared error
+    ``||x - x_hat||^2`` averaged over the batch, with ``x_hat`` from the batch top-k
+    activations, plus ``aux_alpha`` times the normalised AuxK loss when ``dead_F`` marks dead
+    features: the per-sample top ``aux_k`` dead pre-activations reconstruct the residual
+    ``x - x_hat`` (no decoder bias), divided by the residual's variance.
+
+    Gradients are computed by hand from the sparse selection (the formulas are checked against
+    autograd in the tests). The decoder-norm projection is *not* applied here; see
+    :func:`project_decoder_grad_`.
+    """
+    n_batch, d_in = x_BD.shape
+    W_enc, W_dec, b_dec = sae.W_enc_FD.detach(), sae.W_dec_FD.detach(), sae.b_dec_D.detach()
+    width = W_enc.shape[0]
+    bias_F = sae.b_enc_F.detach() - W_enc @ b_dec
+    if bf16_encoder:
+        with torch.autocast(device_type=x_BD.device.type, dtype=torch.bfloat16):
+            pre_BF = torch.addmm(bias_F, x_BD, W_enc.T)
+        pre_BF = torch.relu_(pre_BF.float())
+    else:
+        pre_BF = torch.relu_(torch.addmm(bias_F, x_BD, W_enc.T))
+
+    rows, cols, vals = batch_topk(pre_BF, k, lower_bound=lower_bound)
+    x_hat_BD = sparse_decode(rows, cols, vals, W_dec, n_batch) + b_dec
+    err_BD = x_hat_BD - x_BD
+    sq_err = float(err_BD.pow(2).sum(dtype=torch.float64))
+    recon_loss = sq_err / n_batch
+    g_BD = err_BD * (2.0 / n_batch)
+
+    # Sort the kept entries by feature once: the transposed CSR gives the per-feature sums.
+    g_W_enc, g_b_enc, g_W_dec, g_b_dec = _sparse_backward(rows, cols, vals, g_BD, x_BD, W_dec, width)
+    g_b_dec += g_BD.sum(0)
+
+    aux_loss = 0.0
+    if dead_F is not None and aux_alpha > 0:
+        dead_idx = torch.nonzero(dead_F).squeeze(1)
+        if dead_idx.numel() > 0:
+            resid_BD = -err_BD
+            var = float((resid_BD - resid_BD.mean(0)).pow(2).sum(dtype=torch.float64)) / n_batch
+            if var > 0:
+                n_aux = min(aux_k, dead_idx.numel())
+                aux_vals_BA, aux_pos_BA = torch.topk(pre_BF[:, dead_idx], n_aux, dim=1, sorted=False)
+                aux_cols_BA = dead_idx[aux_pos_BA]
+                aux_cols_BA, order = torch.sort(aux_cols_BA, dim=1)
+                aux_vals_BA = torch.gather(aux_vals_BA, 1, order)
+                aux_rows = torch.arange(n_batch, device=x_BD.device).repeat_interleave(n_aux)
+                aux_cols, aux_vals = aux_cols_BA.reshape(-1), aux_vals_BA.reshape(-1)
+                e_hat_BD = sparse_decode(aux_rows, aux_cols, aux_vals, W_dec, n_batch)
+                aux_err_BD = e_hat_BD - resid_BD
+                aux_loss = float(aux_err_BD.pow(2).sum(dtype=torch.float64)) / n_batch / var
+                g_aux_BD = aux_err_BD * (2.0 * aux_alpha / (n_batch * var))
+                a_W_enc, a_b_enc, a_W_dec, a_b_dec = _sparse_backward(
+                    aux_rows, aux_cols, aux_vals, g_aux_BD, x_BD, W_dec, width
+                )
+                g_W_enc += a_W_enc
+                g_b_enc += a_b_enc
+                g_W_dec += a_W_dec
+                g_b_dec += a_b_dec
+
+    # The encoder saw (x - b_dec): fold b_dec's share of the encoder gradient in.
+    g_W_enc -= torch.outer(g_b_enc, b_dec)
+    g_b_dec -= g_b_enc @ W_enc
+    sae.W_enc_FD.grad = g_W_enc
+    sae.b_enc_F.grad = g_b_enc
+    sae.W_dec_FD.grad = g_W_dec
+    sae.b_dec_D.grad = g_b_dec
+
+    positive = vals > 0
+    fired_F = torch.zeros(width, dtype=torch.bool, device=x_BD.device)
+    fired_F[cols[positive]] = True
+    n_active = int(positive.sum())
+    return StepStats(
+        loss=recon_loss + aux_alpha * aux_loss,
+        mse=sq_err / (n_batch * d_in),
+        aux_loss=aux_loss,
+        n_active=n_active,
+        min_active=float(vals[positive].min()) if n_active else math.nan,
+        kth_value=float(vals.min()) if vals.numel() else 0.0,
+        fired_F=fired_F,
+    )
+
+
+def _sparse_backward(
+    rows: Tensor, cols: Tensor, vals: Tensor, g_BD: Tensor, x_BD: Tensor, W_dec_FD: Tensor, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``<g, A @ W_dec>`` for the sparse activations ``A`` (entries rows/cols/vals)
+    with ``A = relu(x @ W_enc.T + c)`` on the kept entries.
+
+    Returns ``(dW_enc_FD, dc_F, dW_dec_FD, zeros_D)``; ``dW_enc`` excludes the ``-b_dec`` term,
+    which the caller adds once for all losses.
+    """
+    n_batch = g_BD.shape[0]
+    if rows.numel() == 0:
+        zeros = torch.zeros_like(W_dec_FD)
+        return zeros, W_dec_FD.new_zeros(width), zeros.clone(), W_dec_FD.new_zeros(W_dec_FD.shape[1])
+    pattern = _csr(rows, cols, torch.zeros_like(vals), (n_batch, width))
+    # dL/dA at the kept entries: <g_b, W_dec_f>, a sampled dense-dense product.
+    g_vals = torch.sparse.sampled_addmm(pattern, g_BD, W_dec_FD.T).values()
+    g_vals = g_vals * (vals > 0)  # relu passes gradient only where the activation is positive
+    order = torch.argsort(cols, stable=True)
+    cols_sorted, rows_by_col = cols[order], rows[order]
+    dW_dec = _csr(cols_sorted, rows_by_col, vals[order], (width, n_batch)) @ g_BD
+    dW_enc = _csr(cols_sorted, rows_by_col, g_vals[order], (width, n_batch)) @ x_BD
+    dc = torch.zeros(width, dtype=g_vals.dtype, device=g_vals.device).index_add_(0, cols_sorted, g_vals[order])
+    return dW_enc, dc, dW_dec, W_dec_FD.new_zeros(W_dec_FD.shape[1])
+
+
+@torch.no_grad()
+def project_decoder_grad_(sae: BatchTopKSAE) -> None:
+    """Remove from each decoder row's gradient its component along that (unit-norm) row.
+
+    With unit-norm rows this is the tangent direction of the sphere, so the step changes the
+    feature's direction, not its norm (renormalisation then fixes the second-order drift).
+    """
+    W, G = sae.W_dec_FD, sae.W_dec_FD.grad
+    assert G is not None
+    G -= (G * W).sum(dim=1, keepdim=True) * W
+
+
+@torch.no_grad()
+def evaluate_sae(sae: BatchTopKSAE, x: Any, *, batch_size: int = 8192, name: str = "x") -> SAEMetrics:
+    """MSE per element, mean L0 and dead fraction of ``sae`` on ``x`` in inference mode."""
+    device = sae.W_dec_FD.device
+    x_ND = x if isinstance(x, Tensor) and x.device == device and x.dtype == torch.float32 else as_tensor(x, name, device)
+    sae.check_input(x_ND, name)
+    n, d_in = x_ND.shape
+    sq_err = 0.0
+    n_active = 0
+    fired_F = torch.zeros(sae.width, dtype=torch.bool, device=device)
+    for start in range(0, n, batch_size):
+        chunk = x_ND[start : start + batch_size]
+        pre_BF = sae.pre_activations(chunk)
+        if sae.has_threshold:
+            rows, cols = torch.nonzero(pre_BF > sae.threshold, as_tuple=True)
+            vals = pre_BF[rows, cols]
+        else:
+            rows, cols, vals = batch_topk(pre_BF, sae.k)
+            keep = vals > 0
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        x_hat = sparse_decode(rows, cols, vals, sae.W_dec_FD, chunk.shape[0]) + sae.b_dec_D
+        sq_err += float((x_hat - chunk).pow(2).sum(dtype=torch.float64))
+        n_active += int(rows.numel())
+        fired_F[cols] = True
+    return SAEMetrics(
+        mse=sq_err / (n * d_in),
+        l0=n_active / n,
+        dead_fraction=1.0 - float(fired_F.float().mean()),
+        n_samples=n,
+    )
+
+
+def train_sae(
+    config: TrainConfig,
+    train_x: Any,
+    val_x: Any,
+    *,
+    init: BatchTopKSAE | None = None,
+) -> tuple[BatchTopKSAE, TrainHistory]:
+    """Train a BatchTopK SAE on ``train_x``, early-stopping on ``val_x``'s MSE.
+
+    Args:
+        config: the training configuration (see :class:`TrainConfig`).
+        train_x: training samples, array-like (N, d_in); float32 on the chosen device.
+        val_x: validation samples (M, d_in), a split of the training data (not the test set).
+        init: start from a copy of this SAE instead of a fresh one (for constructed
+            experiments; its shape must match ``config``). The decoder bias is then kept.
+
+    Returns:
+        ``(sae, history)``: the SAE of the best validation epoch (on the CPU, in eval mode,
+        with ``sae.metadata`` holding the training summary) and the per-epoch history.
+
+    Raises:
+        ValueError: empty or non-finite data, dimensions that differ between the splits or
+            from ``init``, or ``k`` larger than the width.
+    """
+    start_time = time.perf_counter()
+    device = resolve_device(config.device)
+    x_train = as_tensor(train_x, "train_x", device)
+    x_val = as_tensor(val_x, "val_x", device)
+    n_train, d_in = x_train.shape
+    if x_val.shape[1] != d_in:
+        raise ValueError(f"val_x has dimension {x_val.shape[1]} but train_x has dimension {d_in}")
+    check_sae_shape(d_in, config.width, config.k)
+
+    if init is not None:
+        if (init.d_in, init.width) != (d_in, config.width):
+            raise ValueError(
+                f"init SAE has (d_in, width)=({init.d_in}, {init.width}), expected ({d_in}, {config.width})"
+            )
+        sae = copy.deepcopy(init).to(device)
+        sae.k = float(config.k)
+    else:
+        sae = BatchTopKSAE(d_in, config.width, config.k, seed=config.seed).to(device)
+        with torch.no_grad():
+            if config.b_dec_init == "geometric_median":
+                sae.b_dec_D.copy_(geometric_median(x_train))
+            elif config.b_dec_init == "mean":
+                sae.b_dec_D.copy_(x_train.mean(0))
+    sae.threshold.fill_(-1.0)
+    sae.train()
+
+    lr = config.learning_rate
+    params = [sae.W_enc_FD, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D]
+    fused = device.type in {"cpu", "cuda"}
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(config.beta1, config.beta2), fused=fused)
+    aux_k = config.aux_k if config.aux_k is not None else max(1, d_in // 2)
+    dead_after = config.dead_after_samples if config.dead_after_samples is not None else n_train
+    since_fired_F = torch.zeros(config.width, dtype=torch.long, device=device)
+    order_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+
+    history = TrainHistory(device=str(device))
+    best_val, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0
+    step, threshold, kth_prev = 0, -1.0, 0.0
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_epochs, desc=f"SAE width={config.width} k={config.k:g}", leave=False)
+    try:
+        for epoch in range(1, config.max_epochs + 1):
+            epoch_start = time.perf_counter()
+            perm = torch.randperm(n_train, generator=order_gen).to(device)
+            sq_sum, n_seen = 0.0, 0
+            for start in range(0, n_train, config.batch_size):
+                x_BD = x_train[perm[start : start + config.batch_size]]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else lr
+                dead_F = since_fired_F >= dead_after
+                stats = compute_grads(
+                    sae,
+                    x_BD,
+                    config.k,
+                    dead_F=dead_F if config.aux_alpha > 0 else None,
+                    aux_k=aux_k,
+                    aux_alpha=config.aux_alpha,
+                    lower_bound=0.5 * kth_prev,
+                    bf16_encoder=config.bf16_encoder,
+                )
+                project_decoder_grad_(sae)
+                optimizer.step()
+                sae.normalize_decoder_()
+                kth_prev = stats.kth_value
+                if not math.isnan(stats.min_active):
+                    b = config.threshold_beta
+                    threshold = stats.min_active if threshold < 0 else b * threshold + (1 - b) * stats.min_active
+                since_fired_F += x_BD.shape[0]
+                since_fired_F[stats.fired_F] = 0
+                sq_sum += stats.mse * x_BD.shape[0]
+                n_seen += x_BD.shape[0]
+                step += 1
+            sae.threshold.fill_(threshold)
+            sae.eval()
+            val = evaluate_sae(sae, x_val, batch_size=config.eval_batch_size)
+            sae.train()
+            record = EpochStats(
+                epoch=epoch,
+                train_mse=sq_sum / n_seen,
+                val_mse=val.mse,
+                val_l0=val.l0,
+                dead_fraction=float((since_fired_F >= dead_after).float().mean()),
+                threshold=threshold,
+                lr=optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - epoch_start,
+            )
+            history.epochs.append(record)
+            if val.mse < best_val * (1.0 - config.min_rel_improvement):
+                best_val, best_epoch, bad_epochs = val.mse, epoch, 0
+                best_state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    train_mse=f"{record.train_mse:.5f}",
+                    val_mse=f"{record.val_mse:.5f}",
+                    L0=f"{record.val_l0:.2f}",
+                    dead=f"{record.dead_fraction:.2f}",
+                )
+            if bad_epochs >= config.patience:
+                history.stop_reason = "early_stopping"
+                break
+        else:
+            history.stop_reason = "max_epochs"
+    finally:
+        if bar is not None:
+            bar.close()
+
+    assert best_state is not None
+    sae.load_state_dict(best_state)
+    sae.eval()
+    sae = sae.to("cpu")
+    history.best_epoch = best_epoch
+    history.seconds = time.perf_counter() - start_time
+    sae.metadata = {
+        "train_config": config.to_dict(),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history.epochs),
+        "stop_reason": history.stop_reason,
+        "best_val_mse": best_val,
+    }
+    return sae, history
