@@ -1,0 +1,902 @@
+"""Description length (DL) of SAE latents: the paper's central measurement.
+
+Implements section 3 and step 3-4 of section 4 of the paper brief (Ayonrinde, Pearce and
+Sharkey 2024, arXiv:2410.11179):
+
+1. :func:`quantize` turns latents ``z_ND`` (N samples x D features, non-negative) into integer
+   codes. Zero is its own symbol (code 0) and stays exactly zero; only non-zero values are
+   binned, either with an absolute bin width ``step`` (bins (0, s], (s, 2s], ...) or with
+   ``bits`` (2**bits equal bins over each feature's range (0, max_i], the paper's "B bits per
+   non-zero float"). :func:`dequantize` maps codes back to bin centres so the loss of the
+   quantised latents can be measured.
+2. :func:`feature_entropies` gives each feature's entropy H(p_i) in bits per sample, the value
+   0 included; :func:`description_length` sums them: DL(z) = sum_i H(p_i) bits per sample
+   (independent additivity, section 2: each feature is coded on its own).
+3. :func:`dl_upper_bound` (L0 * (B + log2 D)) and :func:`dense_dl` (B * d) are the paper's
+   distribution-free bound and dense baseline.
+4. :func:`effective_precision` finds the coarsest quantisation whose reconstruction MSE stays
+   within a tolerance.
+5. :func:`encode_latents` / :func:`decode_latents` (in :mod:`mdl_utils.coder`, re-exported
+   here) are a real entropy coder showing that DL is achievable, not just a formula.
+
+Inputs may be numpy arrays or torch tensors (dense), or scipy.sparse / torch sparse matrices.
+Only the non-zero entries are ever counted: a feature's count of zeros is N minus its count
+of non-zeros, which is what makes :func:`feature_entropies` fast on large sparse matrices.
+
+Command line: ``python -m mdl_utils dl LATENTS (--bits B | --step S) [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mdl_utils.coder import EncodedLatents, decode_latents, encode_latents
+
+__all__ = [
+    "DescriptionLength",
+    "EffectivePrecision",
+    "EncodedLatents",
+    "MAX_BITS",
+    "bin_widths",
+    "decode_latents",
+    "dense_dl",
+    "dequantize",
+    "description_length",
+    "dl_upper_bound",
+    "effective_precision",
+    "encode_latents",
+    "feature_entropies",
+    "load_latents",
+    "main",
+    "quantize",
+]
+
+#: Largest ``bits`` accepted: 2**52 bins already resolve a float64 to its last mantissa bit.
+MAX_BITS = 52
+#: Largest code accepted (step mode): codes above 2**53 are no longer exact in float64.
+_MAX_CODE = 2**53
+
+
+# --------------------------------------------------------------------------------------------
+# Input handling: every public function reduces its input to the non-zero entries.
+# --------------------------------------------------------------------------------------------
+
+
+class _NonZeros:
+    """The non-zero entries of an (N, D) matrix: their values, feature and sample indices.
+
+    For dense input the entries are found as flat indices and the (row, column) split is done
+    on first use, since entropies need only the columns.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        n_features: int,
+        values: np.ndarray,
+        *,
+        sparse: bool,
+        rows: np.ndarray | None = None,
+        cols: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        transposed: bool = False,
+    ) -> None:
+        self.n_samples = n_samples
+        self.n_features = n_features
+        self.values = values  # (nnz,), the input's dtype
+        self.sparse = sparse  # whether the input was a sparse matrix
+        self._rows, self._cols = rows, cols
+        self._flat = flat  # flat index into the C-ordered matrix (or its transpose)
+        self._transposed = transposed
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        if self._rows is not None:
+            return self._rows
+        assert self._flat is not None
+        return self._flat % self.n_samples if self._transposed else self._flat // self.n_features
+
+    @cached_property
+    def cols(self) -> np.ndarray:
+        if self._cols is not None:
+            return self._cols
+        assert self._flat is not None
+        return self._flat // self.n_samples if self._transposed else self._flat % self.n_features
+
+
+def _torch_tensor_type() -> type | None:
+    # Only look for torch if the caller already imported it: a torch tensor cannot exist otherwise.
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def _is_scipy_sparse(x: object) -> bool:
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(x)
+
+
+def _check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(
+            f"{what} must be a 2-D matrix (samples x features); got {len(shape)}-D with shape "
+            f"{tuple(shape)}"
+        )
+    n, d = int(shape[0]), int(shape[1])
+    if n == 0 or d == 0:
+        raise ValueError(f"{what} are empty: shape {(n, d)} (need at least 1 sample and 1 feature)")
+    return n, d
+
+
+def _check_dtype(dtype: np.dtype, what: str, *, integer: bool) -> None:
+    if integer and dtype.kind not in "biu":
+        raise ValueError(
+            f"{what} must be an integer array (use quantize() to turn latents into codes); "
+            f"got dtype {dtype}"
+        )
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be real numbers; got dtype {dtype}")
+
+
+def _check_nonzero_values(values: np.ndarray, what: str) -> None:
+    """Finiteness and sign of the non-zero entries (zeros are always valid).
+
+    NaN, inf and negative numbers all differ from 0, so checking the non-zeros checks the matrix.
+    """
+    if values.size == 0 or values.dtype.kind == "b":
+        return
+    lo, hi = values.min(), values.max()
+    if values.dtype.kind == "f":
+        if np.isnan(lo) or np.isnan(hi):
+            raise ValueError(f"{what} contain NaN")
+        if np.isinf(hi) and hi > 0:
+            raise ValueError(f"{what} contain infinite values (+inf)")
+        if np.isinf(lo):
+            raise ValueError(f"{what} contain infinite values (-inf)")
+    if lo < 0:
+        raise ValueError(f"{what} must be non-negative; the smallest value is {lo}")
+    if values.dtype.kind == "u" and int(hi) >= 2**63:
+        raise ValueError(f"{what} must be below 2**63; the largest is {hi}")
+
+
+_CHUNK_WORDS = 1 << 20  # 8 MiB per chunk: the comparison's output stays in cache
+
+
+def _flat_nonzero(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending indices and values of the non-zero entries of a contiguous 1-D array.
+
+    Memory bandwidth bound, so it reads the data once in 8-byte words: entries narrower than
+    8 bytes are screened a word at a time (a word with any bit set is a candidate), then the
+    candidate words are split back into entries and compared with 0 numerically (so -0.0
+    counts as zero). Chunks reuse one small mask buffer instead of allocating one of the
+    matrix's size.
+    """
+    group = 8 // flat.itemsize if flat.itemsize in (1, 2, 4) else 1
+    head = flat.size - flat.size % group
+    words = flat[:head].view(np.uint64) if group > 1 else flat
+    buffer = np.empty(min(_CHUNK_WORDS, words.size), dtype=bool)
+    found = []
+    for start in range(0, words.size, _CHUNK_WORDS):
+        block = words[start : start + _CHUNK_WORDS]
+        mask = buffer[: block.size]
+        np.not_equal(block, 0, out=mask)
+        found.append(np.flatnonzero(mask) + start)
+    index = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    if group == 1:
+        return index, flat[index]
+    entries = words[index].view(flat.dtype)  # the candidate words' entries, in memory order
+    index = (index[:, None] * group + np.arange(group)).ravel()
+    keep = entries != 0
+    tail = head + np.flatnonzero(flat[head:] != 0)
+    return np.concatenate([index[keep], tail]), np.concatenate([entries[keep], flat[tail]])
+
+
+def _nonzeros(x: Any, what: str, *, integer: bool = False) -> _NonZeros:
+    """Validate an (N, D) matrix and return its non-zero entries.
+
+    Accepts numpy arrays, torch tensors (dense or sparse) and scipy.sparse matrices.
+    ``integer`` demands integer codes instead of real-valued latents.
+    """
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(x, tensor_type):
+        if x.layout != _torch_strided():
+            n, d = _check_shape(tuple(x.shape), what)
+            coo = x.detach().cpu().to_sparse_coo().coalesce()  # sums duplicate entries
+            indices = coo.indices().numpy().astype(np.int64)
+            return _from_triplets(n, d, indices[0], indices[1], _torch_to_numpy(coo.values()), what, integer)
+        x = _torch_to_numpy(x.detach().cpu())
+    elif _is_scipy_sparse(x):
+        n, d = _check_shape(tuple(x.shape), what)
+        csr = x.tocsr()
+        if not csr.has_canonical_format:  # duplicates mean their sum, as in scipy
+            csr = csr.copy()
+            csr.sum_duplicates()
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
+        return _from_triplets(n, d, rows, csr.indices.astype(np.int64), np.asarray(csr.data), what, integer)
+    array = np.asarray(x)
+    n, d = _check_shape(array.shape, what)
+    _check_dtype(array.dtype, what, integer=integer)
+    transposed = not array.flags.c_contiguous and array.flags.f_contiguous
+    # Walk a Fortran-ordered matrix in memory order (as its transpose) instead of copying it.
+    memory = array.T if transposed else np.ascontiguousarray(array)
+    raveled = memory.reshape(-1)
+    flat, values = _flat_nonzero(raveled)
+    _check_nonzero_values(values, what)
+    return _NonZeros(n, d, values, sparse=False, flat=flat, transposed=transposed)
+
+
+def _from_triplets(
+    n: int, d: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, what: str, integer: bool
+) -> _NonZeros:
+    _check_dtype(values.dtype, what, integer=integer)
+    keep = values != 0  # sparse formats may store explicit zeros
+    values = values[keep]
+    _check_nonzero_values(values, what)
+    return _NonZeros(n, d, values, sparse=True, rows=rows[keep], cols=cols[keep])
+
+
+def _torch_strided() -> Any:
+    return sys.modules["torch"].strided
+
+
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    torch = sys.modules["torch"]
+    if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
+        t = t.to(torch.float32)
+    return t.numpy()
+
+
+def _smallest_int_dtype(max_code: int) -> type[np.signedinteger]:
+    return np.int32 if max_code < 2**31 else np.int64
+
+
+def _scatter(nz: _NonZeros, values: np.ndarray, dtype: Any) -> Any:
+    """A matrix of ``nz``'s shape holding ``values`` at ``nz``'s entries (zeros elsewhere).
+
+    Sparse in, scipy.sparse CSR out; dense in, dense numpy out.
+    """
+    if nz.sparse:
+        from scipy import sparse
+
+        return sparse.csr_array(
+            (values.astype(dtype, copy=False), (nz.rows, nz.cols)),
+            shape=(nz.n_samples, nz.n_features),
+        )
+    out = np.zeros((nz.n_samples, nz.n_features), dtype=dtype)
+    out[nz.rows, nz.cols] = values
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Quantisation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_precision(bits: int | None, step: float | None) -> None:
+    if (bits is None) == (step is None):
+        raise ValueError(
+            "give exactly one of bits (2**bits bins over each feature's range) or step "
+            f"(an absolute bin width); got bits={bits!r}, step={step!r}"
+        )
+    if bits is not None:
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+            raise ValueError(f"bits must be an integer; got {bits!r}")
+        if not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be between 1 and {MAX_BITS}; got {bits}")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)):
+            raise ValueError(f"step must be a number; got {step!r}")
+        if not math.isfinite(step) or step <= 0:
+            raise ValueError(f"step (the bin width) must be finite and > 0; got {step}")
+
+
+def _widths_from_nonzeros(nz: _NonZeros, bits: int | None, step: float | None) -> np.ndarray:
+    _check_precision(bits, step)
+    if step is not None:
+        widths = np.full(nz.n_features, float(step))
+        if nz.values.size:
+            top = float(nz.values.max()) / float(step)
+            if top > _MAX_CODE:
+                raise ValueError(
+                    f"step={step} is too small: the largest latent ({float(nz.values.max())}) "
+                    f"would get code {top:.3g} > 2**53, beyond exact float64 integers"
+                )
+        return widths
+    feature_max = np.zeros(nz.n_features)
+    np.maximum.at(feature_max, nz.cols, nz.values.astype(np.float64, copy=False))
+    widths = np.ldexp(feature_max, -int(bits))  # exact: a power-of-two scaling
+    if np.any((widths == 0) & (feature_max > 0)):
+        raise ValueError(f"bits={bits}: a feature's range is so small that its bin width underflows")
+    return widths
+
+
+def _codes_of_nonzeros(nz: _NonZeros, widths: np.ndarray, bits: int | None) -> np.ndarray:
+    """Codes (int64, >= 1) of the non-zero entries: bin k covers ((k-1)w, kw]."""
+    if nz.values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    codes = np.ceil(nz.values.astype(np.float64, copy=False) / widths[nz.cols])
+    # A positive value never becomes code 0, and the feature maximum lands in the top bin.
+    upper = float(2**bits) if bits is not None else None
+    np.clip(codes, 1.0, upper, out=codes)
+    return codes.astype(np.int64)
+
+
+def bin_widths(z: Any, *, bits: int | None = None, step: float | None = None) -> np.ndarray:
+    """Each feature's bin width, in activation units, for :func:`quantize` with these settings.
+
+    Args:
+        z: latents, (N samples, D features), non-negative.
+        bits: 2**bits bins over (0, max_i]: width max_i / 2**bits (0 for a feature never active).
+        step: the same absolute width for every feature.
+
+    Returns:
+        float64 array of shape (D,). Pass it to :func:`dequantize`.
+    """
+    return _widths_from_nonzeros(_nonzeros(z, "latents"), bits, step)
+
+
+def quantize(z: Any, *, bits: int | None = None, step: float | None = None) -> Any:
+    """Quantise SAE latents to integer codes (section 3 of the paper: effective precision).
+
+    Zero is its own symbol: code 0 means exactly 0, and only non-zero values are binned.
+    Non-zero value v of feature i gets code k >= 1 with v in ((k-1)*w_i, k*w_i], where the
+    bin width w_i is
+
+    - ``step`` (activation units) for every feature, when ``step`` is given; or
+    - max_i / 2**bits, when ``bits`` is given: 2**bits equal bins spanning (0, max_i], so codes
+      run 1..2**bits and the feature's maximum lands in the top bin ("B bits per non-zero float").
+
+    Args:
+        z: latents of shape (N samples, D features), non-negative and finite; numpy array,
+            torch tensor, or a scipy.sparse / torch sparse matrix.
+        bits: bits per non-zero value (1..52). Exactly one of ``bits`` and ``step``.
+        step: absolute bin width (> 0).
+
+    Returns:
+        The codes: a dense numpy array (int32, or int64 when codes need it) for dense input, a
+        scipy.sparse CSR array for sparse input. Use :func:`bin_widths` for the widths.
+
+    Raises:
+        ValueError: bad latents (NaN, inf, negative, not 2-D, empty) or bad precision
+            (both or neither of bits/step, bits < 1, step <= 0); the message names the problem.
+    """
+    nz = _nonzeros(z, "latents")
+    widths = _widths_from_nonzeros(nz, bits, step)
+    codes = _codes_of_nonzeros(nz, widths, bits)
+    max_code = int(codes.max()) if codes.size else 0
+    return _scatter(nz, codes, _smallest_int_dtype(max_code))
+
+
+def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
+    """Map codes back to latents at bin centres: code k > 0 -> (k - 1/2) * w_i, code 0 -> 0.
+
+    Args:
+        codes: (N, D) non-negative integer codes from :func:`quantize` (dense or sparse).
+        bin_width: one width for all features, or one per feature (shape (D,)), in activation
+            units, as returned by :func:`bin_widths`.
+
+    Returns:
+        float64 latents of shape (N, D): a dense numpy array for dense codes, scipy.sparse
+        CSR for sparse codes.
+    """
+    nz = _nonzeros(codes, "codes", integer=True)
+    widths = np.asarray(bin_width, dtype=np.float64)
+    if widths.ndim == 0:
+        widths = np.full(nz.n_features, float(widths))
+    if widths.shape != (nz.n_features,):
+        raise ValueError(
+            f"bin_width must be a number or have one entry per feature ({nz.n_features}); "
+            f"got shape {widths.shape}"
+        )
+    if not np.all(np.isfinite(widths)) or np.any(widths < 0):
+        raise ValueError("bin_width must be finite and non-negative")
+    centres = (nz.values.astype(np.float64) - 0.5) * widths[nz.cols]
+    return _scatter(nz, centres, np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Entropies and description length
+# --------------------------------------------------------------------------------------------
+
+
+def _count_pairs(
+    cols: np.ndarray, codes: np.ndarray, n_features: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (feature, code) pairs among the non-zero entries and how often each occurs.
+
+    Returns (feature, code, count) arrays sorted by feature, then code.
+    """
+    if cols.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    codes = codes.astype(np.int64, copy=False)
+    radix = int(codes.max()) + 1
+    key_space = n_features * radix
+    if key_space <= max(4 * cols.size, 1 << 22):
+        # Small key space: one bincount, no sort.
+        counts_by_key = np.bincount(cols * radix + codes, minlength=key_space)
+        keys = np.flatnonzero(counts_by_key)
+        counts = counts_by_key[keys]
+    elif key_space < 2**62:
+        keys, counts = np.unique(cols * radix + codes, return_counts=True)
+    else:  # codes too large to combine with the feature index in one int64
+        order = np.lexsort((codes, cols))
+        c, v = cols[order], codes[order]
+        starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (v[1:] != v[:-1])])
+        counts = np.diff(np.r_[starts, c.size])
+        return c[starts], v[starts], counts
+    feature, code = np.divmod(keys, radix)
+    return feature, code, counts
+
+
+def _entropies_from_nonzeros(
+    n_samples: int, n_features: int, cols: np.ndarray, codes: np.ndarray
+) -> np.ndarray:
+    """H(p_i) in bits for each feature, from the non-zero entries only."""
+    feature, _, counts = _count_pairs(cols, codes, n_features)
+    p = counts / n_samples
+    entropy = np.bincount(feature, weights=-p * np.log2(p), minlength=n_features).astype(np.float64)
+    n_zero = n_samples - np.bincount(cols, minlength=n_features)
+    has_zero = n_zero > 0
+    p_zero = n_zero[has_zero] / n_samples
+    entropy[has_zero] -= p_zero * np.log2(p_zero)
+    return entropy
+
+
+def feature_entropies(codes: Any) -> np.ndarray:
+    """Entropy of each feature's code distribution, in bits per sample (section 3).
+
+    For feature i, H(p_i) = -sum_v p_i(v) log2 p_i(v) over all its values *including 0*.
+    Equivalently H(p_i) = H_b(f_i) + f_i * H(values | active), with f_i the firing rate.
+    Only the non-zero entries are counted; the zeros' count is N minus theirs.
+
+    Args:
+        codes: (N samples, D features) non-negative integer codes (see :func:`quantize`);
+            dense numpy/torch or sparse.
+
+    Returns:
+        float64 array of shape (D,), bits per sample for each feature.
+    """
+    nz = _nonzeros(codes, "codes", integer=True)
+    return _entropies_from_nonzeros(nz.n_samples, nz.n_features, nz.cols, nz.values)
+
+
+@dataclass(frozen=True)
+class DescriptionLength:
+    """The description length of a latent matrix and what it was computed from.
+
+    Attributes:
+        dl_bits: DL(z) = sum_i H(p_i), bits per sample.
+        feature_bits: H(p_i) for each feature, bits per sample, shape (D,).
+        l0: mean number of non-zero features per sample.
+        width: D, the number of features.
+        n_samples: N.
+        bits: the ``bits`` setting used, or None.
+        step: the ``step`` setting used (activation units), or None.
+        bits_per_value: B in the bound: ``bits``; with ``step``, ceil(log2(largest code)),
+            the bits needed to name the bin of any non-zero value.
+        upper_bound_bits: L0 * (B + log2 D), bits per sample (:func:`dl_upper_bound`).
+    """
+
+    dl_bits: float
+    feature_bits: np.ndarray
+    l0: float
+    width: int
+    n_samples: int
+    bits: int | None
+    step: float | None
+    bits_per_value: float
+    upper_bound_bits: float
+
+
+def description_length(
+    z: Any, *, bits: int | None = None, step: float | None = None
+) -> DescriptionLength:
+    """The paper's description length of SAE latents, bits per sample (section 3).
+
+    Quantises ``z`` as :func:`quantize` does, then sums the per-feature entropies: each
+    feature is coded on its own (independent additivity), so DL(z) = sum_i H(p_i).
+    Never builds the dense code matrix: only the non-zero entries are quantised and counted.
+
+    Args:
+        z: latents (N samples, D features), non-negative, finite; numpy, torch or sparse.
+        bits: bits per non-zero value (2**bits bins over each feature's range).
+        step: absolute bin width instead. Exactly one of the two.
+
+    Returns:
+        A :class:`DescriptionLength` carrying DL, the per-feature entropies, L0, the width,
+        the precision used and the bound L0 * (B + log2 D).
+    """
+    nz = _nonzeros(z, "latents")
+    widths = _widths_from_nonzeros(nz, bits, step)
+    codes = _codes_of_nonzeros(nz, widths, bits)
+    entropies = _entropies_from_nonzeros(nz.n_samples, nz.n_features, nz.cols, codes)
+    l0 = nz.values.size / nz.n_samples
+    if bits is not None:
+        bits_per_value = float(bits)
+    else:
+        max_code = int(codes.max()) if codes.size else 1
+        bits_per_value = float(math.ceil(math.log2(max_code))) if max_code > 1 else 0.0
+    return DescriptionLength(
+        dl_bits=float(entropies.sum()),
+        feature_bits=entropies,
+        l0=l0,
+        width=nz.n_features,
+        n_samples=nz.n_samples,
+        bits=None if bits is None else int(bits),
+        step=None if step is None else float(step),
+        bits_per_value=bits_per_value,
+        upper_bound_bits=dl_upper_bound(l0, nz.n_features, bits_per_value),
+    )
+
+
+def dl_upper_bound(l0: float, width: int, bits_per_value: float) -> float:
+    """The distribution-free bound DL <= L0 * (B + log2 D), bits per sample (section 3).
+
+    Each of the L0 active features costs log2 D bits to name and B bits for its value.
+    ``dl_upper_bound(65, 25_000, 7)`` is 1404.6, the paper's "1405 bits/token" for a GPT-2 SAE.
+
+    Args:
+        l0: mean number of non-zero features per sample (>= 0).
+        width: D, the number of features (>= 1).
+        bits_per_value: B, bits per non-zero value (>= 0).
+    """
+    if not (math.isfinite(l0) and l0 >= 0):
+        raise ValueError(f"l0 must be finite and >= 0; got {l0}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1; got {width}")
+    if not (math.isfinite(bits_per_value) and bits_per_value >= 0):
+        raise ValueError(f"bits_per_value must be finite and >= 0; got {bits_per_value}")
+    return float(l0) * (float(bits_per_value) + math.log2(width))
+
+
+def dense_dl(d: int, bits_per_value: float) -> float:
+    """Bits per sample to send a d-dimensional activation densely at B bits each: B * d.
+
+    ``dense_dl(768, 7)`` is 5376, the paper's baseline for GPT-2 small without an SAE.
+    """
+    if d < 1:
+        raise ValueError(f"d must be >= 1; got {d}")
+    if not (math.isfinite(bits_per_value) and bits_per_value >= 0):
+        raise ValueError(f"bits_per_value must be finite and >= 0; got {bits_per_value}")
+    return float(bits_per_value) * float(d)
+
+
+# --------------------------------------------------------------------------------------------
+# Effective precision (section 4, step 3)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EffectivePrecision:
+    """Result of :func:`effective_precision`.
+
+    Attributes:
+        bits: the chosen bits per non-zero value (when searching bits), else None.
+        step: the chosen bin width in activation units (when searching steps), else None.
+        mse: reconstruction MSE (mean over all entries) with latents quantised at that precision.
+        mse_unquantised: the MSE with the latents as given.
+        mse_ceiling: the largest MSE allowed (the absolute tolerance, or unquantised + increase).
+        tried: (precision, mse) for every precision evaluated, coarsest first.
+    """
+
+    bits: int | None
+    step: float | None
+    mse: float
+    mse_unquantised: float
+    mse_ceiling: float
+    tried: tuple[tuple[float, float], ...]
+
+
+def _reconstruction_mse(decode: Callable[[Any], Any], z: Any, x: np.ndarray) -> float:
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(z, tensor_type):
+        with sys.modules["torch"].no_grad():
+            out = decode(z)
+        out = _torch_to_numpy(out.detach().cpu()) if isinstance(out, tensor_type) else out
+    else:
+        out = decode(z)
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != x.shape:
+        raise ValueError(f"decode returned shape {out.shape}, but x has shape {x.shape}")
+    return float(np.mean((out - x) ** 2))
+
+
+def _like(values: np.ndarray, z: Any) -> Any:
+    """Dense float64 latents converted to the kind of ``z``: torch (same dtype, device and
+    layout), scipy.sparse CSR, or numpy (same float dtype)."""
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(z, tensor_type):
+        torch = sys.modules["torch"]
+        dtype = z.dtype if z.dtype.is_floating_point else torch.float32
+        out = torch.as_tensor(values, dtype=dtype, device=z.device)
+        return out.to_sparse() if z.layout != torch.strided else out
+    if _is_scipy_sparse(z):
+        from scipy import sparse
+
+        return sparse.csr_array(values.astype(z.dtype if z.dtype.kind == "f" else np.float64))
+    return values.astype(z.dtype if np.asarray(z).dtype.kind == "f" else np.float64)
+
+
+def effective_precision(
+    z: Any,
+    decode: Callable[[Any], Any],
+    x: Any,
+    *,
+    tolerance: float,
+    mode: Literal["absolute", "increase"] = "absolute",
+    search: Literal["bits", "step"] = "bits",
+    candidates: Iterable[float] | None = None,
+) -> EffectivePrecision:
+    """The coarsest quantisation of ``z`` whose reconstruction loss stays within a tolerance.
+
+    Section 4, step 3 of the paper: coarsen the latents' precision until the loss would exceed
+    the tolerance. The loss is the per-entry MSE, mean((decode(z_q) - x)**2) over all samples
+    and all entries (e.g. MSE per pixel). The ceiling is
+
+    - ``mode="absolute"``: ``tolerance`` itself (e.g. the paper's test MSE 0.0150);
+    - ``mode="increase"``: the unquantised MSE plus ``tolerance`` (the paper: ~5 bits changed the
+      test MSE by about 0.0001).
+
+    The search walks the candidates from coarsest to finest (bits ascending, steps descending),
+    quantising with :func:`quantize`, dequantising to bin centres and decoding, and returns the
+    first that meets the ceiling. It does not assume the MSE falls monotonically as precision
+    rises: the answer is by construction the coarsest candidate that passes.
+
+    Args:
+        z: latents (N, D), non-negative; numpy, torch or scipy.sparse.
+        decode: latents -> reconstruction, given the quantised latents in ``z``'s kind
+            (a torch tensor with ``z``'s dtype and device, a scipy CSR array, or a numpy
+            array); called under ``torch.no_grad()`` for torch inputs.
+        x: the targets, same shape as decode's output.
+        tolerance: the MSE ceiling (absolute, > 0) or the allowed increase (>= 0).
+        mode: ``"absolute"`` or ``"increase"``, see above.
+        search: ``"bits"`` (2**bits bins per feature range) or ``"step"`` (absolute bin width).
+        candidates: precisions to try. Default: bits 1..16; steps max(z) * 2**-k for k = 1..20.
+
+    Returns:
+        :class:`EffectivePrecision` with the chosen bits or step, the MSE there, the
+        unquantised MSE, the ceiling, and every (precision, MSE) evaluated.
+
+    Raises:
+        ValueError: a bad tolerance, mode or candidate; the unquantised MSE already exceeds an
+            absolute tolerance; or even the finest candidate misses the ceiling.
+    """
+    if mode not in ("absolute", "increase"):
+        raise ValueError(f"mode must be 'absolute' or 'increase'; got {mode!r}")
+    if search not in ("bits", "step"):
+        raise ValueError(f"search must be 'bits' or 'step'; got {search!r}")
+    if not math.isfinite(tolerance) or tolerance < 0 or (mode == "absolute" and tolerance == 0):
+        raise ValueError(
+            f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}"
+        )
+    nz = _nonzeros(z, "latents")
+    x_np = _as_float_array(x, "x")
+    mse_raw = _reconstruction_mse(decode, z, x_np)
+    if mode == "absolute":
+        if mse_raw > tolerance:
+            raise ValueError(
+                f"the unquantised latents already have MSE {mse_raw:.6g}, above the absolute "
+                f"tolerance {tolerance:.6g}; quantising them cannot be expected to meet it"
+            )
+        ceiling = float(tolerance)
+    else:
+        ceiling = mse_raw + float(tolerance)
+
+    if search == "bits":
+        grid: list[float] = list(range(1, 17)) if candidates is None else sorted(set(candidates))
+    else:
+        top = float(nz.values.max()) if nz.values.size else 1.0
+        default = [top * 2.0**-k for k in range(1, 21)]
+        grid = sorted(set(default if candidates is None else candidates), reverse=True)
+    if not grid:
+        raise ValueError("candidates is empty")
+
+    tried: list[tuple[float, float]] = []
+    for precision in grid:
+        bits = int(precision) if search == "bits" else None
+        if search == "bits" and bits != precision:
+            raise ValueError(f"bits candidates must be integers; got {precision}")
+        step = float(precision) if search == "step" else None
+        widths = _widths_from_nonzeros(nz, bits, step)
+        centres = (_codes_of_nonzeros(nz, widths, bits) - 0.5) * widths[nz.cols]
+        dense = np.zeros((nz.n_samples, nz.n_features))
+        dense[nz.rows, nz.cols] = centres
+        mse = _reconstruction_mse(decode, _like(dense, z), x_np)
+        tried.append((precision, mse))
+        if mse <= ceiling:
+            return EffectivePrecision(bits, step, mse, mse_raw, ceiling, tuple(tried))
+    finest, finest_mse = tried[-1]
+    raise ValueError(
+        f"no candidate precision meets the MSE ceiling {ceiling:.6g}: the finest tried "
+        f"({search}={finest}) gives MSE {finest_mse:.6g}; try finer candidates or a looser tolerance"
+    )
+
+
+def _as_float_array(x: Any, what: str) -> np.ndarray:
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(x, tensor_type):
+        x = _torch_to_numpy(x.detach().cpu())
+    array = np.asarray(x, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError(f"{what} is empty")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return array
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: python -m mdl_utils dl LATENTS --bits B
+# --------------------------------------------------------------------------------------------
+
+_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+
+
+def load_latents(path: str | Path, *, key: str | None = None) -> Any:
+    """Read a latent matrix from ``.npy``, ``.pt``/``.pth`` (torch) or ``.safetensors``.
+
+    A torch file may hold a tensor or a dict of tensors; a dict (and a safetensors file) must
+    hold exactly one tensor unless ``key`` names one. Only the container is checked here;
+    :func:`description_length` checks the values.
+
+    Raises:
+        ValueError: unknown suffix, unreadable file, or contents that are not one matrix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"{path}: unknown file type {suffix!r}; expected one of {', '.join(_SUFFIXES)}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        if suffix == ".npy":
+            obj: Any = np.load(path, allow_pickle=False)
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # every reader has its own error types; report them uniformly
+        raise ValueError(f"{path}: not a readable {suffix} file ({type(err).__name__}: {err})") from err
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
+        if key is not None:
+            if key not in tensors:
+                raise ValueError(f"{path}: no tensor named {key!r}; it holds {sorted(tensors)}")
+            obj = tensors[key]
+        elif len(tensors) == 1:
+            obj = next(iter(tensors.values()))
+        else:
+            raise ValueError(
+                f"{path}: not a latent matrix: holds {len(tensors)} tensors {sorted(tensors)[:10]}; "
+                "name one with --key"
+            )
+    if not hasattr(obj, "shape") or not hasattr(obj, "dtype"):
+        raise ValueError(f"{path}: not a latent matrix (holds a {type(obj).__name__})")
+    return obj
+
+
+def _report(path: str, result: DescriptionLength, coded: dict[str, Any] | None, dense_dim: int) -> str:
+    precision = (
+        f"{result.bits} bits per non-zero value (2**{result.bits} bins over each feature's range)"
+        if result.bits is not None
+        else f"bin width {result.step:g} (B = {result.bits_per_value:g} bits to name the largest bin)"
+    )
+    lines = [
+        f"latents: {path} ({result.n_samples} samples x {result.width} features)",
+        f"precision: {precision}",
+        f"description length: {result.dl_bits:.3f} bits/sample",
+        f"L0: {result.l0:.3f} non-zero features/sample",
+        f"width: {result.width} features",
+        f"upper bound L0*(B + log2 D): {result.upper_bound_bits:.3f} bits/sample",
+        f"dense baseline B*d (d = {dense_dim}): {dense_dl(dense_dim, result.bits_per_value):.3f} bits/sample",
+    ]
+    if coded is not None:
+        lines.append(
+            f"coded size: payload {coded['payload_bits_per_sample']:.3f} bits/sample "
+            f"({_ratio(coded['payload_over_n_dl'])} x N*DL), tables {coded['table_bits']} bits, "
+            f"header {coded['header_bits']} bits, total {coded['total_bits']} bits; "
+            f"round trip {'exact' if coded['round_trip_exact'] else 'FAILED'}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m mdl_utils dl LATENTS (--bits B | --step S) [--json] ...``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mdl_utils dl",
+        description="Description length (bits/sample) of an SAE latent matrix (N samples x D features).",
+    )
+    parser.add_argument("latents", help="latent matrix: .npy, .pt/.pth or .safetensors")
+    precision = parser.add_mutually_exclusive_group(required=True)
+    precision.add_argument("--bits", type=int, help="bits per non-zero value (2**B bins per feature range)")
+    precision.add_argument("--step", type=float, help="absolute bin width, in activation units")
+    parser.add_argument("--key", help="tensor name, for files holding several tensors")
+    parser.add_argument(
+        "--input-dim",
+        type=int,
+        default=None,
+        help="d for the dense baseline B*d (the activation dimension); default: the width D",
+    )
+    parser.add_argument("--no-code", action="store_true", help="skip the entropy coder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its message
+        return int(exit_.code or 0)
+    if args.input_dim is not None and args.input_dim < 1:
+        print(f"error: --input-dim must be >= 1; got {args.input_dim}", file=sys.stderr)
+        return 1
+    try:
+        z = load_latents(args.latents, key=args.key)  # its messages name the file
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    try:
+        result = description_length(z, bits=args.bits, step=args.step)
+        dense_dim = result.width if args.input_dim is None else args.input_dim
+        coded = None
+        if not args.no_code:
+            codes = quantize(z, bits=args.bits, step=args.step)
+            encoded = encode_latents(codes)
+            decoded = decode_latents(encoded.blob, sparse=_is_scipy_sparse(codes))
+            exact = _codes_equal(codes, decoded)
+            n_dl = result.n_samples * result.dl_bits
+            coded = {
+                "payload_bits": encoded.payload_bits,
+                "payload_bits_per_sample": encoded.payload_bits / result.n_samples,
+                "payload_over_n_dl": encoded.payload_bits / n_dl if n_dl > 0 else None,
+                "table_bits": encoded.table_bits,
+                "header_bits": encoded.header_bits,
+                "total_bits": encoded.total_bits,
+                "round_trip_exact": exact,
+            }
+    except ValueError as err:
+        print(f"error: {args.latents}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        payload = {
+            "latents": args.latents,
+            "n_samples": result.n_samples,
+            "width": result.width,
+            "bits": result.bits,
+            "step": result.step,
+            "bits_per_value": result.bits_per_value,
+            "dl_bits_per_sample": result.dl_bits,
+            "l0": result.l0,
+            "upper_bound_bits_per_sample": result.upper_bound_bits,
+            "dense_dim": dense_dim,
+            "dense_bits_per_sample": dense_dl(dense_dim, result.bits_per_value),
+            "coded": coded,
+        }
+        print(json.dumps(payload))
+    else:
+        print(_report(args.latents, result, coded, dense_dim))
+    if coded is not None and not coded["round_trip_exact"]:
+        print("error: the entropy coder's round trip was not exact", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _codes_equal(a: Any, b: Any) -> bool:
+    if _is_scipy_sparse(a):
+        a = a.toarray()
+    if _is_scipy_sparse(b):
+        b = b.toarray()
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
