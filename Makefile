@@ -19,6 +19,8 @@ SHELL := /bin/bash
 
 # The venv's tools (and its Jupyter kernel) come first.
 export PATH := $(BIN):$(PATH)
+# Trained SAEs are cached here (mdl_utils.profiles.cache_dir); `make clean` removes them.
+export MDL_CACHE_DIR ?= $(CURDIR)/_build/cache
 
 SOURCES := $(sort $(wildcard notebooks/*.py))
 EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(SOURCES))
