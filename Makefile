@@ -2,7 +2,8 @@
 #
 #   make book [PROFILE=quick|full]   set up .venv, execute every chapter once, build the HTML book
 #   make test                        the same set-up and execution (quick profile), then pytest,
-#                                    nbval over the executed chapters, and a strict book build
+#                                    nbval over the executed chapters, a strict book build, and
+#                                    the built book checked in headless Chromium (make browser)
 #
 # Chapters are Jupytext sources in notebooks/. Each is converted, executed once by papermill
 # with `profile` injected, and written to book/chapters/, which the book renders (Jupyter Book
@@ -27,7 +28,7 @@ EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(SOURCES))
 PACKAGE := $(sort $(wildcard mdl_utils/*.py))
 PROFILE_STAMP := _build/profile
 
-.PHONY: all book test chapters unit nbval html setup lock clean FORCE
+.PHONY: all book test chapters unit nbval html browser setup lock clean FORCE
 .DELETE_ON_ERROR:
 
 all: book
@@ -76,8 +77,19 @@ unit: $(INSTALLED)
 nbval: chapters
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(EXECUTED)
 
+# The built book in Debian's Chromium, headless (tests/browser): every page loads from 127.0.0.1
+# with no console error, failed request or request to another host, its images load and its
+# math is typeset; full-page screenshots go to _build/screenshots/. Installs chromium when it
+# is missing (as root, or through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser: html
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	rm -rf _build/screenshots
+	MDL_BOOK_BROWSER=1 python -m pytest -p no:cacheprovider tests/browser
+
 test: PROFILE := quick
-test: chapters unit nbval html
+test: chapters unit nbval html browser
 
 clean:
 	rm -rf _build book/chapters

@@ -1,0 +1,292 @@
+"""Sphinx glue for the MDL-SAE book (loaded through ``sphinx.local_extensions`` in _config.yml).
+
+Its jobs, each driven by what is in the repository rather than by typed-in text:
+
+- the landing page's headline result, read at build time from the committed paper-scale
+  results in ``results/full/*.json`` (substitution ``{{ headline }}``), or a plain
+  "not yet computed" when there are none;
+- how long this build's chapters took to execute, and with which profile, read from the
+  executed notebooks (substitution ``{{ build_timing }}``);
+- links derived from the one ``repository.url`` setting in _config.yml (substitutions
+  ``{{ repository_link }}`` and ``{{ binder_link }}``), so a fork changes one line;
+- launch buttons that open something the repository holds. The executed chapters in
+  ``book/chapters/`` are build outputs and are never committed, so the theme's default target
+  (``book/chapters/NAME.ipynb``) would not exist on Binder. Each chapter's source is
+  ``notebooks/NAME.py`` (Jupytext); the repository's ``postBuild`` converts those sources to
+  ``notebooks/NAME.ipynb`` when Binder builds the image, and the buttons open that notebook.
+
+It also repairs two things for the strict (``-W -n``) build and the browser test: duplicate
+inline scripts that throw on page load, and napoleon's reading of prose attribute comments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+#: Where ``make book PROFILE=full`` results are committed (issue 6), relative to the book root.
+RESULTS_DIR = Path("results") / "full"
+#: Where the executed chapters live in the book, and where their committed sources live.
+CHAPTER_DIR = "book/chapters/"
+SOURCE_DIR = "notebooks/"
+
+NOT_COMPUTED = (
+    "**Not yet computed.** The paper-scale sweep (`make book PROFILE=full`) has no committed "
+    "results in `results/full/` yet, so this page has no headline number to show. The chapters "
+    "below are built with the `{profile}` profile and compute their own numbers as they run."
+)
+
+# Accepted spellings of the fields in one per-SAE record of the sweep.
+_WIDTH_KEYS = ("width", "n_latents", "d_sae", "dict_size", "n_features")
+_DL_KEYS = ("dl_bits", "dl_bits_per_sample", "description_length_bits", "dl")
+_MSE_KEYS = ("test_mse", "mse")
+_L0_KEYS = ("l0", "test_l0")
+_ROW_KEYS = ("rows", "records", "results", "saes", "sweep")
+
+
+def _first(record: dict, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in record and record[key] is not None:
+            return record[key]
+    return None
+
+
+def _records(payload: Any) -> list[dict]:
+    """The per-SAE records in one results file: a list of dicts, or such a list under a key."""
+    if isinstance(payload, dict):
+        for key in _ROW_KEYS:
+            if isinstance(payload.get(key), list):
+                payload = payload[key]
+                break
+    if not isinstance(payload, list):
+        return []
+    return [
+        row for row in payload
+        if isinstance(row, dict)
+        and isinstance(_first(row, _WIDTH_KEYS), (int, float))
+        and isinstance(_first(row, _DL_KEYS), (int, float))
+        and math.isfinite(_first(row, _DL_KEYS))
+    ]
+
+
+def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
+    """The landing page's headline sentence (MyST Markdown) and whether results were found.
+
+    Reads every ``*.json`` in ``results_dir``; the sweep's file holds one record per trained
+    SAE (a list, or a list under one of ``rows``/``records``/``results``/``saes``/``sweep``),
+    each with a width (``width``, ``n_latents``, ``d_sae``, ...) and a description length in
+    bits per sample (``dl_bits``, ...), and optionally ``test_mse`` and ``l0``. The record with
+    the smallest description length is the MDL-optimal SAE. Metadata at the top level of the
+    file (``machine``, ``date``, ``wall_time_s``, ``code_version``, ``epsilon``) is quoted
+    when present. Raises ValueError when JSON files exist but none holds such records, so a
+    change of format is caught by the strict build instead of silently hiding the result.
+    """
+    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    if not files:
+        return NOT_COMPUTED.format(profile=profile), False
+    for path in files:
+        payload = json.loads(path.read_text())
+        rows = _records(payload)
+        if not rows:
+            continue
+        meta = payload if isinstance(payload, dict) else {}
+        best = min(rows, key=lambda row: _first(row, _DL_KEYS))
+        widths = sorted({_first(row, _WIDTH_KEYS) for row in rows})
+        parts = [
+            f"Among the {len(rows)} SAEs of the paper-scale sweep (widths {widths[0]:g} to "
+            f"{widths[-1]:g}), the one with the shortest description has "
+            f"**{_first(best, _WIDTH_KEYS):g} latents** and describes each MNIST test digit in "
+            f"**{_first(best, _DL_KEYS):.1f} bits**"
+        ]
+        mse = _first(best, _MSE_KEYS)
+        if isinstance(mse, (int, float)):
+            parts.append(f", at a test MSE of {mse:.4f} per pixel")
+            epsilon = meta.get("epsilon")
+            if isinstance(epsilon, (int, float)):
+                parts.append(f" (tolerance {epsilon:g})")
+        l0 = _first(best, _L0_KEYS)
+        if isinstance(l0, (int, float)):
+            parts.append(f" and an L0 of {l0:.1f} active latents per digit")
+        parts.append(".")
+        if widths[0] < _first(best, _WIDTH_KEYS) < widths[-1]:
+            parts.append(" The optimum lies strictly inside the range of widths swept.")
+        else:
+            parts.append(" The optimum lies at an end of the range of widths swept.")
+        provenance = [
+            f"{label} {meta[key]}" for key, label in (
+                ("machine", "machine:"), ("date", "date:"),
+                ("wall_time_s", "wall time (s):"), ("code_version", "code version:"),
+            ) if key in meta
+        ]
+        source = f" (read from `{path.as_posix()}`" + (
+            "; " + ", ".join(provenance) if provenance else "") + ".)"
+        return "".join(parts) + source, True
+    names = ", ".join(p.name for p in files)
+    raise ValueError(
+        f"{results_dir}/ holds {names} but none has per-SAE records with a width "
+        f"({', '.join(_WIDTH_KEYS)}) and a description length ({', '.join(_DL_KEYS)}): "
+        "update book/_ext/mdl_book.py:headline to the results format"
+    )
+
+
+def build_record(chapters_dir: Path) -> tuple[str, str]:
+    """The profile the executed chapters ran with, and a sentence on how long they took.
+
+    Both come from the metadata papermill writes into each executed notebook
+    (``metadata.papermill.parameters.profile`` and ``metadata.papermill.duration`` in seconds).
+    """
+    profiles, seconds, count = set(), 0.0, 0
+    for path in sorted(chapters_dir.glob("*.ipynb")):
+        record = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+        if isinstance(record.get("duration"), (int, float)):
+            seconds += record["duration"]
+            count += 1
+        profiles.add(record.get("parameters", {}).get("profile", "quick"))
+    if not count:
+        return "quick", "The chapters of this build carry no record of their execution time."
+    profile = " and ".join(sorted(profiles))
+    minutes = f"{seconds / 60:.1f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
+    return profile, (
+        f"This build executed its {count} chapters with the `{profile}` profile in "
+        f"{minutes} of kernel time in all (papermill's record in each executed notebook; "
+        "installing the dependencies on a clean machine takes longer than that)."
+    )
+
+
+def repository_parts(url: str) -> tuple[str, str]:
+    """``(owner, name)`` of a ``https://github.com/OWNER/NAME`` repository URL."""
+    prefix = "https://github.com/"
+    rest = url.strip().removesuffix("/").removesuffix(".git")
+    if not rest.startswith(prefix) or len(rest[len(prefix):].split("/")) != 2:
+        raise ValueError(f"repository.url must look like {prefix}OWNER/NAME, got {url!r}")
+    owner, name = rest[len(prefix):].split("/")
+    return owner, name
+
+
+def binder_url(binderhub: str, repository_url: str, branch: str, path: str | None = None) -> str:
+    """The Binder link that builds ``repository_url`` at ``branch`` and opens ``path`` in
+    JupyterLab (the repository's root when ``path`` is None)."""
+    owner, name = repository_parts(repository_url)
+    url = f"{binderhub.rstrip('/')}/v2/gh/{owner}/{name}/{branch}"
+    return url + (f"?urlpath=lab/tree/{path}" if path else "")
+
+
+def launch_target(pagename: str, srcdir: Path) -> str | None:
+    """The repository path a chapter's launch button opens, or None for a page with none.
+
+    ``book/chapters/NAME`` (executed, not committed) maps to ``notebooks/NAME.ipynb``, which
+    the repository's ``postBuild`` makes on Binder from the committed ``notebooks/NAME.py``.
+    """
+    if not pagename.startswith(CHAPTER_DIR):
+        return None
+    stem = pagename[len(CHAPTER_DIR):]
+    if not (srcdir / SOURCE_DIR / f"{stem}.py").is_file():
+        return None
+    return f"{SOURCE_DIR}{stem}.ipynb"
+
+
+def _theme_options(config: Config) -> dict:
+    return config.html_theme_options or {}
+
+
+def _substitutions(app: Sphinx, config: Config) -> None:
+    options = _theme_options(config)
+    repo = options.get("repository_url", "")
+    branch = options.get("repository_branch", "main")
+    binderhub = options.get("launch_buttons", {}).get("binderhub_url", "")
+    profile, timing = build_record(Path(app.srcdir) / CHAPTER_DIR)
+    try:
+        sentence, _ = headline(Path(app.srcdir) / RESULTS_DIR, profile)
+    except (ValueError, json.JSONDecodeError) as error:
+        logger.warning(f"headline result: {error}", type="mdl_book", subtype="headline")
+        sentence = NOT_COMPUTED.format(profile=profile)
+    subs = dict(config.myst_substitutions or {})
+    subs["headline"] = sentence
+    subs["build_timing"] = timing
+    subs["repository_link"] = f"[{repo.removeprefix('https://')}]({repo})"
+    subs["binder_link"] = (
+        f"[Binder]({binder_url(binderhub, repo, branch)})" if binderhub else "Binder"
+    )
+    config.myst_substitutions = subs
+
+
+def _retarget_launch_buttons(app: Sphinx, pagename: str, templatename: str, context: dict,
+                             doctree: Any) -> None:
+    """Point each chapter's launch buttons at ``notebooks/NAME.ipynb`` (see module docstring)."""
+    groups = [b for b in context.get("header_buttons", []) if b.get("label") == "launch-buttons"]
+    if not groups:
+        return
+    target = launch_target(pagename, Path(app.srcdir))
+    if target is None:
+        context["header_buttons"] = [b for b in context["header_buttons"] if b not in groups]
+        return
+    options = _theme_options(app.config)
+    repo = options.get("repository_url", "")
+    branch = options.get("repository_branch", "main")
+    binderhub = options.get("launch_buttons", {}).get("binderhub_url", "")
+    for group in groups:
+        for button in group["buttons"]:
+            if button.get("text") == "Binder":
+                button["url"] = binder_url(binderhub, repo, branch, target)
+            elif button.get("type") == "link":
+                logger.warning(
+                    f"{pagename}: launch button {button.get('text')!r} would open "
+                    f"{CHAPTER_DIR}*.ipynb, which the repository does not hold; "
+                    "only Binder is supported (see book/_ext/mdl_book.py)",
+                    type="mdl_book", subtype="launch",
+                )
+
+
+def _drop_duplicate_scripts(app: Sphinx, pagename: str, templatename: str, context: dict,
+                            doctree: Any) -> None:
+    """Keep one copy of each script. sphinx-thebe adds its inline configuration (``const
+    THEBE_JS_URL = ...``) when the environment is read; Sphinx 7 then holds it twice, once with
+    filename None and once with filename '', so its own de-duplication misses it, and the
+    second copy throws "Identifier has already been declared" on every page."""
+    if "script_files" not in context:
+        return
+    seen, kept = set(), []
+    for script in context["script_files"]:
+        key = (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
+    context["script_files"] = kept
+
+
+_PROSE_MEMBERS = ("attribute", "data", "property")
+_stashed_docstrings: dict[str, list[str]] = {}
+
+
+def _stash_attribute_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any,
+                               lines: list[str]) -> None:
+    if what in _PROSE_MEMBERS:
+        _stashed_docstrings[name] = list(lines)
+
+
+def _restore_attribute_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any,
+                                 lines: list[str]) -> None:
+    """Undo napoleon on attributes and constants. Their ``#:`` comments in mdl_utils are prose
+    ("Part of every cache key: bump when ..."), which napoleon would split at the first colon
+    into an invented type and a description. Their real types come from the annotations."""
+    if what in _PROSE_MEMBERS and name in _stashed_docstrings:
+        lines[:] = _stashed_docstrings.pop(name)
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", _substitutions)
+    # Around sphinx.ext.napoleon's own handler, which runs at the default priority (500).
+    app.connect("autodoc-process-docstring", _stash_attribute_docstring, priority=400)
+    app.connect("autodoc-process-docstring", _restore_attribute_docstring, priority=600)
+    app.connect("html-page-context", _drop_duplicate_scripts, priority=900)
+    # After sphinx-book-theme has built the buttons (its handler runs at priority 501).
+    app.connect("html-page-context", _retarget_launch_buttons, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

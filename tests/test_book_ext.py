@@ -1,0 +1,126 @@
+"""Tests of book/_ext/mdl_book.py (the landing page's headline, launch-button targets, links
+derived from repository.url) and of the book configuration that keeps the site offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_extension():
+    spec = importlib.util.spec_from_file_location("mdl_book", REPO / "book" / "_ext" / "mdl_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mdl_book = _load_extension()
+
+
+def test_headline_says_not_yet_computed_without_committed_results(tmp_path):
+    sentence, found = mdl_book.headline(tmp_path / "results" / "full", profile="quick")
+    assert not found
+    assert sentence.startswith("**Not yet computed.**") and "`quick`" in sentence
+    assert not re.search(r"\d", sentence), "no number may be shown when nothing was computed"
+
+
+def test_headline_reports_the_sae_with_the_smallest_description_length(tmp_path):
+    rows = [
+        {"width": 16, "k": 12, "test_mse": 0.0149, "dl_bits": 95.25, "l0": 12.0},
+        {"width": 128, "k": 9, "test_mse": 0.0147, "dl_bits": 61.04, "l0": 8.97},
+        {"width": 4096, "k": 3, "test_mse": 0.0150, "dl_bits": 88.5, "l0": 3.0},
+    ]
+    (tmp_path / "sweep.json").write_text(json.dumps(
+        {"epsilon": 0.015, "machine": "2-core CPU", "date": "2026-11-27", "rows": rows}))
+    sentence, found = mdl_book.headline(tmp_path)
+    assert found
+    # The optimum is the second row (61.04 < 88.5 < 95.25), inside the range 16 ... 4096.
+    assert "**128 latents**" in sentence and "**61.0 bits**" in sentence
+    assert "0.0147" in sentence and "8.97" not in sentence and "9.0 active" in sentence
+    assert "3 SAEs" in sentence and "widths 16 to 4096" in sentence
+    assert "strictly inside" in sentence
+    assert "sweep.json" in sentence and "2-core CPU" in sentence
+
+
+def test_headline_reads_a_bare_list_and_flags_an_optimum_at_the_edge(tmp_path):
+    rows = [{"n_latents": 32, "dl": 50.0}, {"n_latents": 64, "dl": 70.0}]
+    (tmp_path / "table.json").write_text(json.dumps(rows))
+    sentence, found = mdl_book.headline(tmp_path)
+    assert found and "**32 latents**" in sentence and "at an end of the range" in sentence
+
+
+def test_headline_refuses_results_it_cannot_read(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"machine": "x", "rows": [{"width": 8}]}))
+    with pytest.raises(ValueError, match="meta.json"):
+        mdl_book.headline(tmp_path)
+
+
+def test_build_record_sums_papermill_durations_and_names_the_profile(tmp_path):
+    for name, seconds in [("a", 40.0), ("b", 80.0)]:
+        notebook = {"metadata": {"papermill": {"duration": seconds, "parameters": {"profile": "full"}}}}
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(notebook))
+    profile, sentence = mdl_book.build_record(tmp_path)
+    assert profile == "full"
+    assert "2 chapters" in sentence and "`full`" in sentence and "2.0 minutes" in sentence
+
+
+def test_launch_target_maps_executed_chapters_to_their_committed_sources(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_background.py").write_text("# %%\n")
+    assert mdl_book.launch_target("book/chapters/01_background", tmp_path) == "notebooks/01_background.ipynb"
+    assert mdl_book.launch_target("book/chapters/99_missing", tmp_path) is None
+    assert mdl_book.launch_target("book/index", tmp_path) is None
+
+
+def test_binder_url_is_derived_from_the_repository_url():
+    url = mdl_book.binder_url("https://mybinder.org/", "https://github.com/someone/fork.git", "dev",
+                              "notebooks/02_two_part_code.ipynb")
+    assert url == ("https://mybinder.org/v2/gh/someone/fork/dev"
+                   "?urlpath=lab/tree/notebooks/02_two_part_code.ipynb")
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        mdl_book.repository_parts("https://gitlab.com/someone/fork")
+
+
+def _config():
+    return yaml.safe_load((REPO / "_config.yml").read_text())
+
+
+def test_repository_url_is_set_once_and_nothing_else_names_the_repository():
+    config = _config()
+    url = config["repository"]["url"]
+    owner, name = mdl_book.repository_parts(url)
+    assert (REPO / "_config.yml").read_text().count(f"{owner}/{name}") == 1
+    for page in (REPO / "book").glob("*.md"):
+        assert "github.com" not in page.read_text(), f"{page.name} must use {{{{ repository_link }}}}"
+
+
+def test_math_is_served_from_the_site_and_no_launcher_loads_code_from_a_cdn():
+    config = _config()
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    mathjax_path = config["sphinx"]["config"]["mathjax_path"]
+    assert "://" not in mathjax_path and mathjax_path.startswith("mathjax/")
+    assert config["launch_buttons"]["thebe"] is False
+    assert not config["launch_buttons"].get("colab_url")
+    assert "jupytext --to ipynb notebooks/*.py" in (REPO / "postBuild").read_text()
+
+
+def test_api_page_documents_every_committed_module_of_mdl_utils():
+    try:
+        tracked = subprocess.run(["git", "ls-files", "mdl_utils/*.py"], cwd=REPO, check=True,
+                                 capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    modules = {Path(p).stem for p in tracked} - {"__init__", "__main__"}
+    api = (REPO / "book" / "api.md").read_text()
+    documented = set(re.findall(r"^\.\. automodule:: mdl_utils\.(\w+)$", api, flags=re.M))
+    assert documented <= {p.stem for p in (REPO / "mdl_utils").glob("*.py")}
+    missing = sorted(modules - documented)
+    assert not missing, f"add these modules to book/api.md (an automodule block each): {missing}"
