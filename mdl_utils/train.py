@@ -43,6 +43,7 @@ __all__ = [
     "train_sae",
     "evaluate_sae",
     "compute_grads",
+    "train_step",
     "project_decoder_grad_",
     "geometric_median",
     "resolve_device",
@@ -306,6 +307,9 @@ def compute_grads(
                 aux_vals_BA = torch.gather(aux_vals_BA, 1, order)
                 aux_rows = torch.arange(n_batch, device=x_BD.device).repeat_interleave(n_aux)
                 aux_cols, aux_vals = aux_cols_BA.reshape(-1), aux_vals_BA.reshape(-1)
+                # Zero (relu-clipped) entries add nothing to e_hat and get no gradient: drop them.
+                positive = aux_vals > 0
+                aux_rows, aux_cols, aux_vals = aux_rows[positive], aux_cols[positive], aux_vals[positive]
                 e_hat_BD = sparse_decode(aux_rows, aux_cols, aux_vals, W_dec, n_batch)
                 aux_err_BD = e_hat_BD - resid_BD
                 aux_loss = float(aux_err_BD.pow(2).sum(dtype=torch.float64)) / n_batch / var
@@ -376,6 +380,22 @@ def project_decoder_grad_(sae: BatchTopKSAE) -> None:
     W, G = sae.W_dec_FD, sae.W_dec_FD.grad
     assert G is not None
     G -= (G * W).sum(dim=1, keepdim=True) * W
+
+
+def train_step(
+    sae: BatchTopKSAE,
+    optimizer: torch.optim.Optimizer,
+    x_BD: Tensor,
+    k: float,
+    **grad_kwargs: Any,
+) -> StepStats:
+    """One optimisation step: gradients (:func:`compute_grads`), the decoder-norm projection,
+    the optimiser's step, and the decoder rows renormalised to unit norm."""
+    stats = compute_grads(sae, x_BD, k, **grad_kwargs)
+    project_decoder_grad_(sae)
+    optimizer.step()
+    sae.normalize_decoder_()
+    return stats
 
 
 @torch.no_grad()
@@ -487,8 +507,9 @@ def train_sae(
                 for group in optimizer.param_groups:
                     group["lr"] = lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else lr
                 dead_F = since_fired_F >= dead_after
-                stats = compute_grads(
+                stats = train_step(
                     sae,
+                    optimizer,
                     x_BD,
                     config.k,
                     dead_F=dead_F if config.aux_alpha > 0 else None,
@@ -497,9 +518,6 @@ def train_sae(
                     lower_bound=0.5 * kth_prev,
                     bf16_encoder=config.bf16_encoder,
                 )
-                project_decoder_grad_(sae)
-                optimizer.step()
-                sae.normalize_decoder_()
                 kth_prev = stats.kth_value
                 if not math.isnan(stats.min_active):
                     b = config.threshold_beta
