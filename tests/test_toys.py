@@ -290,3 +290,57 @@ def test_generators_reject_bad_settings():
         hierarchical_data(10, magnitude_range=(0.0, 1.0))
     with pytest.raises(ValueError, match="p_child_given_parent"):
         hierarchical_data(10, p_child_given_parent=1.5)
+
+
+# ---- known codes and feature recovery --------------------------------------------------------
+
+
+def test_pair_codes_reconstruct_the_noiseless_data_and_have_the_exact_entropies():
+    from mdl_utils.toys import pair_codes
+
+    data = correlated_pair_data(40_000, 0.3, 0.5, n_pairs=2, d=8, noise_std=0.0, extra_rates=(0.2, 0.1), seed=0)
+    for split in (False, True):
+        z, w = pair_codes(data, 2, split=split, keep_extras=(0, 1))
+        assert z.shape[1] == (6 if split else 4) + 2
+        np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0)
+        np.testing.assert_allclose(z @ w, data.x_ND, atol=1e-5)
+    z, _ = pair_codes(data, 2, split=True)
+    on = z > 0
+    # At most one of the three split latents of a pair fires.
+    assert on[:, :3].sum(axis=1).max() == 1
+    # Their firing rates are p_A - p_AB, p_B - p_AB, p_AB (within sampling error).
+    p_ab = joint_probability(0.3, 0.5)
+    np.testing.assert_allclose(on[:, :3].mean(axis=0), [0.3 - p_ab, 0.3 - p_ab, p_ab], atol=0.01)
+    # A pair left unsplit with one extra dropped: that extra's signal is missing.
+    z, w = pair_codes(data, 2, split=(True, False), keep_extras=(1,))
+    assert z.shape[1] == 3 + 2 + 1
+    missing = data.features_NF[:, [4]] @ data.directions_FD[[4]]
+    np.testing.assert_allclose(z @ w + missing, data.x_ND, atol=1e-5)
+    with pytest.raises(ValueError, match="one flag per pair"):
+        pair_codes(data, 2, split=(True,))
+    with pytest.raises(ValueError, match="keep_extras"):
+        pair_codes(data, 2, split=True, keep_extras=(2,))
+
+
+def test_best_cosines_by_hand():
+    from mdl_utils.toys import best_cosines
+
+    true = np.array([[1.0, 0.0], [0.0, 1.0]])
+    learned = np.array([[2.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(best_cosines(learned, true), [1.0, 1 / math.sqrt(2)])
+    with pytest.raises(ValueError, match="same number of columns"):
+        best_cosines(np.ones((2, 3)), true)
+
+
+def test_dictionary_sae_decodes_the_intended_latents_exactly():
+    import torch
+
+    from mdl_utils.toys import dictionary_sae, pair_codes
+
+    data = correlated_pair_data(500, 0.3, 0.5, n_pairs=2, d=8, noise_std=0.0, seed=0)
+    z, w = pair_codes(data, 2, split=True)
+    sae = dictionary_sae(w, k=1.5)
+    assert (sae.width, sae.d_in, sae.k) == (6, 8, 1.5)
+    with torch.no_grad():
+        x_hat = sae.decode(torch.as_tensor(z, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(x_hat, data.x_ND, atol=1e-5)
