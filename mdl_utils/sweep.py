@@ -643,7 +643,7 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None) -> SweepResult
     points = _grid_points(config.grid)
     bar = None
     if config.progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: no widget dependency in notebooks
 
         bar = tqdm(total=len(points), desc="sweep", unit="cfg" if config.target is None else "width")
 

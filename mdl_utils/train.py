@@ -494,7 +494,7 @@ def train_sae(
     step, threshold, kth_prev = 0, -1.0, 0.0
     bar = None
     if config.progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: no widget dependency in notebooks
 
         bar = tqdm(total=config.max_epochs, desc=f"SAE width={config.width} k={config.k:g}", leave=False)
     try:
