@@ -3,6 +3,8 @@
 Commands:
     dl      description length of a latent matrix (see ``mdl_utils.dl``)
     sweep   train a grid of SAEs, resumably (see ``mdl_utils.sweep``)
+    mnist-sweep
+            the chapter-3 MNIST MDL sweep, resumable (see ``mdl_utils.experiments``)
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep"}
+_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["PROFILES", "choose", "cache_dir"]
+__all__ = ["PROFILES", "choose", "cache_dir", "results_dir"]
 
 PROFILES: tuple[str, ...] = ("quick", "full")
 
@@ -31,3 +31,9 @@ def cache_dir() -> Path:
     """
     default = Path.home() / ".cache" / "mdl-sae" / "models"
     return Path(os.environ.get("MDL_CACHE_DIR", default)).expanduser()
+
+
+def results_dir() -> Path:
+    """Committed results: ``$MDL_RESULTS_DIR``, else ``results/`` beside the mdl_utils package."""
+    default = Path(__file__).resolve().parents[1] / "results"
+    return Path(os.environ.get("MDL_RESULTS_DIR", default)).expanduser()
