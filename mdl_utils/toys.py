@@ -487,8 +487,8 @@ def pair_codes(
     """The intended latents and dictionary of :func:`correlated_pair_data`, built from the truth.
 
     For each pair, the unsplit code has latents A and B with directions v_A, v_B; the split
-    code has A-and-not-B, B-and-not-A and A-and-B with directions v_A, v_B and
-    (v_A + v_B) / |v_A + v_B|, the AND latent carrying |v_A + v_B| so that a unit-norm decoder
+    code has A-and-not-B, B-and-not-A and A-and-B with directions v_A, v_B and the unit vector
+    along v_A + v_B, the AND latent carrying the norm of v_A + v_B so that a unit-norm decoder
     row reproduces v_A + v_B. Then the extra features listed in ``keep_extras`` follow, each
     with its own direction; extras not listed are left out (their signal is not reconstructed).
 
