@@ -5,6 +5,8 @@ Commands:
     sweep   train a grid of SAEs, resumably (see ``mdl_utils.sweep``)
     mnist-sweep
             the chapter-3 MNIST MDL sweep, resumable (see ``mdl_utils.experiments``)
+    beyond  chapter 6: per-feature precision, rate-distortion curves, the epsilon scan
+            (see ``mdl_utils.beyond``)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments"}
+_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments", "beyond": "mdl_utils.beyond"}
 
 
 def main(argv: list[str] | None = None) -> int:
