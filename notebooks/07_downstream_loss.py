@@ -191,22 +191,26 @@ plots.label(ax, title="SAEs selected at equal harm: their MSE",
 # %% [markdown]
 # ## Precision under each tolerance
 #
-# The effective precision is where the two tolerances can disagree most directly: quantising
-# the latents adds an error that the MSE counts in full, while the classifier may shrug off
-# some of it (or be hurt more than the MSE suggests). The curves below quantise the
-# cross-entropy optimum's latents at 1 to 10 bits and measure both losses.
+# The effective precision is the other place where the two tolerances can disagree:
+# quantising the latents adds an error that the MSE counts in full, while the classifier may
+# shrug off some of it, or be hurt more than the MSE suggests. The curves below quantise the
+# cross-entropy optimum's latents at 1 to 10 bits and measure both losses; the dotted lines
+# are the losses with unquantised latents, which the curves approach as the bins shrink.
 
 # %%
 curve = precision_curve(optimal_saes["ce"], model, h_test, y_test)
+stored = optimum["ce"]["stored"]
 fig, axes = plots.figure(ncols=2, width=10.0, height=3.8)
-axes[0, 0].plot(curve["bits"], curve["ce_increase"], "o-")
-axes[0, 0].axhline(eps_ce, ls="--", color="gray", label="$\\epsilon_{CE}$")
+axes[0, 0].plot(curve["bits"], curve["ce_increase"], "o-", label="quantised latents")
+axes[0, 0].axhline(stored["ce_increase"], ls=":", color="gray", label="unquantised")
+axes[0, 0].axhline(eps_ce, ls="--", color=plots.COLORS[0], label="$\\epsilon_{CE}$")
+axes[0, 0].axvline(stored["bits"], color=plots.COLORS[2], lw=1, label="effective precision")
 axes[0, 0].set_yscale("log")
 axes[0, 0].legend()
 plots.label(axes[0, 0], title=f"Width-{optimum['ce']['width']} SAE: harm against precision",
             xlabel="B (bits per non-zero latent)", ylabel="cross-entropy increase (nats per digit)")
-axes[0, 1].plot(curve["bits"], curve["mse"], "o-", color=plots.COLORS[1])
-axes[0, 1].axhline(eps_mse, ls="--", color="gray", label="$\\epsilon_{MSE}$")
+axes[0, 1].plot(curve["bits"], curve["mse"], "o-", color=plots.COLORS[1], label="quantised latents")
+axes[0, 1].axhline(stored["mse"], ls=":", color="gray", label="unquantised")
 axes[0, 1].set_yscale("log")
 axes[0, 1].legend()
 plots.label(axes[0, 1], title=f"Width-{optimum['ce']['width']} SAE: MSE against precision",
