@@ -6,19 +6,27 @@ first hidden layer of a small classifier (:mod:`mdl_utils.models`), and the loss
 increase of the classifier's test cross-entropy, in nats per sample, when the SAE's
 reconstruction replaces the real activations (:func:`mdl_utils.models.splice_loss`).
 
-The protocol, per tolerance:
+The protocol, per tolerance epsilon, with a share ``q`` of it (default a tenth) set aside for
+quantisation:
 
 1. for each width, :func:`search_k` trains BatchTopK SAEs (cached, through
-   :func:`mdl_utils.sweep.train_cached`) until one's test loss lands in
-   ``[band_low * epsilon, epsilon]``;
-2. the selected SAE's effective precision is the coarsest quantisation of its latents whose
-   loss is still at most epsilon (:func:`mdl_utils.dl.effective_precision_for_loss` for the
-   downstream loss, :func:`mdl_utils.mdl.evaluate_mdl` for MSE), and its DL is measured there;
+   :func:`mdl_utils.sweep.train_cached`) until one's unquantised test loss lands in
+   ``[band_low * (1 - q) * epsilon, (1 - q) * epsilon]``;
+2. the selected SAE's effective precision is the coarsest quantisation of its latents that
+   raises its loss by at most ``q * epsilon``, so the quantised loss stays within epsilon
+   (:func:`mdl_utils.dl.effective_precision_for_loss` for the downstream loss,
+   :func:`mdl_utils.dl.effective_precision` for MSE), and its DL is measured there;
 3. the epsilon-MDL-optimal SAE is the width with the smallest DL.
 
+Why a fixed quantisation budget rather than "quantised loss <= epsilon": an SAE that lands at
+the top of the search band would otherwise have almost no room for quantisation and one at the
+bottom a lot, so the effective precision, and with it the DL, would depend on where in the
+band the search happened to stop. The cross-entropy increase is noisy enough (a few
+thousandths of a nat between SAEs trained at neighbouring k) that this decides the optimum.
+
 :func:`run_downstream` does this under the cross-entropy tolerance and, on the same
-activations, under an MSE tolerance *calibrated to be equally strict*: epsilon_MSE is the
-median test MSE of the SAEs the cross-entropy search selected. The two selections then demand
+activations, under an MSE tolerance *calibrated to be equally strict*: ``(1 - q) * epsilon_MSE``
+is the median test MSE of the SAEs the cross-entropy search selected. The two selections then demand
 the same fidelity in the typical case, and differ only in which errors they count.
 
 Command line (resumable: rerun after an interruption; progress on stderr)::
@@ -51,8 +59,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdl_utils.dl import description_length, effective_precision_for_loss
-from mdl_utils.mdl import evaluate_mdl, latents
+from mdl_utils.dl import description_length, effective_precision, effective_precision_for_loss
+from mdl_utils.mdl import MDLEvaluation, decoder_fn, evaluate_mdl, latents
 from mdl_utils.models import (
     ClassifierConfig,
     MLPClassifier,
@@ -76,6 +84,7 @@ __all__ = [
     "search_k",
     "sae_reconstruction",
     "evaluate_downstream",
+    "evaluate_mse",
     "precision_curve",
     "run_downstream",
     "load_downstream",
@@ -96,7 +105,10 @@ class DownstreamSettings:
         n_test: test digits on which losses and DL are measured (``None`` = all 10,000).
         widths: SAE widths, narrow to wide.
         epsilon_ce: the downstream tolerance, increase of test cross-entropy (nats per sample).
-        band_low: a search hits when the loss lies in ``[band_low * eps, eps]``.
+        quantisation_share: the share q of each tolerance set aside for quantising the latents:
+            the search aims the unquantised loss at ``(1 - q) * eps`` and the effective
+            precision may add at most ``q * eps``.
+        band_low: a search hits when the unquantised loss lies in ``[band_low, 1] * (1 - q) * eps``.
         max_epochs, patience, batch_size: SAE training (epochs, early-stopping patience, samples).
         max_trials: trainings per width and tolerance in the search over k.
         k_start: the first k tried at the narrowest width (later widths start at the previous
@@ -109,6 +121,7 @@ class DownstreamSettings:
     widths: tuple[int, ...]
     classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=10))
     epsilon_ce: float = 0.03
+    quantisation_share: float = 0.1
     band_low: float = 0.9
     max_epochs: int = 20
     patience: int = 3
@@ -125,6 +138,8 @@ class DownstreamSettings:
             raise ValueError(f"epsilon_ce must be positive, got {self.epsilon_ce!r}")
         if not 0 < self.band_low < 1:
             raise ValueError(f"band_low must lie in (0, 1), got {self.band_low!r}")
+        if not 0 < self.quantisation_share < 1:
+            raise ValueError(f"quantisation_share must lie in (0, 1), got {self.quantisation_share!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +174,7 @@ class DownstreamEvaluation:
         mse: reconstruction MSE per hidden unit (unquantised).
         bits: effective precision (bits per non-zero latent) under the tolerance.
         ce_increase_quantised: the increase with latents quantised at ``bits``.
+        ceiling: the largest ``ce_increase_quantised`` allowed (nats per sample).
         accuracy_spliced: test accuracy with the quantised reconstruction spliced in.
         dl_bits: description length at ``bits`` (bits per sample).
         l0: mean active features per sample.
@@ -173,6 +189,7 @@ class DownstreamEvaluation:
     mse: float
     bits: int
     ce_increase_quantised: float
+    ceiling: float
     accuracy_spliced: float
     dl_bits: float
     l0: float
@@ -356,14 +373,17 @@ def sae_reconstruction(sae: BatchTopKSAE, h: Any) -> np.ndarray:
 
 
 def evaluate_downstream(
-    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, *, epsilon: float
+    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, *, epsilon: float,
+    budget: float | None = None,
 ) -> DownstreamEvaluation:
     """Effective precision and DL of ``sae`` under the cross-entropy tolerance ``epsilon``.
 
     The precision is the fewest bits per non-zero latent (2**bits bins over each feature's
     range) for which the classifier's cross-entropy on ``(h, y)``, with the reconstruction from
     the quantised latents spliced in, exceeds the clean cross-entropy by at most ``epsilon``
-    nats per sample; the DL is the sum of the features' entropies there (bits per sample).
+    nats per sample (``budget=None``), or exceeds the unquantised reconstruction's by at most
+    ``budget`` nats (a fixed quantisation budget; see the module docstring); the DL is the sum
+    of the features' entropies there (bits per sample).
 
     Raises:
         ValueError: the unquantised reconstruction already costs more than ``epsilon``.
@@ -376,7 +396,13 @@ def evaluate_downstream(
         h_hat = sae.decode(torch.as_tensor(np.asarray(z_q), dtype=torch.float32))
         return splice_loss(model, h_np, h_hat, y).ce_increase
 
-    precision = effective_precision_for_loss(z, ce_increase, tolerance=epsilon, mode="absolute")
+    if budget is None:
+        precision = effective_precision_for_loss(z, ce_increase, tolerance=epsilon, mode="absolute")
+    else:
+        precision = effective_precision_for_loss(z, ce_increase, tolerance=budget, mode="increase")
+        if precision.loss_unquantised > epsilon:
+            raise ValueError(f"the unquantised reconstruction already costs {precision.loss_unquantised:.6g} "
+                             f"nats, above the tolerance {epsilon:.6g}")
     dl = description_length(z, bits=precision.bits)
     z_q = _quantised(z, int(precision.bits))  # type: ignore[arg-type]
     with torch.no_grad():
@@ -389,12 +415,32 @@ def evaluate_downstream(
         mse=mse,
         bits=int(precision.bits),  # type: ignore[arg-type]
         ce_increase_quantised=precision.loss,
+        ceiling=precision.loss_ceiling,
         accuracy_spliced=spliced.accuracy_spliced,
         dl_bits=dl.dl_bits,
         l0=dl.l0,
         upper_bound_bits=dl.upper_bound_bits,
         dead_fraction=float(np.mean(~(z > 0).any(axis=0))),
         epsilon=epsilon,
+    )
+
+
+def evaluate_mse(sae: BatchTopKSAE, h: Any, *, epsilon: float, budget: float | None = None) -> MDLEvaluation:
+    """:func:`mdl_utils.mdl.evaluate_mdl` (MSE tolerance ``epsilon``), optionally with a fixed
+    quantisation budget: the precision may raise the MSE by at most ``budget`` over the
+    unquantised MSE, which must itself be at most ``epsilon``."""
+    if budget is None:
+        return evaluate_mdl(sae, h, epsilon=epsilon)
+    h_np = np.asarray(h, dtype=np.float32)
+    z = latents(sae, h_np)
+    precision = effective_precision(z, decoder_fn(sae), h_np, tolerance=budget, mode="increase")
+    if precision.mse_unquantised > epsilon:
+        raise ValueError(f"the unquantised MSE {precision.mse_unquantised:.6g} is above the tolerance {epsilon:.6g}")
+    dl = description_length(z, bits=precision.bits)
+    return MDLEvaluation(
+        width=sae.width, k=sae.k, mse=precision.mse_unquantised, bits=int(precision.bits),  # type: ignore[arg-type]
+        mse_quantised=precision.mse, dl_bits=dl.dl_bits, l0=dl.l0, upper_bound_bits=dl.upper_bound_bits,
+        dead_fraction=float(np.mean(~(z > 0).any(axis=0))), epsilon=epsilon,
     )
 
 
@@ -457,7 +503,8 @@ def run_downstream(
     """Run (or resume, from the cache) the experiment; write ``out_dir/downstream.json``.
 
     Trains (or loads) the classifier, searches k per width under the cross-entropy tolerance,
-    calibrates the MSE tolerance to the median MSE of those SAEs, searches again under it,
+    calibrates the MSE tolerance to the median MSE of those SAEs (divided by ``1 - q``, so that
+    the MSE search aims at that median), searches again under it,
     measures every selected SAE under both its own tolerance and the other's loss, and saves
     the classifier and the two optimal SAEs. Returns the contents of ``downstream.json``.
     """
@@ -491,11 +538,13 @@ def run_downstream(
         _log(progress, f"  width {width} k {k}: MSE {row['mse_test']:.4f}")
         return float(row["mse_test"])
 
+    q = settings.quantisation_share
+
     def sweep(loss: Callable[[int, float], float], epsilon: float, name: str) -> list[dict[str, Any]]:
         results, k_prev = [], settings.k_start
         for width in settings.widths:
-            _log(progress, f"{name} tolerance {epsilon:.5g}: width {width}")
-            found = search_k(lambda k, w=width: loss(w, k), width=width, epsilon=epsilon,
+            _log(progress, f"{name} tolerance {epsilon:.5g} (search target {(1 - q) * epsilon:.5g}): width {width}")
+            found = search_k(lambda k, w=width: loss(w, k), width=width, epsilon=(1 - q) * epsilon,
                              band_low=settings.band_low, k_start=min(k_prev, width),
                              max_trials=settings.max_trials)
             if found["k"] is not None:
@@ -509,27 +558,31 @@ def run_downstream(
     saes: dict[tuple[str, int], BatchTopKSAE] = {}
     for found in ce_search:
         row = {key: found[key] for key in ("width", "status", "k", "n_trials", "tried")}
-        if found["k"] is not None and found["loss"] <= settings.epsilon_ce:
+        if found["k"] is not None and found["loss"] <= (1 - q) * settings.epsilon_ce:
             _, sae = train_at(found["width"], found["k"])
             saes[("ce", found["width"])] = sae
-            row.update(evaluate_downstream(sae, model, h_test, y_test, epsilon=settings.epsilon_ce).to_dict())
+            row.update(evaluate_downstream(sae, model, h_test, y_test, epsilon=settings.epsilon_ce,
+                                           budget=q * settings.epsilon_ce).to_dict())
+            # For comparison, the protocol without the reserve: quantised loss <= epsilon.
+            plain = evaluate_downstream(sae, model, h_test, y_test, epsilon=settings.epsilon_ce)
+            row.update(bits_without_reserve=plain.bits, dl_bits_without_reserve=plain.dl_bits)
         else:
             row.update(dl_bits=None)
         ce_rows.append(row)
     mses = [r["mse"] for r in ce_rows if r.get("dl_bits") is not None]
     if not mses:
         raise RuntimeError(f"no width reaches the cross-entropy tolerance {settings.epsilon_ce}")
-    epsilon_mse = float(f"{float(np.median(mses)):.3g}")
+    epsilon_mse = float(f"{float(np.median(mses)) / (1 - q):.3g}")
 
     # 2. The MSE tolerance, equally strict in the median, on the same activations.
     mse_search = sweep(mse_at, epsilon_mse, "MSE")
     mse_rows: list[dict[str, Any]] = []
     for found in mse_search:
         row = {key: found[key] for key in ("width", "status", "k", "n_trials", "tried")}
-        if found["k"] is not None and found["loss"] <= epsilon_mse:
+        if found["k"] is not None and found["loss"] <= (1 - q) * epsilon_mse:
             _, sae = train_at(found["width"], found["k"])
             saes[("mse", found["width"])] = sae
-            row.update(evaluate_mdl(sae, h_test, epsilon=epsilon_mse).to_dict())
+            row.update(evaluate_mse(sae, h_test, epsilon=epsilon_mse, budget=q * epsilon_mse).to_dict())
             spliced = splice_loss(model, h_test, sae_reconstruction(sae, h_test), y_test)
             row.update(ce_increase=spliced.ce_increase, accuracy_spliced_unquantised=spliced.accuracy_spliced)
         else:
@@ -545,9 +598,10 @@ def run_downstream(
             continue
         reloaded = _save_compact(saes[(name, best["width"])], out / "saes" / name)
         if name == "ce":
-            stored = evaluate_downstream(reloaded, model, h_test, y_test, epsilon=settings.epsilon_ce).to_dict()
+            stored = evaluate_downstream(reloaded, model, h_test, y_test, epsilon=settings.epsilon_ce,
+                                         budget=q * settings.epsilon_ce).to_dict()
         else:
-            stored = evaluate_mdl(reloaded, h_test, epsilon=epsilon_mse).to_dict()
+            stored = evaluate_mse(reloaded, h_test, epsilon=epsilon_mse, budget=q * epsilon_mse).to_dict()
             stored["ce_increase"] = splice_loss(model, h_test, sae_reconstruction(reloaded, h_test),
                                                 y_test).ce_increase
         optima[name] = {"width": best["width"], "k": best["k"], "dl_bits": best["dl_bits"],

@@ -17,13 +17,14 @@ from mdl_utils.downstream import (
     DownstreamSettings,
     activation_data,
     evaluate_downstream,
+    evaluate_mse,
     load_downstream,
     precision_curve,
     run_downstream,
     sae_reconstruction,
     search_k,
 )
-from mdl_utils.mdl import evaluate_mdl
+from mdl_utils.mdl import decoder_fn, evaluate_mdl
 from mdl_utils.models import ClassifierConfig, MLPClassifier, hidden_activations, splice_loss
 from mdl_utils.sae import BatchTopKSAE
 
@@ -180,6 +181,24 @@ def test_identity_sae_splice_costs_nothing_and_its_dl_is_that_of_the_activations
     assert curve["dl_bits"][0] <= curve["dl_bits"][1]  # finer bins nest in coarser ones
 
 
+def test_a_quantisation_budget_bounds_the_added_loss_not_the_total():
+    rng = np.random.default_rng(1)
+    h = (rng.random((400, 16)) * (rng.random((400, 16)) < 0.4)).astype(np.float32)
+    sae = _identity_sae(16)
+    with torch.no_grad():  # a lossy SAE: drop the last feature's decoder row
+        sae.W_dec_FD[15] = 0.0
+    raw = float(np.mean((sae_reconstruction(sae, h) - h) ** 2))
+    result = evaluate_mse(sae, h, epsilon=1.0, budget=1e-4)
+    expected = dl.effective_precision(
+        h, decoder_fn(sae), h, tolerance=1e-4, mode="increase"
+    )
+    assert result.mse == pytest.approx(raw) and result.bits == expected.bits
+    assert raw < result.mse_quantised <= raw + 1e-4
+    assert evaluate_mse(sae, h, epsilon=1.0).to_dict() == evaluate_mdl(sae, h, epsilon=1.0).to_dict()
+    with pytest.raises(ValueError, match="above the tolerance"):
+        evaluate_mse(sae, h, epsilon=raw / 2, budget=1e-4)
+
+
 def test_activation_data_holds_the_classifier_activations_of_the_first_digits(tmp_path, mnist_source_dir):
     from mdl_utils.data import load_mnist
 
@@ -205,12 +224,20 @@ def test_run_downstream_in_miniature_writes_results_that_reload_and_reproduce(tm
     assert [r["width"] for r in payload["ce_rows"]] == [8, 32] == [r["width"] for r in payload["mse_rows"]]
     measured_ce = [r for r in payload["ce_rows"] if r["dl_bits"] is not None]
     assert measured_ce and all(r["ce_increase_quantised"] <= 0.5 for r in measured_ce)
-    assert payload["epsilon_mse"] == pytest.approx(float(np.median([r["mse"] for r in measured_ce])), rel=1e-2)
+    q = settings.quantisation_share
+    assert all(r["ce_increase"] <= (1 - q) * 0.5 for r in measured_ce)
+    assert all(r["ce_increase_quantised"] <= r["ce_increase"] + q * 0.5 + 1e-12 for r in measured_ce)
+    median = float(np.median([r["mse"] for r in measured_ce]))
+    assert payload["epsilon_mse"] == pytest.approx(median / (1 - q), rel=1e-2)
+    for r in payload["mse_rows"]:
+        if r["dl_bits"] is not None:
+            assert r["mse"] <= (1 - q) * payload["epsilon_mse"] and r["mse_quantised"] <= payload["epsilon_mse"]
     again, model, saes = load_downstream(tmp_path / "out")
     assert again == json.loads((tmp_path / "out" / "downstream.json").read_text())
     data, y = activation_data(model, settings.n_train, settings.n_test, tmp_path / "acts")
     stored = payload["optima"]["ce"]["stored"]
-    recomputed = evaluate_downstream(saes["ce"], model, data.test, y, epsilon=settings.epsilon_ce)
+    recomputed = evaluate_downstream(saes["ce"], model, data.test, y, epsilon=settings.epsilon_ce,
+                                     budget=q * settings.epsilon_ce)
     assert recomputed.to_dict() == pytest.approx(stored)
     with pytest.raises(FileNotFoundError, match="mdl_utils.downstream"):
         load_downstream(tmp_path / "missing")
@@ -230,13 +257,15 @@ def test_committed_optima_reproduce_their_spliced_cross_entropy_and_dl(mnist_sou
     x_test, y_test = (x_test[:n_test], y_test[:n_test]) if n_test else (x_test, y_test)
     h = hidden_activations(model, x_test)
     ce = payload["optima"]["ce"]
-    result = evaluate_downstream(saes["ce"], model, h, y_test, epsilon=payload["epsilon_ce"])
+    q = payload["settings"]["quantisation_share"]
+    result = evaluate_downstream(saes["ce"], model, h, y_test, epsilon=payload["epsilon_ce"],
+                                 budget=q * payload["epsilon_ce"])
     assert result.ce_increase == pytest.approx(ce["stored"]["ce_increase"], abs=1e-9)
     assert result.ce_increase_quantised <= payload["epsilon_ce"]
     assert result.bits == ce["stored"]["bits"]
     assert result.dl_bits == pytest.approx(ce["stored"]["dl_bits"], rel=1e-9)
     mse = payload["optima"]["mse"]
-    result = evaluate_mdl(saes["mse"], h, epsilon=payload["epsilon_mse"])
+    result = evaluate_mse(saes["mse"], h, epsilon=payload["epsilon_mse"], budget=q * payload["epsilon_mse"])
     assert result.mse_quantised <= payload["epsilon_mse"]
     assert result.bits == mse["stored"]["bits"]
     assert result.dl_bits == pytest.approx(mse["stored"]["dl_bits"], rel=1e-9)
