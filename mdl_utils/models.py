@@ -41,6 +41,7 @@ __all__ = [
     "ClassifierConfig",
     "MLPClassifier",
     "SpliceResult",
+    "ClassifierHistory",
     "train_classifier",
     "hidden_activations",
     "cross_entropy",
@@ -153,9 +154,11 @@ class MLPClassifier(nn.Module):
         return self.from_hidden_net(h_NH)
 
     def forward(self, x_NP: Tensor) -> Tensor:
+        """Logits ``(N, n_classes)`` of pixels ``x_NP``: ``from_hidden(to_hidden(x_NP))``."""
         return self.from_hidden(self.to_hidden(x_NP))
 
     def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this classifier's shape."""
         return {"hidden": list(self.hidden), "d_in": self.d_in, "n_classes": self.n_classes}
 
 
