@@ -149,7 +149,7 @@ class DownstreamSettings:
 
 
 def settings_for(profile: str) -> DownstreamSettings:
-    """Settings for a run profile: ``quick`` (a few minutes here) or ``full`` (about half an hour)."""
+    """Settings for a run profile: ``quick`` (about two minutes here) or ``full`` (about a quarter of an hour)."""
     return choose(
         profile,
         quick=DownstreamSettings(

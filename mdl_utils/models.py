@@ -374,7 +374,9 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[MLPClassifier, dict[s
     return model, meta.get("metadata", {})
 
 
-def train_or_load_classifier(config: ClassifierConfig, cache: str | os.PathLike[str]) -> tuple[MLPClassifier, dict[str, Any]]:
+def train_or_load_classifier(
+    config: ClassifierConfig, cache: str | os.PathLike[str]
+) -> tuple[MLPClassifier, dict[str, Any]]:
     """The classifier for ``config``, trained on MNIST once and cached under ``cache/<key>``.
 
     Returns the model and its metadata: the config, the training time, and the test

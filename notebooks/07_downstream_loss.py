@@ -58,7 +58,7 @@
 #   median). Any difference between the two selections then comes from *which* errors each
 #   tolerance counts, not from how many.
 #
-# The `full` profile uses all 70,000 digits and seven widths; it takes about half an hour
+# The `full` profile uses all 70,000 digits and seven widths; it takes a quarter of an hour
 # on a laptop CPU, so its results (the table, the classifier and the two optimal SAEs) are
 # committed under `results/full/downstream/` and read back here; set `retrain = True` to
 # recompute them. The `quick` profile trains a smaller version live (fewer digits, widths
@@ -67,7 +67,7 @@
 # %% tags=["parameters"]
 # Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
 profile = "quick"
-# With profile="full": recompute instead of reading results/full/downstream/ (about 30 min on a CPU).
+# With profile="full": recompute instead of reading results/full/downstream/ (about 15 min on a CPU).
 retrain = False
 
 # %%
