@@ -58,7 +58,7 @@ class TreeSAE(nn.Module):
     zeroed wherever its parent is inactive *before* the children are selected, so a child can
     never fire without its parent. Selection, per level: in training, BatchTopK (the
     ``round(k * B)`` largest over the batch, ``k_parents`` for parents and ``k_children`` for
-    children); at inference, one learned threshold per level (:attr:`thresholds`).
+    children); at inference, one learned threshold per level (the buffer ``thresholds``).
 
     Decoder: ``x_hat = acts @ W_dec + b_dec`` with unit-norm rows, as in a flat SAE.
 
