@@ -101,8 +101,8 @@ def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
         best = min(rows, key=lambda row: _first(row, _DL_KEYS))
         widths = sorted({_first(row, _WIDTH_KEYS) for row in rows})
         parts = [
-            f"Among the {len(rows)} SAEs of the paper-scale sweep (widths {widths[0]:g} to "
-            f"{widths[-1]:g}), the one with the shortest description has "
+            f"Among the {len(rows)} SAEs of the paper-scale sweep that reach the tolerance "
+            f"(widths {widths[0]:g} to {widths[-1]:g}), the one with the shortest description has "
             f"**{_first(best, _WIDTH_KEYS):g} latents** and describes each MNIST test digit in "
             f"**{_first(best, _DL_KEYS):.1f} bits**"
         ]
@@ -126,7 +126,7 @@ def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
                 ("wall_time_s", "wall time (s):"), ("code_version", "code version:"),
             ) if key in meta
         ]
-        source = f" (read from `{path.as_posix()}`" + (
+        source = f" (read from `{(RESULTS_DIR / path.name).as_posix()}`" + (
             "; " + ", ".join(provenance) if provenance else "") + ".)"
         return "".join(parts) + source, True
     names = ", ".join(p.name for p in files)
