@@ -1,6 +1,8 @@
 # MDL-SAE: two commands, `make book` and `make test` (see README.md).
 #
-#   make book [PROFILE=quick|full]   set up .venv, execute every chapter once, build the HTML book
+#   make book [PROFILE=full|quick]   set up .venv, execute every chapter once, build the HTML book
+#                                    (default full: paper-scale results, read from results/full/
+#                                    where training would take hours)
 #   make test                        the same set-up and execution (quick profile), then pytest,
 #                                    nbval over the executed chapters, a strict book build, and
 #                                    the built book checked in headless Chromium (make browser)
@@ -10,7 +12,7 @@
 # never re-executes). An executed chapter is rebuilt whenever its source, the mdl_utils package,
 # the installed dependencies or the profile change, so stored outputs cannot go stale.
 
-PROFILE ?= quick
+PROFILE ?= full
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
