@@ -7,6 +7,9 @@ Commands:
             the chapter-3 MNIST MDL sweep, resumable (see ``mdl_utils.experiments``)
     beyond  chapter 6: per-feature precision, rate-distortion curves, the epsilon scan
             (see ``mdl_utils.beyond``)
+    downstream
+            chapter 7: SAEs on a classifier's hidden layer under a cross-entropy tolerance
+            (see ``mdl_utils.downstream``)
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments", "beyond": "mdl_utils.beyond"}
+_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments", "beyond": "mdl_utils.beyond",
+             "downstream": "mdl_utils.downstream"}
 
 
 def main(argv: list[str] | None = None) -> int:

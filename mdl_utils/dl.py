@@ -681,26 +681,52 @@ def effective_precision(
         ValueError: a bad tolerance, mode or candidate; the unquantised MSE already exceeds an
             absolute tolerance; or even the finest candidate misses the ceiling.
     """
-    if mode not in ("absolute", "increase"):
-        raise ValueError(f"mode must be 'absolute' or 'increase'; got {mode!r}")
-    if search not in ("bits", "step"):
-        raise ValueError(f"search must be 'bits' or 'step'; got {search!r}")
+    _check_mode(mode, search)
     if not math.isfinite(tolerance) or tolerance < 0 or (mode == "absolute" and tolerance == 0):
         raise ValueError(
             f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}"
         )
-    nz = _nonzeros(z, "latents")
     x_np = _as_float_array(x, "x")
-    mse_raw = _reconstruction_mse(decode, z, x_np)
+    bits, step, mse, mse_raw, ceiling, tried = _coarsest_precision(
+        z, lambda latents: _reconstruction_mse(decode, latents, x_np),
+        tolerance=tolerance, mode=mode, search=search, candidates=candidates, what="MSE",
+    )
+    return EffectivePrecision(bits, step, mse, mse_raw, ceiling, tried)
+
+
+def _check_mode(mode: str, search: str) -> None:
+    if mode not in ("absolute", "increase"):
+        raise ValueError(f"mode must be 'absolute' or 'increase'; got {mode!r}")
+    if search not in ("bits", "step"):
+        raise ValueError(f"search must be 'bits' or 'step'; got {search!r}")
+
+
+def _coarsest_precision(
+    z: Any,
+    evaluate: Callable[[Any], float],
+    *,
+    tolerance: float,
+    mode: str,
+    search: str,
+    candidates: Iterable[float] | None,
+    what: str,
+) -> tuple[int | None, float | None, float, float, float, tuple[tuple[float, float], ...]]:
+    """The search shared by :func:`effective_precision` and :func:`effective_precision_for_loss`.
+
+    ``evaluate`` maps latents (in ``z``'s kind) to the loss; ``what`` names the loss in
+    messages. Returns ``(bits, step, loss, loss_unquantised, ceiling, tried)``.
+    """
+    nz = _nonzeros(z, "latents")
+    loss_raw = evaluate(z)
     if mode == "absolute":
-        if mse_raw > tolerance:
+        if loss_raw > tolerance:
             raise ValueError(
-                f"the unquantised latents already have MSE {mse_raw:.6g}, above the absolute "
+                f"the unquantised latents already have {what} {loss_raw:.6g}, above the absolute "
                 f"tolerance {tolerance:.6g}; quantising them cannot be expected to meet it"
             )
         ceiling = float(tolerance)
     else:
-        ceiling = mse_raw + float(tolerance)
+        ceiling = loss_raw + float(tolerance)
 
     if search == "bits":
         grid: list[float] = list(range(1, 17)) if candidates is None else sorted(set(candidates))
@@ -721,14 +747,14 @@ def effective_precision(
         centres = (_codes_of_nonzeros(nz, widths, bits) - 0.5) * widths[nz.cols]
         dense = np.zeros((nz.n_samples, nz.n_features))
         dense[nz.rows, nz.cols] = centres
-        mse = _reconstruction_mse(decode, _like(dense, z), x_np)
-        tried.append((precision, mse))
-        if mse <= ceiling:
-            return EffectivePrecision(bits, step, mse, mse_raw, ceiling, tuple(tried))
-    finest, finest_mse = tried[-1]
+        value = evaluate(_like(dense, z))
+        tried.append((precision, value))
+        if value <= ceiling:
+            return bits, step, value, loss_raw, ceiling, tuple(tried)
+    finest, finest_value = tried[-1]
     raise ValueError(
-        f"no candidate precision meets the MSE ceiling {ceiling:.6g}: the finest tried "
-        f"({search}={finest}) gives MSE {finest_mse:.6g}; try finer candidates or a looser tolerance"
+        f"no candidate precision meets the {what} ceiling {ceiling:.6g}: the finest tried "
+        f"({search}={finest}) gives {what} {finest_value:.6g}; try finer candidates or a looser tolerance"
     )
 
 
@@ -783,15 +809,11 @@ def effective_precision_for_loss(
         ValueError: a bad tolerance, mode or candidate; a non-finite loss; the unquantised
             loss already exceeds an absolute tolerance; or even the finest candidate misses.
     """
-    if mode not in ("absolute", "increase"):
-        raise ValueError(f"mode must be 'absolute' or 'increase'; got {mode!r}")
-    if search not in ("bits", "step"):
-        raise ValueError(f"search must be 'bits' or 'step'; got {search!r}")
+    _check_mode(mode, search)
     if not math.isfinite(tolerance) or (mode == "increase" and tolerance < 0):
         raise ValueError(f"tolerance must be finite{' and >= 0' if mode == 'increase' else ''}; got {tolerance}")
     if not callable(loss):
         raise ValueError(f"loss must be a callable latents -> float; got {type(loss).__name__}")
-    nz = _nonzeros(z, "latents")
 
     def evaluate(latents: Any) -> float:
         tensor_type = _torch_tensor_type()
@@ -805,45 +827,11 @@ def effective_precision_for_loss(
             raise ValueError(f"loss returned a non-finite value ({value})")
         return value
 
-    loss_raw = evaluate(z)
-    if mode == "absolute":
-        if loss_raw > tolerance:
-            raise ValueError(
-                f"the unquantised latents already have loss {loss_raw:.6g}, above the absolute "
-                f"tolerance {tolerance:.6g}; quantising them cannot be expected to meet it"
-            )
-        ceiling = float(tolerance)
-    else:
-        ceiling = loss_raw + float(tolerance)
-
-    if search == "bits":
-        grid: list[float] = list(range(1, 17)) if candidates is None else sorted(set(candidates))
-    else:
-        top = float(nz.values.max()) if nz.values.size else 1.0
-        default = [top * 2.0**-k for k in range(1, 21)]
-        grid = sorted(set(default if candidates is None else candidates), reverse=True)
-    if not grid:
-        raise ValueError("candidates is empty")
-
-    tried: list[tuple[float, float]] = []
-    for precision in grid:
-        bits = int(precision) if search == "bits" else None
-        if search == "bits" and bits != precision:
-            raise ValueError(f"bits candidates must be integers; got {precision}")
-        step = float(precision) if search == "step" else None
-        widths = _widths_from_nonzeros(nz, bits, step)
-        centres = (_codes_of_nonzeros(nz, widths, bits) - 0.5) * widths[nz.cols]
-        dense = np.zeros((nz.n_samples, nz.n_features))
-        dense[nz.rows, nz.cols] = centres
-        value = evaluate(_like(dense, z))
-        tried.append((precision, value))
-        if value <= ceiling:
-            return LossPrecision(bits, step, value, loss_raw, ceiling, tuple(tried))
-    finest, finest_loss = tried[-1]
-    raise ValueError(
-        f"no candidate precision meets the loss ceiling {ceiling:.6g}: the finest tried "
-        f"({search}={finest}) gives loss {finest_loss:.6g}; try finer candidates or a looser tolerance"
+    bits, step, value, loss_raw, ceiling, tried = _coarsest_precision(
+        z, evaluate, tolerance=tolerance, mode=mode, search=search, candidates=candidates,
+        what="loss",
     )
+    return LossPrecision(bits, step, value, loss_raw, ceiling, tried)
 
 
 def _as_float_array(x: Any, what: str) -> np.ndarray:
