@@ -58,12 +58,14 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float 
     return fig, axes
 
 
-def label(ax: Axes, *, title: str, xlabel: str, ylabel: str) -> Axes:
-    """Set a panel's title and axis labels; all three are required (units go in the labels)."""
+def label(ax: Axes, *, title: str, xlabel: str, ylabel: str) -> None:
+    """Set a panel's title and axis labels; all three are required (units go in the labels).
+
+    Returns nothing, so that a notebook cell ending with it shows the figure and no text.
+    """
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return ax
 
 
 def image_grid(
