@@ -22,7 +22,6 @@ Three questions that the discussion of Ayonrinde, Pearce and Sharkey (2024) leav
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -450,24 +449,15 @@ def load_beyond(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """``python -m mdl_utils beyond``: the chapter-6 studies for a profile (resumable)."""
-    from mdl_utils.profiles import results_dir
+    from mdl_utils.profiles import parse_job_args, results_dir
 
-    parser = argparse.ArgumentParser(prog="python -m mdl_utils beyond", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["quick", "full"], default="full")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: results/<profile>/beyond)")
-    parser.add_argument("--sweep", type=Path, default=None,
-                        help="the chapter-3 sweep's folder (default: results/<profile>)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = parse_job_args(
+        argv, prog="python -m mdl_utils beyond", doc=__doc__, out_subdir="beyond", threads=1,
+        extra=lambda p: p.add_argument("--sweep", type=Path, default=None,
+                                       help="the chapter-3 sweep's folder (default: results/<profile>)"),
+    )
     sweep = args.sweep if args.sweep is not None else results_dir() / args.profile
-    out = args.out if args.out is not None else results_dir() / args.profile / "beyond"
+    out = args.out
     if not (sweep / "mdl.json").is_file():
         print(f"error: {sweep / 'mdl.json'} does not exist: run `python -m mdl_utils mnist-sweep "
               f"--profile {args.profile}` first", file=sys.stderr)

@@ -41,7 +41,6 @@ per width and tolerance, the optima), ``classifier.safetensors`` + ``.json`` (fl
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -71,7 +70,7 @@ from mdl_utils.models import (
     train_or_load_classifier,
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
-from mdl_utils.profiles import choose, results_dir
+from mdl_utils.profiles import choose, parse_job_args
 from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
 from mdl_utils.sweep import DataSpec, SweepData, load_cached_sae, prepare_data, train_cached
 from mdl_utils.train import TrainConfig
@@ -659,18 +658,8 @@ def load_downstream(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mdl_utils.downstream``: run or resume the downstream-tolerance experiment."""
-    parser = argparse.ArgumentParser(prog="python -m mdl_utils.downstream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["quick", "full"], default="full")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: results/<profile>/downstream beside mdl_utils)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    out = args.out if args.out is not None else results_dir() / args.profile / "downstream"
+    args = parse_job_args(argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream")
+    out = args.out
     try:
         payload = run_downstream(settings_for(args.profile), out, cache=args.cache, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

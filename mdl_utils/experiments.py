@@ -18,7 +18,6 @@ A-D), ``sweep/`` (the sweep runner's tables: every SAE trained during the search
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -35,7 +34,7 @@ import numpy as np
 
 from mdl_utils.mdl import MDLEvaluation, evaluate_mdl, regime_points
 from mdl_utils.profiles import cache_dir as default_cache_dir
-from mdl_utils.profiles import choose, results_dir
+from mdl_utils.profiles import choose, parse_job_args
 from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
 from mdl_utils.sweep import DataSpec, SweepConfig, TargetSpec, load_cached_sae, prepare_data, run_sweep
 
@@ -224,20 +223,8 @@ def load_mnist_sweep(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], d
 
 def main(argv: list[str]) -> int:
     """``python -m mdl_utils mnist-sweep``: run or resume the chapter-3 sweep."""
-    parser = argparse.ArgumentParser(prog="python -m mdl_utils mnist-sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["quick", "full"], default="full")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: results/<profile> beside mdl_utils)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    out = args.out if args.out is not None else results_dir() / args.profile
+    args = parse_job_args(argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__)
+    out = args.out
     try:
         payload = run_mnist_sweep(settings_for(args.profile), out, cache=args.cache,
                                   progress=not args.no_progress)

@@ -106,3 +106,16 @@ def test_unknown_profile_is_a_clear_error():
     assert PROFILES == ("quick", "full")
     with pytest.raises(ValueError, match="unknown profile 'huge'.*quick, full"):
         choose("huge", quick=1, full=2)
+
+
+def test_job_arguments_fill_the_output_folder_from_the_profile(monkeypatch, tmp_path):
+    from mdl_utils.profiles import parse_job_args
+
+    monkeypatch.setenv("MDL_RESULTS_DIR", str(tmp_path))
+    args = parse_job_args(["--profile", "quick"], prog="job", doc="A job.", out_subdir="beyond")
+    assert args.out == tmp_path / "quick" / "beyond" and args.threads is None and not args.no_progress
+    args = parse_job_args(["--out", "x", "--sweep", "y"], prog="job", doc="A job.",
+                          extra=lambda p: p.add_argument("--sweep"))
+    assert (args.profile, args.out, args.sweep) == ("full", Path("x"), "y")
+    with pytest.raises(SystemExit):
+        parse_job_args(["--profile", "huge"], prog="job", doc="A job.")
