@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "CURVE_BITS",
     "EPSILONS",
+    "NEAR_OPTIMAL",
     "RESULTS_FORMAT_VERSION",
     "PowerLawFit",
     "crossing_counts",
@@ -57,6 +58,8 @@ __all__ = [
 RESULTS_FORMAT_VERSION = 1
 #: Tolerances (test MSE per pixel) at which the epsilon scan re-selects SAEs.
 EPSILONS: tuple[float, ...] = (0.010, 0.015, 0.020, 0.030, 0.050)
+#: Relative DL margin within which a width counts as near-optimal (:func:`epsilon_optimum`).
+NEAR_OPTIMAL = 0.05
 #: Precisions (bits per non-zero value) along each rate-distortion curve.
 CURVE_BITS: tuple[int, ...] = tuple(range(1, 13))
 
@@ -298,7 +301,14 @@ def epsilon_optimum(payload: dict[str, Any]) -> dict[str, Any] | None:
 
     Same rule as chapter 3: the smallest DL, ties to the narrower SAE. ``at_edge`` says the
     optimum is the narrowest or widest width that reached the tolerance, so the true optimum
-    may lie outside the swept range.
+    may lie outside the swept range. ``in_band`` says the optimum's test MSE lies in the
+    sweep's band below epsilon (its search status is ``"hit"``); it is False when even the
+    smallest k the sweep tries leaves the MSE below the band (``"below_band"``), so that
+    the SAEs are compared at a lower MSE than the tolerance allows and the optimum is set by
+    that floor on k rather than by epsilon. ``n_below_band`` counts such widths.
+    ``near_widths`` lists the widths whose DL is within ``NEAR_OPTIMAL`` (5%) of the
+    optimum's: when it holds several, the DL curve is flat there and the single optimal width
+    is fragile (DL moves in whole bits of precision, so one SAE dropping a bit can decide it).
     """
     measured = _measured(payload)
     if not measured:
@@ -312,16 +322,26 @@ def epsilon_optimum(payload: dict[str, Any]) -> dict[str, Any] | None:
         "n_reached": len(measured),
         "at_edge": best["width"] in (min(widths), max(widths)),
         "at_sweep_edge": best["width"] in (swept[0], swept[-1]),
+        "in_band": best.get("status", "hit") == "hit",
+        "n_below_band": sum(r.get("status") == "below_band" for r in measured),
+        "near_widths": sorted(int(r["width"]) for r in measured
+                              if r["dl_bits"] <= (1 + NEAR_OPTIMAL) * best["dl_bits"]),
     }
 
 
 def fits_of(optima: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
-    """Power-law fits of the optimal width, L0 and DL against epsilon (None: too few points)."""
-    eps = [o["epsilon"] for o in optima]
+    """Power-law fits of the optimal width, L0 and DL against epsilon (None: too few points).
+
+    Only optima selected within the band are fitted (``in_band``, see
+    :func:`epsilon_optimum`): where even the smallest k over-delivers, the optimum reflects
+    that floor on k, not the tolerance.
+    """
+    used = [o for o in optima if o.get("in_band", True)]
+    eps = [o["epsilon"] for o in used]
     out: dict[str, dict[str, Any] | None] = {}
     for name in ("width", "l0", "dl_bits"):
         try:
-            out[name] = fit_power_law(eps, [o[name] for o in optima]).to_dict()
+            out[name] = fit_power_law(eps, [o[name] for o in used]).to_dict()
         except ValueError:
             out[name] = None
     return out

@@ -138,8 +138,26 @@ def test_epsilon_optimum_takes_the_smallest_dl_and_flags_edges():
     ]}
     best = epsilon_optimum(payload)
     assert best["width"] == 64 and not best["at_edge"] and best["n_reached"] == 3
+    assert best["near_widths"] == [64]  # 110 is 10% above 100, outside the 5% margin
+    payload["rows"][3]["dl_bits"] = 104.9
+    assert epsilon_optimum(payload)["near_widths"] == [64, 128]
     payload["rows"][3]["dl_bits"] = 90.0
     assert epsilon_optimum(payload)["at_edge"] and epsilon_optimum(payload)["at_sweep_edge"]
+
+
+def test_optimum_below_the_band_is_flagged_and_left_out_of_the_fits():
+    rows = [
+        {"width": 16, "status": "below_band", "dl_bits": 20.0, "k": 1.0, "l0": 1.0, "bits": 2},
+        {"width": 32, "status": "below_band", "dl_bits": 22.0, "k": 1.0, "l0": 1.0, "bits": 2},
+    ]
+    pinned = epsilon_optimum({"epsilon": 0.05, "rows": rows})
+    assert pinned["width"] == 16 and not pinned["in_band"] and pinned["n_below_band"] == 2
+    # Three in-band optima on y = 2 * eps**-1 and one pinned outlier: the fit ignores the outlier.
+    optima = [{"epsilon": e, "width": 2 / e, "l0": 2 / e, "dl_bits": 2 / e, "in_band": True}
+              for e in (0.01, 0.02, 0.04)]
+    fits = fits_of([*optima, {**pinned, "l0": 1000.0}])
+    assert fits["l0"]["n_points"] == 3
+    assert fits["l0"]["exponent"] == pytest.approx(-1.0) and fits["l0"]["prefactor"] == pytest.approx(2.0)
 
 
 def test_missing_results_say_how_to_make_them(tmp_path):
