@@ -149,7 +149,7 @@ for a in allocs:
 # For each SAE of the sweep, the test MSE and DL at every uniform precision from 1 to 12
 # bits. Each curve is drawn through its Pareto points (those not beaten on both MSE and DL by
 # another point of the same curve). The dashed line is the tolerance of chapter 3; the
-# greedy's path for the optimal SAE (per-feature precision) is drawn in black.
+# greedy's path for the optimal SAE (per-feature precision) is the dotted grey line.
 
 # %%
 fig, axes = plots.figure(width=7.5, height=4.5)
@@ -158,8 +158,8 @@ for i, c in enumerate(curves):
     front = pareto_front(c["mse"], c["dl_bits"])
     ax.plot(np.array(c["mse"])[front], np.array(c["dl_bits"])[front], "o-", ms=3,
             color=plots.COLORS[i % len(plots.COLORS)], label=f"width {c['width']}")
-ax.plot(best["path_mse"], best["path_entropy_bits"], "-", color="black", lw=1,
-        label=f"width {optimum_width}, per-feature (greedy)")
+ax.plot(best["path_mse"], best["path_entropy_bits"], ":", color="grey", lw=2,
+        label=f"width {optimum_width}, per-feature (greedy path)")
 ax.axvline(eps, color="grey", ls="--")
 ax.set_xscale("log")
 ax.legend(fontsize=8)
@@ -235,16 +235,29 @@ for entry in scan:
     note = "; ".join(notes)
     print(f"{o['epsilon']:8.3f} {o['n_reached']:8d} {o['width']:7d} {o['l0']:7.2f} {o['dl_bits']:7.1f} "
           f"{o['bits']:2d}  {note}")
+flat = [o["epsilon"] for o in (e["optimum"] for e in scan) if o is not None and len(o["near_widths"]) > 1]
+print(f"\ntolerances where several widths come within 5% of the least DL: "
+      + (", ".join(f"{e:g}" for e in flat) if flat else "none"))
 at_eps = next(e["optimum"] for e in scan if abs(e["epsilon"] - eps) < 1e-12)
 print(f"\nat epsilon = {eps}: optimum width {at_eps['width']}; chapter 3's: {optimum_width}")
+
+# %% [markdown]
+# How to read the notes: "within 5%" lists the widths whose DL is within 5% of the least one
+# at that tolerance. Where there are several, the DL curve is flat around its minimum and the
+# single optimal width is fragile: the DL moves in whole bits of precision, so one SAE
+# needing one bit fewer than its neighbours can decide the winner. An optimum "at the edge"
+# is the narrowest or widest width that reached the tolerance, so a wider or narrower sweep
+# could move it. The L0 and DL at the optimum are less sensitive to these ties than the
+# width is, because near-optimal SAEs have similar values of both.
 
 # %%
 optima = [e["optimum"] for e in scan if e["optimum"] is not None]
 e_arr = np.array([o["epsilon"] for o in optima])
 fig, axes = plots.figure(ncols=3, width=12.0, height=3.8)
-for ax, (name, ylabel) in zip(axes[0], [("width", "optimal width D* (features)"),
-                                        ("l0", "L0 at the optimum (features per digit)"),
-                                        ("dl_bits", "DL at the optimum (bits per digit)")]):
+panels = [("width", "Optimal width", "optimal width D* (features)"),
+          ("l0", "L0 at the optimum", "L0 (active features per digit)"),
+          ("dl_bits", "DL at the optimum", "DL (bits per test digit)")]
+for ax, (name, title, ylabel) in zip(axes[0], panels):
     y = np.array([o[name] for o in optima])
     in_band = np.array([o["in_band"] for o in optima], dtype=bool)
     ax.plot(e_arr[in_band], y[in_band], "o", color=plots.COLORS[0], label="measured (fitted)")
@@ -258,8 +271,10 @@ for ax, (name, ylabel) in zip(axes[0], [("width", "optimal width D* (features)")
                 label=f"fit: exponent {fit['exponent']:.2f}, $R^2$ {fit['r_squared']:.2f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(e_arr, [f"{e:g}" for e in e_arr])
+    ax.minorticks_off()
     ax.legend(fontsize=8)
-    plots.label(ax, title=f"{name} at the optimum against epsilon",
+    plots.label(ax, title=f"{title} against epsilon",
                 xlabel="tolerance epsilon (test MSE per pixel)", ylabel=ylabel)
 
 # %% [markdown]
@@ -295,4 +310,7 @@ for name in ("width", "l0", "dl_bits"):
 # %%
 print(f"profile: {profile}; epsilon scan: {[e['epsilon'] for e in scan]}")
 print(f"machine: {beyond['machine']}; date: {beyond['date']}; code version: {beyond['code_version']}")
-print(f"wall time of the run: {beyond['wall_time_s'] / 60:.1f} min")
+print(f"wall time of the run that wrote these results: {beyond['wall_time_s'] / 60:.1f} min "
+      "(SAEs already in the model cache are not retrained)")
+print(f"training time behind the epsilon scan (all tolerances, CPU): "
+      f"{beyond['scan_training_time_s'] / 60:.1f} min")
