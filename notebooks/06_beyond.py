@@ -32,13 +32,13 @@
 # {py:mod}`mdl_utils.beyond` for the rest. The `full` profile reads results computed once by
 # `python -m mdl_utils beyond --profile full` (committed under `results/full/beyond/`); the
 # `quick` profile recomputes everything from chapter 3's quick sweep, training only the SAEs
-# that the other tolerances need. Until the paper-scale results are committed, the `full`
-# profile falls back to the quick one and prints a note saying so.
+# that the other tolerances need.
 
 # %% tags=["parameters"]
 # Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
 profile = "quick"
-# With profile="full": recompute instead of reading results/full/beyond/ (hours on a CPU).
+# With profile="full": recompute instead of reading results/full/beyond/ (about an hour of
+# CPU training once chapter 3's SAEs are cached, see the README).
 retrain = False
 
 # %%
@@ -52,13 +52,6 @@ from mdl_utils.profiles import cache_dir, choose, results_dir
 torch.set_num_threads(1)
 plots.use_style()
 committed = results_dir() / "full" / "beyond"
-if profile == "full" and not retrain and not (committed / "beyond.json").is_file():
-    # The paper-scale epsilon scan retrains chapter 3's sweep at four more tolerances (hours
-    # on a CPU) and has not been committed yet: say so, and show the quick profile instead.
-    print(f"NOTE: no paper-scale results in {committed.relative_to(results_dir().parent)} yet "
-          "(compute them with `python -m mdl_utils beyond --profile full`); this chapter shows "
-          "the QUICK profile's results instead.")
-    profile = "quick"
 if profile == "full" and not retrain:
     beyond = load_beyond(committed)
 else:

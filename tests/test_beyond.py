@@ -190,3 +190,21 @@ def test_committed_full_results_recompute_from_what_is_stored():
         assert a["mse"] <= payload["epsilon"]
         n = len(a["bits"])
         assert n == a["width"]
+    # The scan's rows are those of the sweeps stored beside it (chapter 3's at its epsilon).
+    keys = ("width", "status", "k", "mse", "l0", "dl_bits", "bits")
+    for entry in payload["epsilon_scan"]:
+        if math.isclose(entry["epsilon"], chapter3["epsilon"]):
+            sweep = chapter3
+        else:
+            sweep = json.loads((BEYOND / "scan" / f"eps-{entry['epsilon']:.4f}" / "mdl.json").read_text())
+        assert math.isclose(sweep["epsilon"], entry["epsilon"])
+        assert entry["rows"] == [{k: r.get(k) for k in keys} for r in sweep["rows"]]
+    # Each rate-distortion curve passes through chapter 3's measurement of the same SAE: at
+    # the SAE's uniform precision, the same DL and the same quantised MSE.
+    by_width = {r["width"]: r for r in chapter3["rows"] if r.get("dl_bits") is not None}
+    assert [c["width"] for c in payload["curves"]] == sorted(by_width)
+    for curve in payload["curves"]:
+        row = by_width[curve["width"]]
+        i = curve["bits"].index(row["bits"])
+        assert curve["dl_bits"][i] == pytest.approx(row["dl_bits"], rel=1e-9)
+        assert curve["mse"][i] == pytest.approx(row["mse_quantised"], rel=1e-6)
