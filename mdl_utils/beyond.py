@@ -55,7 +55,7 @@ __all__ = [
     "value_entropy",
 ]
 
-RESULTS_FORMAT_VERSION = 1
+RESULTS_FORMAT_VERSION = 2
 #: Tolerances (test MSE per pixel) at which the epsilon scan re-selects SAEs.
 EPSILONS: tuple[float, ...] = (0.010, 0.015, 0.020, 0.030, 0.050)
 #: Relative DL margin within which a width counts as near-optimal (:func:`epsilon_optimum`).
@@ -269,7 +269,10 @@ def _allocation_summary(sae: Any, x_test: np.ndarray, epsilon: float, row: dict[
     from mdl_utils.mdl import decoder_fn, latents
 
     z = latents(sae, x_test)
-    alloc = allocate_bits(z, decoder_fn(sae), x_test, tolerance=epsilon)
+    decode = decoder_fn(sae)
+    alloc = allocate_bits(z, decode, x_test, tolerance=epsilon)
+    # The strict comparison: the ceiling is the MSE the uniform precision itself reaches.
+    same = allocate_bits(z, decode, x_test, tolerance=alloc.uniform_mse)
     firing = (z > 0).mean(axis=0)
     values = value_entropy(alloc.feature_bits, firing)
     live = alloc.live
@@ -282,6 +285,11 @@ def _allocation_summary(sae: Any, x_test: np.ndarray, epsilon: float, row: dict[
         "table_bits": alloc.table_bits,
         "dl_bits": alloc.dl_bits,
         "mse": alloc.mse,
+        "started_from": alloc.started_from,
+        "allocator_uniform": {"bits": alloc.uniform_bits, "entropy_bits": alloc.uniform_entropy_bits,
+                              "mse": alloc.uniform_mse},
+        "same_mse": {"ceiling": alloc.uniform_mse, "entropy_bits": same.entropy_bits,
+                     "dl_bits": same.dl_bits, "mse": same.mse, "started_from": same.started_from},
         "n_live": int(live.sum()),
         "n_steps": alloc.n_steps,
         "start_bits": alloc.start_bits,

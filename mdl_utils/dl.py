@@ -882,6 +882,14 @@ class BitAllocation:
             (n_steps + 1,): the greedy's rate-distortion path.
         path_mse: the MSE along the same path (from the affine model of the decoder,
             float64), shape (n_steps + 1,).
+        started_from: ``"generous"`` (every live feature at ``start_bits``) or ``"uniform"``
+            (every live feature at ``uniform_bits``): the start whose greedy gave the answer.
+        uniform_bits: the coarsest single precision (1..start_bits, not below ``min_bits``)
+            meeting the ceiling, as :func:`effective_precision` would choose it; None if none
+            does.
+        uniform_entropy_bits: the DL at ``uniform_bits`` (every feature at that precision),
+            bits per sample; ``entropy_bits`` is never above it when the uniform start ran.
+        uniform_mse: the MSE at ``uniform_bits``, measured through ``decode``.
     """
 
     bits: np.ndarray
@@ -901,6 +909,10 @@ class BitAllocation:
     n_steps: int
     path_entropy_bits: np.ndarray
     path_mse: np.ndarray
+    started_from: str
+    uniform_bits: int | None
+    uniform_entropy_bits: float | None
+    uniform_mse: float | None
 
 
 def _decoded(decode: Callable[[Any], Any], z: Any) -> np.ndarray:
@@ -994,6 +1006,7 @@ def allocate_bits(
     mode: Literal["absolute", "increase"] = "absolute",
     start_bits: int = 12,
     min_bits: int = 0,
+    start: Literal["best", "generous", "uniform"] = "best",
 ) -> BitAllocation:
     """Greedy per-feature precision: the fewest bits of DL for a reconstruction MSE ceiling.
 
@@ -1007,6 +1020,13 @@ def allocate_bits(
     same groups there): the greedy then cannot stall on a feature whose next bit is free of
     DL. A feature whose entropy never drops (one that takes a single value) keeps
     ``start_bits``: its precision costs nothing.
+
+    A greedy is not optimal, and from the generous start it can end above the uniform
+    precision's DL at the same ceiling. With ``start="best"`` (the default) the greedy
+    therefore also runs from the uniform allocation (every live feature at the coarsest single
+    precision meeting the ceiling, ``uniform_bits``) and the lower DL wins; since removals
+    never raise a feature's entropy, the answer's ``entropy_bits`` is then never above the
+    uniform DL. ``start="generous"`` or ``"uniform"`` runs one of the two only.
 
     Halving a feature's precision merges its bins in pairs (the bin edges are nested), so a
     removal never raises that feature's entropy. The precisions themselves are part of the
@@ -1027,6 +1047,8 @@ def allocate_bits(
             unquantised MSE (``mode="increase"``).
         start_bits: the generous precision every live feature starts at (1..30).
         min_bits: the lowest precision allowed (0 = on/off only).
+        start: where the greedy starts: ``"best"`` (both starts below, the lower DL wins),
+            ``"generous"`` (``start_bits`` everywhere) or ``"uniform"`` (``uniform_bits``).
 
     Returns:
         A :class:`BitAllocation`.
@@ -1037,6 +1059,8 @@ def allocate_bits(
     """
     if mode not in ("absolute", "increase"):
         raise ValueError(f"mode must be 'absolute' or 'increase'; got {mode!r}")
+    if start not in ("best", "generous", "uniform"):
+        raise ValueError(f"start must be 'best', 'generous' or 'uniform'; got {start!r}")
     if not math.isfinite(tolerance) or tolerance < 0 or (mode == "absolute" and tolerance == 0):
         raise ValueError(
             f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}"
@@ -1092,110 +1116,155 @@ def allocate_bits(
     # The Gram matrix <w_i, w_j>, precomputed while it is small (at most 128 MiB).
     gram = W @ W.T if n_features <= 4096 else None
 
-    bits = np.where(live, int(start_bits), 0).astype(np.int64)
-    codes = _codes_at(values, vmax_e, bits[cols])
-    current = _dequantized(codes, vmax_e, bits[cols])
-    residual = x_np - bias - _sparse_matmul(n, rows, cols, current, W)  # x - x_hat, (N, d)
-    sse = float(np.sum(residual**2))
-    if sse / n_entries > ceiling:
-        raise ValueError(
-            f"at start_bits={start_bits} the MSE is {sse / n_entries:.6g}, above the ceiling "
-            f"{ceiling:.6g}; raise start_bits"
-        )
     # H(p_i) of every feature at every precision 0..start_bits: bins are nested (each bit
     # removed merges bins in pairs), so the codes at l bits are the start codes halved.
+    codes_top = _codes_at(values, vmax_e, np.full(values.size, int(start_bits)))
     h_levels = np.empty((n_features, int(start_bits) + 1))
     for level in range(int(start_bits) + 1):
         shift = int(start_bits) - level
-        h_levels[:, level] = _entropies_from_nonzeros(n, n_features, cols, (codes + (1 << shift) - 1) >> shift)
-    h_cur = h_levels[:, int(start_bits)].copy()
+        h_levels[:, level] = _entropies_from_nonzeros(
+            n, n_features, cols, (codes_top + (1 << shift) - 1) >> shift
+        )
 
-    def target_level(i: int) -> int:
-        """The highest precision below feature i's current one at which its entropy drops.
-
-        Levels in between leave the grouping of i's values unchanged (merging two occupied
-        bins always lowers the entropy), so removing a single bit there saves nothing and a
-        one-bit-at-a-time greedy would stall; the candidate jumps straight past them.
-        """
-        lower = np.flatnonzero(h_levels[i, min_bits : bits[i]] < h_cur[i] - 1e-12)
-        return int(min_bits + lower[-1]) if lower.size else -1
-
-    # The candidate move of each feature (down to its target precision): the change of each of
-    # its values (delta), and the two sums giving the SSE change exactly:
-    # dSSE_i = |w_i|^2 sum_n delta_n^2 - 2 sum_n delta_n <r_n, w_i>.
-    target = np.full(n_features, -1, dtype=np.int64)
-    delta = np.zeros_like(values)
-    s1 = np.zeros(n_features)
-    s2 = np.zeros(n_features)
-    h_next = h_cur.copy()
-
-    def prepare(i: int) -> None:
-        seg = slice(starts[i], starts[i + 1])
-        target[i] = target_level(i)
-        if target[i] < 0:
-            delta[seg] = 0.0
-            s1[i] = s2[i] = 0.0
-            h_next[i] = h_cur[i]
-            return
-        moved = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, target[i]))
-        delta[seg] = _dequantized(moved, vmax_e[seg], target[i]) - current[seg]
-        h_next[i] = h_levels[i, target[i]]
-        s1[i] = float(delta[seg] @ delta[seg])
-        s2[i] = float(delta[seg] @ (residual[rows[seg]] @ W[i]))
-
-    for i in np.flatnonzero(live):
-        prepare(int(i))
-
-    path_h = [float(h_cur.sum())]
-    path_mse = [sse / n_entries]
-    history: list[tuple[int, int]] = []  # (feature, precision before the move)
-    row_delta = np.zeros(n)
-    while True:
-        d_sse = norm2 * s1 - 2.0 * s2
-        d_h = h_cur - h_next
-        feasible = (target >= 0) & ((sse + d_sse) / n_entries <= ceiling)
-        if not feasible.any():
-            break
-        score = np.full(n_features, np.inf)
-        score[feasible] = d_sse[feasible] / d_h[feasible]
-        j = int(np.argmin(score))
-        seg = slice(starts[j], starts[j + 1])
-        rows_j, delta_j = rows[seg], delta[seg]
-        # Apply: the residual of j's samples moves by -delta * w_j.
-        residual[rows_j] -= delta_j[:, None] * W[j]
-        sse += float(d_sse[j])
-        # Other features active on those samples see <r_n, w_i> change by -delta_n <w_j, w_i>.
-        lo, hi = row_starts[rows_j], row_starts[rows_j + 1]
-        lengths = hi - lo
-        shared = by_row[np.repeat(lo - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())]
-        row_delta[rows_j] = delta_j
-        touched_w = np.bincount(cols[shared], weights=row_delta[rows[shared]] * delta[shared], minlength=n_features)
-        row_delta[rows_j] = 0.0
-        touched = np.flatnonzero(touched_w)
-        overlap = gram[j, touched] if gram is not None else W[touched] @ W[j]
-        s2[touched] -= overlap * touched_w[touched]
-        history.append((j, int(bits[j])))
-        current[seg] += delta_j
-        bits[j] = target[j]
-        codes[seg] = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, bits[j]))
-        h_cur[j] = h_next[j]
-        prepare(j)
-        path_h.append(float(h_cur.sum()))
-        path_mse.append(sse / n_entries)
-
-    # The MSE through decode itself; undo the last removals should rounding have crossed the ceiling.
-    while True:
+    def decoded_mse(level_of: np.ndarray) -> float:
+        """The MSE through ``decode`` itself with feature i at ``level_of[i]`` bits."""
         dense = np.zeros((n, n_features))
-        dense[rows, cols] = _dequantized(codes, vmax_e, bits[cols])
-        mse = float(np.mean((_decoded(decode, _like(dense, z)) - x_np) ** 2))
-        if mse <= ceiling or not history:
+        dense[rows, cols] = _dequantized(_codes_at(values, vmax_e, level_of[cols]), vmax_e, level_of[cols])
+        return float(np.mean((_decoded(decode, _like(dense, z)) - x_np) ** 2))
+
+    # The uniform reference: the coarsest single precision (1..start_bits bits, not below
+    # min_bits) whose MSE, measured through decode as effective_precision measures it, meets
+    # the ceiling.
+    uniform_level, uniform_mse = None, None
+    for level in range(max(1, int(min_bits)), int(start_bits) + 1):
+        value = decoded_mse(np.where(live, level, 0).astype(np.int64))
+        if value <= ceiling:
+            uniform_level, uniform_mse = level, value
             break
-        j, before = history.pop()
-        bits[j] = before
-        seg = slice(starts[j], starts[j + 1])
-        codes[seg] = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, bits[j]))
-        path_h.pop()
-        path_mse.pop()
+
+    def greedy(init_level: int) -> tuple[np.ndarray, np.ndarray, list, list, list, float]:
+        """Remove precision greedily from every live feature at ``init_level`` bits."""
+        bits = np.where(live, int(init_level), 0).astype(np.int64)
+        codes = _codes_at(values, vmax_e, bits[cols])
+        current = _dequantized(codes, vmax_e, bits[cols])
+        residual = x_np - bias - _sparse_matmul(n, rows, cols, current, W)  # x - x_hat, (N, d)
+        sse = float(np.sum(residual**2))
+        h_cur = h_levels[:, int(init_level)].copy()
+
+        def target_level(i: int) -> int:
+            """The highest precision below feature i's current one at which its entropy drops.
+
+            Levels in between leave the grouping of i's values unchanged (merging two occupied
+            bins always lowers the entropy), so removing a single bit there saves nothing and
+            a one-bit-at-a-time greedy would stall; the candidate jumps straight past them.
+            """
+            lower = np.flatnonzero(h_levels[i, min_bits : bits[i]] < h_cur[i] - 1e-12)
+            return int(min_bits + lower[-1]) if lower.size else -1
+
+        # The candidate move of each feature (down to its target precision): the change of
+        # each of its values (delta), and the two sums giving the SSE change exactly:
+        # dSSE_i = |w_i|^2 sum_n delta_n^2 - 2 sum_n delta_n <r_n, w_i>.
+        target = np.full(n_features, -1, dtype=np.int64)
+        delta = np.zeros_like(values)
+        s1 = np.zeros(n_features)
+        s2 = np.zeros(n_features)
+        h_next = h_cur.copy()
+
+        def prepare(i: int) -> None:
+            seg = slice(starts[i], starts[i + 1])
+            target[i] = target_level(i)
+            if target[i] < 0:
+                delta[seg] = 0.0
+                s1[i] = s2[i] = 0.0
+                h_next[i] = h_cur[i]
+                return
+            moved = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, target[i]))
+            delta[seg] = _dequantized(moved, vmax_e[seg], target[i]) - current[seg]
+            h_next[i] = h_levels[i, target[i]]
+            s1[i] = float(delta[seg] @ delta[seg])
+            s2[i] = float(delta[seg] @ (residual[rows[seg]] @ W[i]))
+
+        for i in np.flatnonzero(live):
+            prepare(int(i))
+
+        path_h = [float(h_cur.sum())]
+        path_mse = [sse / n_entries]
+        history: list[tuple[int, int]] = []  # (feature, precision before the move)
+        row_delta = np.zeros(n)
+        while True:
+            d_sse = norm2 * s1 - 2.0 * s2
+            d_h = h_cur - h_next
+            feasible = (target >= 0) & ((sse + d_sse) / n_entries <= ceiling)
+            if not feasible.any():
+                break
+            score = np.full(n_features, np.inf)
+            score[feasible] = d_sse[feasible] / d_h[feasible]
+            j = int(np.argmin(score))
+            seg = slice(starts[j], starts[j + 1])
+            rows_j, delta_j = rows[seg], delta[seg]
+            # Apply: the residual of j's samples moves by -delta * w_j.
+            residual[rows_j] -= delta_j[:, None] * W[j]
+            sse += float(d_sse[j])
+            # Other features active on those samples see <r_n, w_i> change by -delta_n <w_j, w_i>.
+            lo, hi = row_starts[rows_j], row_starts[rows_j + 1]
+            lengths = hi - lo
+            shared = by_row[np.repeat(lo - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())]
+            row_delta[rows_j] = delta_j
+            touched_w = np.bincount(cols[shared], weights=row_delta[rows[shared]] * delta[shared], minlength=n_features)
+            row_delta[rows_j] = 0.0
+            touched = np.flatnonzero(touched_w)
+            overlap = gram[j, touched] if gram is not None else W[touched] @ W[j]
+            s2[touched] -= overlap * touched_w[touched]
+            history.append((j, int(bits[j])))
+            current[seg] += delta_j
+            bits[j] = target[j]
+            codes[seg] = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, bits[j]))
+            h_cur[j] = h_next[j]
+            prepare(j)
+            path_h.append(float(h_cur.sum()))
+            path_mse.append(sse / n_entries)
+
+        # The MSE through decode itself; undo the last removals should rounding have crossed
+        # the ceiling.
+        while True:
+            mse = decoded_mse(bits)
+            if mse <= ceiling or not history:
+                break
+            j, before = history.pop()
+            bits[j] = before
+            seg = slice(starts[j], starts[j + 1])
+            codes[seg] = _codes_at(values[seg], vmax_e[seg], np.full(seg.stop - seg.start, bits[j]))
+            path_h.pop()
+            path_mse.pop()
+        return bits, codes, history, path_h, path_mse, mse
+
+    starting_points = []
+    if start in ("generous", "best"):
+        start_sse = float(np.sum((x_np - bias - _sparse_matmul(
+            n, rows, cols, _dequantized(codes_top, vmax_e, np.full(values.size, int(start_bits))), W)) ** 2))
+        if start_sse / n_entries > ceiling:
+            raise ValueError(
+                f"at start_bits={start_bits} the MSE is {start_sse / n_entries:.6g}, above the "
+                f"ceiling {ceiling:.6g}; raise start_bits"
+            )
+        starting_points.append(("generous", int(start_bits)))
+    if start in ("uniform", "best"):
+        if uniform_level is None:
+            raise ValueError(
+                f"no uniform precision of {max(1, int(min_bits))}..{start_bits} bits meets the "
+                f"ceiling {ceiling:.6g}; raise start_bits"
+            )
+        starting_points.append(("uniform", uniform_level))
+    best = None
+    for name, level in starting_points:
+        run = greedy(level)
+        entropy = float(_entropies_from_nonzeros(n, n_features, cols, run[1]).sum())
+        if best is None or entropy < best[0] - 1e-12:
+            best = (entropy, name, run)
+    _, started_from, (bits, codes, history, path_h, path_mse, mse) = best
+    uniform_entropy = (
+        None if uniform_level is None else float(h_levels[:, uniform_level][live].sum())
+    )
     feature_bits = _entropies_from_nonzeros(n, n_features, cols, codes)
     per_feature = int(math.ceil(math.log2(start_bits - min_bits + 1)))
     table = float(per_feature * int(live.sum()))
@@ -1218,6 +1287,10 @@ def allocate_bits(
         n_steps=len(history),
         path_entropy_bits=np.asarray(path_h),
         path_mse=np.asarray(path_mse),
+        started_from=started_from,
+        uniform_bits=uniform_level,
+        uniform_entropy_bits=uniform_entropy,
+        uniform_mse=uniform_mse,
     )
 
 

@@ -113,6 +113,44 @@ def test_per_feature_dl_never_above_uniform_dl_at_the_same_ceiling(seed):
     assert alloc.mse <= ceiling
 
 
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_per_feature_dl_never_above_uniform_dl_at_the_uniform_precisions_own_mse(seed, factor):
+    # The strict comparison: the ceiling is the MSE that the uniform precision actually reaches,
+    # so the per-feature answer is at that MSE or below, and must not cost more DL.
+    z, W, b, x = _sae_like(seed)
+    decode = _linear(W, b)
+    raw = float(np.mean((decode(z) - x) ** 2))
+    uniform = effective_precision(z, decode, x, tolerance=raw * factor)
+    uniform_dl = description_length(z, bits=uniform.bits).dl_bits
+    alloc = allocate_bits(z, decode, x, tolerance=uniform.mse)
+    assert alloc.entropy_bits <= uniform_dl + 1e-9
+    assert alloc.mse <= uniform.mse
+    # The reference it reports is effective_precision's choice, with the same DL and MSE.
+    assert alloc.uniform_bits == uniform.bits
+    assert alloc.uniform_entropy_bits == pytest.approx(uniform_dl, rel=1e-12)
+    assert alloc.uniform_mse == pytest.approx(uniform.mse, rel=1e-12)
+
+
+def test_the_greedy_from_the_generous_start_alone_can_lose_to_uniform():
+    # Found by search: on this matrix the greedy from 12 bits everywhere ends above the uniform
+    # DL at the uniform precision's own MSE; the default start="best" also runs the greedy from
+    # the uniform allocation and returns that answer instead.
+    z, W, b, x = _sae_like(35)
+    decode = _linear(W, b)
+    raw = float(np.mean((decode(z) - x) ** 2))
+    uniform = effective_precision(z, decode, x, tolerance=3.0 * raw)
+    uniform_dl = description_length(z, bits=uniform.bits).dl_bits
+    generous = allocate_bits(z, decode, x, tolerance=uniform.mse, start="generous")
+    assert generous.entropy_bits > uniform_dl + 1e-3 and generous.started_from == "generous"
+    best = allocate_bits(z, decode, x, tolerance=uniform.mse)
+    assert best.started_from == "uniform" and best.entropy_bits <= uniform_dl + 1e-9
+    only_uniform = allocate_bits(z, decode, x, tolerance=uniform.mse, start="uniform")
+    np.testing.assert_array_equal(only_uniform.bits, best.bits)
+    with pytest.raises(ValueError, match="start must be"):
+        allocate_bits(z, decode, x, tolerance=uniform.mse, start="random")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_tolerance_is_respected_and_the_reported_numbers_recompute(seed):
     z, W, b, x = _sae_like(seed + 10)

@@ -185,9 +185,19 @@ def test_committed_full_results_recompute_from_what_is_stored():
     # Crossing counts follow from the stored curves.
     assert crossing_counts(payload["curves"]).tolist() == payload["crossing_counts"]
     # Per-feature DL: never above uniform at the same ceiling; the table cost is included.
+    rows3 = {r["width"]: r for r in chapter3["rows"]}
     for a in payload["allocations"]:
         assert a["entropy_bits"] <= a["uniform_dl_bits"] + 1e-9
         assert a["mse"] <= payload["epsilon"]
+        # At the uniform precision's own MSE as the ceiling: never above the uniform DL.
+        ref, same = a["allocator_uniform"], a["same_mse"]
+        assert same["ceiling"] == ref["mse"] and same["mse"] <= same["ceiling"]
+        assert same["entropy_bits"] <= ref["entropy_bits"] + 1e-9
+        # The allocator's uniform reference is chapter 3's measurement of the same SAE.
+        row = rows3[a["width"]]
+        assert ref["bits"] == row["bits"] == a["uniform_bits"]
+        assert ref["entropy_bits"] == pytest.approx(row["dl_bits"], rel=1e-9)
+        assert ref["mse"] == pytest.approx(row["mse_quantised"], rel=1e-5)
         n = len(a["bits"])
         assert n == a["width"]
     # The scan's rows are those of the sweeps stored beside it (chapter 3's at its epsilon).
