@@ -107,13 +107,23 @@ def _sweep_config(settings: SweepSettings, out_dir: Path, cache: Path, progress:
 
 
 def _code_version() -> str:
+    """The git commit of the code, with ``-dirty`` when tracked files outside ``results/`` differ.
+
+    Rewriting committed results (a rerun of a job over its own output) does not count as a
+    change of the code that produced them.
+    """
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always"],
             capture_output=True, text=True, check=True, timeout=10,
-        )
-        return out.stdout.strip()
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)results"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        return f"{commit}-dirty" if changed else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
