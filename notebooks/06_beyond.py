@@ -86,16 +86,19 @@ optimum_width = beyond["sweep_optimum_width"]
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'':9s}{'uniform':>16s} | {'same MSE: per-feature':>28s} | {'at epsilon: per-feature':>28s}")
-print(f"{'width':>6s} {'B':>2s} {'DL':>7s} {'MSE':>7s} | {'DL':>7s} {'+table':>7s} {'saving':>7s} {'start':>4s} | "
-      f"{'DL':>7s} {'+table':>7s} {'saving':>7s} {'MSE':>7s}")
+print("At the same MSE (ceiling: the uniform precision's own MSE)")
+print(f"{'width':>6s} {'B':>2s} {'uniform DL':>10s} {'MSE':>8s} | {'DL':>7s} {'+table':>7s} {'saving':>7s}  start")
 for a in allocs:
     same = a["same_mse"]
     save_same = 100 * (a["uniform_dl_bits"] - same["dl_bits"]) / a["uniform_dl_bits"]
+    print(f"{a['width']:6d} {a['uniform_bits']:2d} {a['uniform_dl_bits']:10.1f} {a['uniform_mse']:8.5f} | "
+          f"{same['entropy_bits']:7.1f} {same['dl_bits']:7.1f} {save_same:6.2f}%  {same['started_from']}")
+print(f"\nAt the tolerance (ceiling: epsilon = {eps})")
+print(f"{'width':>6s} {'uniform DL':>10s} | {'DL':>7s} {'+table':>7s} {'saving':>7s} {'MSE':>8s}  start")
+for a in allocs:
     save_eps = 100 * (a["uniform_dl_bits"] - a["dl_bits"]) / a["uniform_dl_bits"]
-    print(f"{a['width']:6d} {a['uniform_bits']:2d} {a['uniform_dl_bits']:7.1f} {a['uniform_mse']:7.5f} | "
-          f"{same['entropy_bits']:7.1f} {same['dl_bits']:7.1f} {save_same:6.2f}% {same['started_from'][:4]:>4s} | "
-          f"{a['entropy_bits']:7.1f} {a['dl_bits']:7.1f} {save_eps:6.1f}% {a['mse']:7.5f}")
+    print(f"{a['width']:6d} {a['uniform_dl_bits']:10.1f} | {a['entropy_bits']:7.1f} {a['dl_bits']:7.1f} "
+          f"{save_eps:6.2f}% {a['mse']:8.5f}  {a['started_from']}")
 never_above = all(a["same_mse"]["entropy_bits"] <= a["allocator_uniform"]["entropy_bits"] + 1e-9 for a in allocs)
 rank_uniform = [a["width"] for a in sorted(allocs, key=lambda a: (a["uniform_dl_bits"], a["width"]))]
 rank_per_feature = [a["width"] for a in sorted(allocs, key=lambda a: (a["dl_bits"], a["width"]))]
@@ -111,9 +114,8 @@ print(f"optimum: width {rank_uniform[0]} (uniform) vs width {rank_per_feature[0]
 # %% [markdown]
 # All numbers are bits per test digit. "DL" is the sum of the features' entropies, "+table"
 # adds the precision table, and the saving is that total's against the uniform DL. "start"
-# says which of the greedy's two starts won ("gene" for generous, "unif" for uniform); where
-# the uniform start wins, the generous greedy on its own would have ended above the uniform
-# DL. When the greedy can remove nothing from the uniform start, the allocation *is* the
+# says which of the greedy's two starts won; where the uniform start wins, the generous
+# greedy on its own would have ended higher. When the greedy can remove nothing from the uniform start, the allocation *is* the
 # uniform one and the table makes the total a fraction of a bit dearer; a coder would then
 # send the uniform code with a one-bit flag instead. The MSE at $\epsilon$ is that of the
 # per-feature allocation, which the greedy drives up to the tolerance. The ranking uses the
