@@ -104,8 +104,8 @@ rank_uniform = [a["width"] for a in sorted(allocs, key=lambda a: (a["uniform_dl_
 rank_per_feature = [a["width"] for a in sorted(allocs, key=lambda a: (a["dl_bits"], a["width"]))]
 savings_same = [100 * (a["uniform_dl_bits"] - a["same_mse"]["dl_bits"]) / a["uniform_dl_bits"] for a in allocs]
 savings_eps = [100 * (a["uniform_dl_bits"] - a["dl_bits"]) / a["uniform_dl_bits"] for a in allocs]
-print(f"\nper-feature DL at the same MSE at or below the uniform DL for every SAE: {never_above}")
-print(f"saving with the table, mean over the SAEs: {np.mean(savings_same):.2f}% at the same MSE, "
+print(f"\nper-feature DL at the same MSE never above uniform: {never_above}")
+print(f"mean saving (with the table): {np.mean(savings_same):.2f}% at the same MSE, "
       f"{np.mean(savings_eps):.2f}% at epsilon")
 print(f"ranking by uniform DL:                  {rank_uniform}")
 print(f"ranking by per-feature DL at epsilon:   {rank_per_feature}")
