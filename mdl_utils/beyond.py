@@ -22,15 +22,12 @@ Three questions that the discussion of Ayonrinde, Pearce and Sharkey (2024) leav
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -383,9 +380,10 @@ def run_beyond(
     tolerances are counted at each).
     """
     from mdl_utils.data import load_mnist
-    from mdl_utils.experiments import _code_version, load_mnist_sweep, run_mnist_sweep, settings_for
+    from mdl_utils.experiments import load_mnist_sweep, run_mnist_sweep, settings_for
     from mdl_utils.mdl import decoder_fn, latents
     from mdl_utils.profiles import cache_dir as default_cache_dir
+    from mdl_utils.profiles import provenance, write_results
     from mdl_utils.sweep import load_cached_sae
 
     started = time.time()
@@ -441,12 +439,8 @@ def run_beyond(
         "epsilon": epsilon,
         "settings": asdict(settings),
         "sweep_optimum_width": sweep["optimum_width"],
-        "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"Python {platform.python_version()})",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_time_s": round(time.time() - started, 1),
+        **provenance(started),
         "scan_training_time_s": round(sum(o["training_time_s"] or 0.0 for o in optima), 1),
-        "code_version": _code_version(),
         "allocations": allocations,
         "curves": curves,
         "crossing_counts": counts.tolist(),
@@ -454,10 +448,7 @@ def run_beyond(
         "epsilon_scan": optima,
         "fits": fits_of(found),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "beyond.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "beyond.json")
+    write_results(out / "beyond.json", result, indent=1)
     return result
 
 
@@ -468,17 +459,13 @@ def load_beyond(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: no such file (the message gives the command that makes it).
         ValueError: another results format.
     """
-    path = Path(out_dir) / "beyond.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run `python -m mdl_utils beyond --profile full` after the "
-            "chapter-3 sweep (results/full/mdl.json) has finished"
-        )
-    payload = json.loads(path.read_text())
-    if payload.get("format_version") != RESULTS_FORMAT_VERSION:
-        raise ValueError(f"{path} has results format {payload.get('format_version')}, "
-                         f"this code reads {RESULTS_FORMAT_VERSION}")
-    return payload
+    from mdl_utils.profiles import read_results
+
+    return read_results(
+        Path(out_dir) / "beyond.json", version=RESULTS_FORMAT_VERSION,
+        how_to_make="run `python -m mdl_utils beyond --profile full` after the chapter-3 sweep "
+                    "(results/full/mdl.json) has finished",
+    )
 
 
 def main(argv: list[str]) -> int:

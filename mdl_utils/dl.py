@@ -1142,13 +1142,22 @@ def allocate_bits(
             uniform_level, uniform_mse = level, value
             break
 
-    def greedy(init_level: int) -> tuple[np.ndarray, np.ndarray, list, list, list, float]:
-        """Remove precision greedily from every live feature at ``init_level`` bits."""
+    def greedy(init_level: int, *, must_fit: bool) -> tuple[np.ndarray, np.ndarray, list, list, list, float]:
+        """Remove precision greedily from every live feature at ``init_level`` bits.
+
+        ``must_fit``: the start itself must meet the ceiling (the generous start; the uniform
+        one was chosen through decode to meet it).
+        """
         bits = np.where(live, int(init_level), 0).astype(np.int64)
         codes = _codes_at(values, vmax_e, bits[cols])
         current = _dequantized(codes, vmax_e, bits[cols])
         residual = x_np - bias - _sparse_matmul(n, rows, cols, current, W)  # x - x_hat, (N, d)
         sse = float(np.sum(residual**2))
+        if must_fit and sse / n_entries > ceiling:
+            raise ValueError(
+                f"at start_bits={start_bits} the MSE is {sse / n_entries:.6g}, above the "
+                f"ceiling {ceiling:.6g}; raise start_bits"
+            )
         h_cur = h_levels[:, int(init_level)].copy()
 
         def target_level(i: int) -> int:
@@ -1240,13 +1249,6 @@ def allocate_bits(
 
     starting_points = []
     if start in ("generous", "best"):
-        start_sse = float(np.sum((x_np - bias - _sparse_matmul(
-            n, rows, cols, _dequantized(codes_top, vmax_e, np.full(values.size, int(start_bits))), W)) ** 2))
-        if start_sse / n_entries > ceiling:
-            raise ValueError(
-                f"at start_bits={start_bits} the MSE is {start_sse / n_entries:.6g}, above the "
-                f"ceiling {ceiling:.6g}; raise start_bits"
-            )
         starting_points.append(("generous", int(start_bits)))
     if start in ("uniform", "best"):
         if uniform_level is None:
@@ -1257,15 +1259,14 @@ def allocate_bits(
         starting_points.append(("uniform", uniform_level))
     best = None
     for name, level in starting_points:
-        run = greedy(level)
-        entropy = float(_entropies_from_nonzeros(n, n_features, cols, run[1]).sum())
-        if best is None or entropy < best[0] - 1e-12:
-            best = (entropy, name, run)
-    _, started_from, (bits, codes, history, path_h, path_mse, mse) = best
+        run = greedy(level, must_fit=name == "generous")
+        run_bits = _entropies_from_nonzeros(n, n_features, cols, run[1])
+        if best is None or float(run_bits.sum()) < float(best[1].sum()) - 1e-12:
+            best = (name, run_bits, run)
+    started_from, feature_bits, (bits, codes, history, path_h, path_mse, mse) = best
     uniform_entropy = (
         None if uniform_level is None else float(h_levels[:, uniform_level][live].sum())
     )
-    feature_bits = _entropies_from_nonzeros(n, n_features, cols, codes)
     per_feature = int(math.ceil(math.log2(start_bits - min_bits + 1)))
     table = float(per_feature * int(live.sum()))
     entropy = float(feature_bits.sum())

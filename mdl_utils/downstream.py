@@ -46,12 +46,11 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,8 @@ from mdl_utils.models import (
     train_or_load_classifier,
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
-from mdl_utils.profiles import choose, parse_job_args
-from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
+from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
+from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.sweep import DataSpec, SweepData, load_cached_sae, prepare_data, train_cached
 from mdl_utils.train import TrainConfig
 
@@ -619,15 +618,11 @@ def run_downstream(
         "ce_rows": ce_rows,
         "mse_rows": mse_rows,
         "optima": optima,
-        "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"Python {platform.python_version()}, torch threads {torch.get_num_threads()})",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_time_s": round(time.time() - started, 1),
+        **provenance(started),
         "training_time_s": round(sum(r["train_seconds"] for r in trained_rows), 1),
         "n_saes_trained": len(trained_rows),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "downstream.json", json.dumps(payload, indent=2))
+    write_results(out / "downstream.json", payload)
     return payload
 
 
@@ -641,16 +636,11 @@ def load_downstream(
         ValueError: the file was written by another results format.
     """
     out = Path(out_dir)
-    path = out / "downstream.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run `python -m mdl_utils.downstream --profile full --out {out}` "
-            "(or the chapter with retrain=True) to compute it"
-        )
-    payload = json.loads(path.read_text())
-    if payload.get("format_version") != RESULTS_FORMAT_VERSION:
-        raise ValueError(f"{path} has results format {payload.get('format_version')}, "
-                         f"this code reads {RESULTS_FORMAT_VERSION}")
+    payload = read_results(
+        out / "downstream.json", version=RESULTS_FORMAT_VERSION,
+        how_to_make=f"run `python -m mdl_utils.downstream --profile full --out {out}` (or the "
+                    "chapter with retrain=True) to compute it",
+    )
     model, _ = load_classifier(out / payload["classifier"]["path"])
     saes = {name: BatchTopKSAE.load(out / o["path"]) for name, o in payload["optima"].items()}
     return payload, model, saes

@@ -19,23 +19,17 @@ A-D), ``sweep/`` (the sweep runner's tables: every SAE trained during the search
 from __future__ import annotations
 
 import copy
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mdl_utils.mdl import MDLEvaluation, evaluate_mdl, regime_points
+from mdl_utils.mdl import evaluate_mdl, regime_points
 from mdl_utils.profiles import cache_dir as default_cache_dir
-from mdl_utils.profiles import choose, parse_job_args
-from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
+from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
+from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.sweep import DataSpec, SweepConfig, TargetSpec, load_cached_sae, prepare_data, run_sweep
 
 __all__ = ["SweepSettings", "settings_for", "run_mnist_sweep", "load_mnist_sweep", "main"]
@@ -106,28 +100,6 @@ def _sweep_config(settings: SweepSettings, out_dir: Path, cache: Path, progress:
     )
 
 
-def _code_version() -> str:
-    """The git commit of the code, with ``-dirty`` when tracked files outside ``results/`` differ.
-
-    Rewriting committed results (a rerun of a job over its own output) does not count as a
-    change of the code that produced them.
-    """
-    try:
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-             ":(exclude)results"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()
-        return f"{commit}-dirty" if changed else commit
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _save_compact(sae: BatchTopKSAE, path: Path) -> BatchTopKSAE:
     """Save ``sae`` with float16 weights and return it as reloaded (what others will see)."""
     compact = copy.deepcopy(sae).half()
@@ -193,19 +165,14 @@ def run_mnist_sweep(
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": asdict(settings),
         "epsilon": settings.epsilon,
-        "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"Python {platform.python_version()})",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_time_s": round(time.time() - started, 1),
+        **provenance(started),
         "training_time_s": round(sum(r["train_seconds"] for r in sweep.rows), 1),
         "n_saes_trained": len(sweep.rows),
-        "code_version": _code_version(),
         "optimum_width": None if optimum is None else optimum["width"],
         "rows": rows,
         "points": points,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "mdl.json", json.dumps(payload, indent=2))
+    write_results(out / "mdl.json", payload)
     return payload
 
 
@@ -217,16 +184,11 @@ def load_mnist_sweep(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], d
         ValueError: the file was written by another results format.
     """
     out = Path(out_dir)
-    path = out / "mdl.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run `python -m mdl_utils mnist-sweep --profile full "
-            f"--out {out}` (or the chapter with retrain=True) to compute it"
-        )
-    payload = json.loads(path.read_text())
-    if payload.get("format_version") != RESULTS_FORMAT_VERSION:
-        raise ValueError(f"{path} has results format {payload.get('format_version')}, "
-                         f"this code reads {RESULTS_FORMAT_VERSION}")
+    payload = read_results(
+        out / "mdl.json", version=RESULTS_FORMAT_VERSION,
+        how_to_make=f"run `python -m mdl_utils mnist-sweep --profile full --out {out}` (or the "
+                    "chapter with retrain=True) to compute it",
+    )
     saes = {name: BatchTopKSAE.load(out / point["path"]) for name, point in payload["points"].items()}
     return payload, saes
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["PROFILES", "choose", "cache_dir", "results_dir", "parse_job_args"]
+__all__ = [
+    "PROFILES", "choose", "cache_dir", "results_dir", "parse_job_args",
+    "code_version", "provenance", "write_results", "read_results",
+]
 
 PROFILES: tuple[str, ...] = ("quick", "full")
 
@@ -74,3 +83,69 @@ def parse_job_args(
     if args.out is None:
         args.out = results_dir() / args.profile / out_subdir
     return args
+
+
+def code_version() -> str:
+    """The git commit of the code, with ``-dirty`` when tracked files outside ``results/`` differ.
+
+    Rewriting committed results (a rerun of a job over its own output) does not count as a
+    change of the code that produced them. ``"unknown"`` outside a git checkout.
+    """
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)results"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        return f"{commit}-dirty" if changed else commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(started: float) -> dict[str, Any]:
+    """What the long jobs record about their run: machine, date, wall time, code version.
+
+    Args:
+        started: ``time.time()`` when the job began; ``wall_time_s`` is measured from it.
+    """
+    machine = (f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
+               f"Python {platform.python_version()}")
+    if "torch" in sys.modules:
+        machine += f", torch threads {sys.modules['torch'].get_num_threads()}"
+    return {
+        "machine": machine + ")",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_time_s": round(time.time() - started, 1),
+        "code_version": code_version(),
+    }
+
+
+def write_results(path: str | os.PathLike[str], payload: dict[str, Any], *, indent: int = 2) -> None:
+    """Write a job's JSON results atomically (a reader never sees half a file)."""
+    from mdl_utils.sae import _atomic_write_text
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(target, json.dumps(payload, indent=indent))
+
+
+def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str) -> dict[str, Any]:
+    """Read a job's JSON results and check their format.
+
+    Raises:
+        FileNotFoundError: no such file; the message ends with ``how_to_make``.
+        ValueError: the file was written by another results format than ``version``.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise FileNotFoundError(f"{target} does not exist: {how_to_make}")
+    payload = json.loads(target.read_text())
+    if payload.get("format_version") != version:
+        raise ValueError(f"{target} has results format {payload.get('format_version')}, "
+                         f"this code reads {version}")
+    return payload

@@ -60,10 +60,9 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 

@@ -26,7 +26,6 @@ from mdl_utils.downstream import (
 )
 from mdl_utils.mdl import decoder_fn, evaluate_mdl
 from mdl_utils.models import ClassifierConfig, MLPClassifier, hidden_activations, splice_loss
-from mdl_utils.sae import BatchTopKSAE
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "results" / "full" / "downstream"
@@ -142,24 +141,12 @@ def test_search_k_that_runs_out_of_trials_keeps_the_smallest_k_meeting_the_toler
 # --- evaluate_downstream ----------------------------------------------------------------------
 
 
-def _identity_sae(d: int) -> BatchTopKSAE:
-    """An SAE whose features are the hidden units themselves: exact on non-negative inputs."""
-    sae = BatchTopKSAE(d, d, k=float(d), seed=0)
-    with torch.no_grad():
-        sae.W_enc_FD.copy_(torch.eye(d))
-        sae.W_dec_FD.copy_(torch.eye(d))
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
-        sae.threshold.fill_(0.0)
-    return sae
-
-
-def test_identity_sae_splice_costs_nothing_and_its_dl_is_that_of_the_activations():
+def test_identity_sae_splice_costs_nothing_and_its_dl_is_that_of_the_activations(identity_sae):
     model = MLPClassifier((256, 64), seed=0)
     rng = np.random.default_rng(0)
     h = hidden_activations(model, rng.random((300, 784), dtype=np.float32))
     y = rng.integers(0, 10, 300)
-    sae = _identity_sae(256)
+    sae = identity_sae(256)
     assert np.array_equal(sae_reconstruction(sae, h), h)
     assert splice_loss(model, h, sae_reconstruction(sae, h), y).ce_increase == 0.0
     result = evaluate_downstream(sae, model, h, y, epsilon=0.01)
@@ -181,10 +168,10 @@ def test_identity_sae_splice_costs_nothing_and_its_dl_is_that_of_the_activations
     assert curve["dl_bits"][0] <= curve["dl_bits"][1]  # finer bins nest in coarser ones
 
 
-def test_a_quantisation_budget_bounds_the_added_loss_not_the_total():
+def test_a_quantisation_budget_bounds_the_added_loss_not_the_total(identity_sae):
     rng = np.random.default_rng(1)
     h = (rng.random((400, 16)) * (rng.random((400, 16)) < 0.4)).astype(np.float32)
-    sae = _identity_sae(16)
+    sae = identity_sae(16)
     with torch.no_grad():  # a lossy SAE: drop the last feature's decoder row
         sae.W_dec_FD[15] = 0.0
     raw = float(np.mean((sae_reconstruction(sae, h) - h) ** 2))

@@ -11,26 +11,13 @@ import torch
 from mdl_utils.mdl import (
     MDLEvaluation, evaluate_mdl, max_cosine_to_data, mdl_optimal, pixel_coverage, regime_points,
 )
-from mdl_utils.sae import BatchTopKSAE
-
-
-def _identity_sae(d: int) -> BatchTopKSAE:
-    """An SAE whose latents are relu(x) and whose reconstruction is the latents themselves."""
-    sae = BatchTopKSAE(d, d, 1, seed=0)
-    with torch.no_grad():
-        sae.W_enc_FD.copy_(torch.eye(d))
-        sae.W_dec_FD.copy_(torch.eye(d))
-        sae.b_enc_F.zero_()
-        sae.b_dec_D.zero_()
-        sae.threshold.fill_(0.0)
-    return sae
 
 
 def _h(p: float) -> float:
     return 0.0 if p in (0.0, 1.0) else -p * math.log2(p) - (1 - p) * math.log2(1 - p)
 
 
-def test_evaluate_mdl_on_binary_latents_matches_hand_computation():
+def test_evaluate_mdl_on_binary_latents_matches_hand_computation(identity_sae):
     # Feature i is 1 on a known fraction of 8 samples, else 0; feature 3 never fires.
     x = np.zeros((8, 4), dtype=np.float32)
     x[:4, 0] = 1.0  # rate 1/2
@@ -39,7 +26,7 @@ def test_evaluate_mdl_on_binary_latents_matches_hand_computation():
     # With 1 bit, a value 1 falls in the bin (0.5, 1] whose centre is 0.75: error 1/16 per
     # non-zero entry; 7 non-zeros among 32 entries give MSE 7/512. With 2 bits: centre 0.875,
     # MSE 7/2048.
-    sae = _identity_sae(4)
+    sae = identity_sae(4)
     loose = evaluate_mdl(sae, x, epsilon=7 / 512 + 1e-9)
     assert loose.bits == 1 and loose.mse == pytest.approx(0.0)
     assert loose.mse_quantised == pytest.approx(7 / 512)
@@ -50,9 +37,9 @@ def test_evaluate_mdl_on_binary_latents_matches_hand_computation():
     assert tight.bits == 2 and tight.mse_quantised == pytest.approx(7 / 2048)
 
 
-def test_evaluate_mdl_rejects_an_sae_above_tolerance():
+def test_evaluate_mdl_rejects_an_sae_above_tolerance(identity_sae):
     x = np.eye(4, dtype=np.float32)
-    sae = _identity_sae(4)
+    sae = identity_sae(4)
     with torch.no_grad():
         sae.b_dec_D.fill_(1.0)  # every reconstruction off by 1 per pixel
     with pytest.raises(ValueError, match="above the absolute tolerance"):

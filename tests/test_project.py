@@ -123,3 +123,23 @@ def test_job_arguments_fill_the_output_folder_from_the_profile(monkeypatch, tmp_
     assert (args.profile, args.out, args.sweep) == ("full", Path("x"), "y")
     with pytest.raises(SystemExit):
         parse_job_args(["--profile", "huge"], prog="job", doc="A job.")
+
+
+def test_job_results_round_trip_and_bad_files_say_what_is_wrong(tmp_path):
+    import json
+    import time
+
+    from mdl_utils.profiles import provenance, read_results, write_results
+
+    started = time.time() - 2.0
+    payload = {"format_version": 3, "rows": [1, 2], **provenance(started)}
+    write_results(tmp_path / "sub" / "out.json", payload)  # creates the folder
+    assert read_results(tmp_path / "sub" / "out.json", version=3, how_to_make="x") == payload
+    assert [f.name for f in (tmp_path / "sub").iterdir()] == ["out.json"]  # no temporary file left
+    assert payload["wall_time_s"] >= 2.0 and payload["date"].endswith("UTC")
+    assert re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?|unknown", payload["code_version"])
+    with pytest.raises(FileNotFoundError, match="run the job first"):
+        read_results(tmp_path / "missing.json", version=3, how_to_make="run the job first")
+    (tmp_path / "old.json").write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(ValueError, match="results format 1, this code reads 3"):
+        read_results(tmp_path / "old.json", version=3, how_to_make="x")
