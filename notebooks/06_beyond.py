@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from mdl_utils import plots
-from mdl_utils.beyond import curve_crossings, load_beyond, pareto_front, run_beyond
+from mdl_utils.beyond import NEAR_OPTIMAL, load_beyond, pareto_front, run_beyond
 from mdl_utils.profiles import cache_dir, choose, results_dir
 
 torch.set_num_threads(1)
@@ -246,7 +246,7 @@ for entry in scan:
         continue
     notes = []
     if len(o["near_widths"]) > 1:
-        notes.append("within 5%: " + ", ".join(str(w) for w in o["near_widths"]))
+        notes.append(f"within {NEAR_OPTIMAL:.0%}: " + ", ".join(str(w) for w in o["near_widths"]))
     if o["at_edge"]:
         notes.append("at the edge of the widths that reached it")
     if not o["in_band"]:
@@ -256,7 +256,7 @@ for entry in scan:
     print(f"{o['epsilon']:8.3f} {o['n_reached']:8d} {o['width']:7d} {o['l0']:7.2f} {o['dl_bits']:7.1f} "
           f"{o['bits']:2d}  {note}")
 flat = [o["epsilon"] for o in (e["optimum"] for e in scan) if o is not None and len(o["near_widths"]) > 1]
-print(f"\ntolerances where several widths come within 5% of the least DL: "
+print(f"\ntolerances where several widths come within {NEAR_OPTIMAL:.0%} of the least DL: "
       + (", ".join(f"{e:g}" for e in flat) if flat else "none"))
 at_eps = next(e["optimum"] for e in scan if abs(e["epsilon"] - eps) < 1e-12)
 print(f"\nat epsilon = {eps}: optimum width {at_eps['width']}; chapter 3's: {optimum_width}")
