@@ -4,7 +4,8 @@ Commands:
     dl      description length of a latent matrix (see ``mdl_utils.dl``)
     sweep   train a grid of SAEs, resumably (see ``mdl_utils.sweep``)
     mnist-sweep
-            the chapter-3 MNIST MDL sweep, resumable (see ``mdl_utils.experiments``)
+            the chapter-3 MNIST MDL study under the resolved protocol, resumable
+            (see ``mdl_utils.study``)
     beyond  chapter 6: per-feature precision, rate-distortion curves, the epsilon scan
             (see ``mdl_utils.beyond``)
     downstream
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.experiments", "beyond": "mdl_utils.beyond",
+_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.study", "beyond": "mdl_utils.beyond",
              "downstream": "mdl_utils.downstream"}
 
 

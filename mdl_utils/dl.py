@@ -54,6 +54,7 @@ __all__ = [
     "EncodedLatents",
     "LossPrecision",
     "MAX_BITS",
+    "n_bins",
     "allocate_bits",
     "bin_widths",
     "decode_latents",
@@ -291,17 +292,17 @@ def _scatter(nz: _NonZeros, values: np.ndarray, dtype: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_precision(bits: int | None, step: float | None) -> None:
+def _check_precision(bits: float | None, step: float | None) -> None:
     if (bits is None) == (step is None):
         raise ValueError(
             "give exactly one of bits (2**bits bins over each feature's range) or step "
             f"(an absolute bin width); got bits={bits!r}, step={step!r}"
         )
     if bits is not None:
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-            raise ValueError(f"bits must be an integer; got {bits!r}")
-        if not 1 <= bits <= MAX_BITS:
-            raise ValueError(f"bits must be between 1 and {MAX_BITS}; got {bits}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, float, np.integer, np.floating)):
+            raise ValueError(f"bits must be a number; got {bits!r}")
+        if not math.isfinite(bits) or not 0 < bits <= MAX_BITS:
+            raise ValueError(f"bits must be between 0 (exclusive) and {MAX_BITS}; got {bits}")
     if step is not None:
         if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)):
             raise ValueError(f"step must be a number; got {step!r}")
@@ -309,7 +310,7 @@ def _check_precision(bits: int | None, step: float | None) -> None:
             raise ValueError(f"step (the bin width) must be finite and > 0; got {step}")
 
 
-def _widths_from_nonzeros(nz: _NonZeros, bits: int | None, step: float | None) -> np.ndarray:
+def _widths_from_nonzeros(nz: _NonZeros, bits: float | None, step: float | None) -> np.ndarray:
     _check_precision(bits, step)
     if step is not None:
         widths = np.full(nz.n_features, float(step))
@@ -323,24 +324,38 @@ def _widths_from_nonzeros(nz: _NonZeros, bits: int | None, step: float | None) -
         return widths
     feature_max = np.zeros(nz.n_features)
     np.maximum.at(feature_max, nz.cols, nz.values.astype(np.float64, copy=False))
-    widths = np.ldexp(feature_max, -int(bits))  # exact: a power-of-two scaling
+    if float(bits).is_integer():
+        widths = np.ldexp(feature_max, -int(bits))  # exact: a power-of-two scaling
+    else:
+        widths = feature_max * 2.0 ** -float(bits)
     if np.any((widths == 0) & (feature_max > 0)):
         raise ValueError(f"bits={bits}: a feature's range is so small that its bin width underflows")
     return widths
 
 
-def _codes_of_nonzeros(nz: _NonZeros, widths: np.ndarray, bits: int | None) -> np.ndarray:
+def _codes_of_nonzeros(nz: _NonZeros, widths: np.ndarray, bits: float | None) -> np.ndarray:
     """Codes (int64, >= 1) of the non-zero entries: bin k covers ((k-1)w, kw]."""
     if nz.values.size == 0:
         return np.zeros(0, dtype=np.int64)
     codes = np.ceil(nz.values.astype(np.float64, copy=False) / widths[nz.cols])
     # A positive value never becomes code 0, and the feature maximum lands in the top bin.
-    upper = float(2**bits) if bits is not None else None
+    upper = float(n_bins(bits)) if bits is not None else None
     np.clip(codes, 1.0, upper, out=codes)
     return codes.astype(np.int64)
 
 
-def bin_widths(z: Any, *, bits: int | None = None, step: float | None = None) -> np.ndarray:
+def n_bins(bits: float) -> int:
+    """How many bins ``bits`` bits per non-zero value give: ``ceil(2**bits)``.
+
+    Whole bits give the paper's ``2**B`` bins. Fractional bits (the continuous precision
+    scale of :mod:`mdl_utils.protocol`) give a bin width ``max_i / 2**bits`` that varies
+    continuously; the top bin is then cut at the feature's maximum, so ``ceil(2**bits)`` bins
+    cover ``(0, max_i]``.
+    """
+    return int(math.ceil(2.0 ** float(bits) - 1e-9))
+
+
+def bin_widths(z: Any, *, bits: float | None = None, step: float | None = None) -> np.ndarray:
     """Each feature's bin width, in activation units, for :func:`quantize` with these settings.
 
     Args:
@@ -354,7 +369,7 @@ def bin_widths(z: Any, *, bits: int | None = None, step: float | None = None) ->
     return _widths_from_nonzeros(_nonzeros(z, "latents"), bits, step)
 
 
-def quantize(z: Any, *, bits: int | None = None, step: float | None = None) -> Any:
+def quantize(z: Any, *, bits: float | None = None, step: float | None = None) -> Any:
     """Quantise SAE latents to integer codes (section 3 of the paper: effective precision).
 
     Zero is its own symbol: code 0 means exactly 0, and only non-zero values are binned.
@@ -368,7 +383,9 @@ def quantize(z: Any, *, bits: int | None = None, step: float | None = None) -> A
     Args:
         z: latents of shape (N samples, D features), non-negative and finite; numpy array,
             torch tensor, or a scipy.sparse / torch sparse matrix.
-        bits: bits per non-zero value (1..52). Exactly one of ``bits`` and ``step``.
+        bits: bits per non-zero value, in (0, 52]; fractional values give ``ceil(2**bits)``
+            bins of width ``max_i / 2**bits`` (see :func:`n_bins`). Exactly one of ``bits``
+            and ``step``.
         step: absolute bin width (> 0).
 
     Returns:
@@ -490,7 +507,7 @@ class DescriptionLength:
         l0: mean number of non-zero features per sample.
         width: D, the number of features.
         n_samples: N.
-        bits: the ``bits`` setting used, or None.
+        bits: the ``bits`` setting used (whole or fractional), or None.
         step: the ``step`` setting used (activation units), or None.
         bits_per_value: B in the bound: ``bits``; with ``step``, ceil(log2(largest code)),
             the bits needed to name the bin of any non-zero value.
@@ -502,14 +519,14 @@ class DescriptionLength:
     l0: float
     width: int
     n_samples: int
-    bits: int | None
+    bits: float | None
     step: float | None
     bits_per_value: float
     upper_bound_bits: float
 
 
 def description_length(
-    z: Any, *, bits: int | None = None, step: float | None = None
+    z: Any, *, bits: float | None = None, step: float | None = None
 ) -> DescriptionLength:
     """The paper's description length of SAE latents, bits per sample (section 3).
 
@@ -542,7 +559,7 @@ def description_length(
         l0=l0,
         width=nz.n_features,
         n_samples=nz.n_samples,
-        bits=None if bits is None else int(bits),
+        bits=None if bits is None else (int(bits) if float(bits).is_integer() else float(bits)),
         step=None if step is None else float(step),
         bits_per_value=bits_per_value,
         upper_bound_bits=dl_upper_bound(l0, nz.n_features, bits_per_value),

@@ -91,8 +91,6 @@ __all__ = [
 
 #: Part of every cache key: bump when training code changes what a config produces.
 CACHE_FORMAT_VERSION = 1
-#: TrainConfig fields that do not change the trained SAE, so are left out of cache keys.
-_NON_SEMANTIC_FIELDS = frozenset({"progress"})
 #: Columns of results.csv, in order (grid fields that vary are appended).
 RESULT_COLUMNS = [
     "width", "k", "seed", "mse_train", "mse_val", "mse_test", "l0_train", "l0_val", "l0_test",
@@ -322,7 +320,7 @@ def prepare_data(spec: DataSpec) -> SweepData:
 
 
 def _semantic_config(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in _NON_SEMANTIC_FIELDS}
+    return config.semantic_dict()
 
 
 def config_key(config: TrainConfig, fingerprint: str) -> str:

@@ -46,6 +46,8 @@ __all__ = [
     "train_step",
     "project_decoder_grad_",
     "geometric_median",
+    "resample_dead_",
+    "LEGACY_DEFAULTS",
     "resolve_device",
     "as_tensor",
 ]
@@ -79,6 +81,27 @@ class TrainConfig:
         eval_batch_size: samples per chunk when evaluating.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ...
         progress: show a progress bar (does not affect the result).
+        lr_schedule: ``"constant"`` (after the warm-up; training stops after ``patience``
+            epochs without improvement) or ``"plateau"``: after ``patience`` epochs without
+            improvement the learning rate is multiplied by ``lr_factor``; once it has been cut
+            ``lr_reductions`` times, the next such plateau ends training as converged
+            (stop reason ``"converged"``). The best validation epoch's weights are returned.
+        lr_factor: the plateau schedule's cut (0 < factor < 1).
+        lr_reductions: how many cuts before a plateau ends training.
+        decoder_init: ``"random"`` (unit-norm Gaussian rows) or ``"data"``: each decoder
+            row is a randomly drawn training sample minus the decoder bias, at unit norm, so
+            every feature starts pointing at real data (the encoder starts as its transpose
+            divided by k, so that the first reconstructions do not overshoot).
+        resample_every: every this many epochs (0: never), features that did not fire in
+            the last ``dead_after_samples`` training samples are re-initialised, as in
+            Anthropic's 2023 recipe: a training sample is drawn with probability proportional
+            to its squared reconstruction error (from ``resample_pool`` random samples), the
+            dead feature's decoder row becomes that sample's residual at unit norm, its encoder
+            row the same direction scaled to 0.2 times the live features' mean encoder norm,
+            its encoder bias 0, and Adam's moments for those rows are reset.
+        resample_until: no resampling after this epoch (so training ends on a stable
+            dictionary; ``0`` with ``resample_every > 0`` means "never stop resampling").
+        resample_pool: samples scored for each resampling.
     """
 
     width: int
@@ -101,6 +124,13 @@ class TrainConfig:
     eval_batch_size: int = 8192
     device: str = "auto"
     progress: bool = True
+    lr_schedule: str = "constant"
+    lr_factor: float = 0.3
+    lr_reductions: int = 3
+    decoder_init: str = "random"
+    resample_every: int = 0
+    resample_until: int = 0
+    resample_pool: int = 8192
 
     def __post_init__(self) -> None:
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
@@ -131,6 +161,18 @@ class TrainConfig:
             raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {self.b_dec_init!r}")
         if not 0 <= self.min_rel_improvement < 1:
             raise ValueError(f"min_rel_improvement must lie in [0, 1), got {self.min_rel_improvement!r}")
+        if self.lr_schedule not in {"constant", "plateau"}:
+            raise ValueError(f"lr_schedule must be 'constant' or 'plateau', got {self.lr_schedule!r}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must lie in (0, 1), got {self.lr_factor!r}")
+        if self.decoder_init not in {"random", "data"}:
+            raise ValueError(f"decoder_init must be 'random' or 'data', got {self.decoder_init!r}")
+        for name in ("lr_reductions", "resample_every", "resample_until"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.resample_pool, bool) or not isinstance(self.resample_pool, int) or self.resample_pool < 1:
+            raise ValueError(f"resample_pool must be an integer >= 1, got {self.resample_pool!r}")
 
     @property
     def learning_rate(self) -> float:
@@ -140,6 +182,17 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that decide the trained SAE: all but ``progress``, and without the
+        recipe fields added later while they keep their original defaults, so that the
+        configurations trained before those fields existed keep their cache keys."""
+        out = self.to_dict()
+        out.pop("progress")
+        for name, default in LEGACY_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, rejecting unknown keys by name."""
@@ -148,6 +201,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**data)
+
+
+#: Fields added to :class:`TrainConfig` after SAEs were cached, with the defaults that reproduce
+#: the earlier training exactly (left out of cache keys while they hold these values).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "lr_schedule": "constant", "lr_factor": 0.3, "lr_reductions": 3, "decoder_init": "random",
+    "resample_every": 0, "resample_until": 0, "resample_pool": 8192,
+}
 
 
 @dataclass
@@ -162,6 +223,7 @@ class EpochStats:
     threshold: float
     lr: float
     seconds: float
+    resampled: int = 0  # dead features re-initialised at the end of this epoch
 
 
 @dataclass
@@ -170,7 +232,7 @@ class TrainHistory:
 
     epochs: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0  # 1-based epoch whose weights were returned
-    stop_reason: str = ""  # "early_stopping" or "max_epochs"
+    stop_reason: str = ""  # "converged" (plateau schedule), "early_stopping" (constant) or "max_epochs"
     seconds: float = 0.0
     device: str = "cpu"
 
@@ -371,6 +433,70 @@ def _sparse_backward(
 
 
 @torch.no_grad()
+def _init_decoder_from_data_(sae: BatchTopKSAE, x_ND: Tensor, *, seed: int) -> None:
+    """Decoder rows = random training samples minus the decoder bias, at unit norm; the encoder
+    starts as the decoder's transpose divided by k. Rows that would be zero keep their random
+    start."""
+    gen = torch.Generator().manual_seed(seed + 3_000_017)
+    idx = torch.randint(x_ND.shape[0], (sae.width,), generator=gen).to(x_ND.device)
+    rows = x_ND[idx] - sae.b_dec_D
+    norms = rows.norm(dim=1, keepdim=True)
+    ok = norms.squeeze(1) > 1e-6
+    sae.W_dec_FD[ok] = rows[ok] / norms[ok]
+    # Along a data direction the pre-activation is about |x - b_dec|; with k such features
+    # active the first reconstructions would overshoot k-fold, so the encoder starts at 1/k.
+    sae.W_enc_FD.copy_(sae.W_dec_FD / max(1.0, sae.k))
+
+
+@torch.no_grad()
+def resample_dead_(
+    sae: BatchTopKSAE,
+    optimizer: torch.optim.Optimizer,
+    x_ND: Tensor,
+    dead_F: Tensor,
+    *,
+    pool: int = 8192,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Re-initialise the features marked in ``dead_F`` (Anthropic 2023's resampling).
+
+    ``pool`` random training samples are reconstructed (batch top-k, as in training); for each
+    dead feature one of them is drawn with probability proportional to its squared error; the
+    feature's decoder row becomes that sample's residual ``x - x_hat`` at unit norm, its
+    encoder row the same direction times 0.2 times the live features' mean encoder norm, its
+    encoder bias 0; Adam's moment estimates for those rows are zeroed.
+
+    Returns:
+        How many features were re-initialised.
+    """
+    dead_idx = torch.nonzero(dead_F).squeeze(1)
+    n_dead = int(dead_idx.numel())
+    if n_dead == 0:
+        return 0
+    idx = torch.randint(x_ND.shape[0], (min(pool, x_ND.shape[0]),), generator=generator).to(x_ND.device)
+    x_BD = x_ND[idx]
+    rows, cols, vals = batch_topk(sae.pre_activations(x_BD), sae.k)
+    err_BD = x_BD - (sparse_decode(rows, cols, vals, sae.W_dec_FD, x_BD.shape[0]) + sae.b_dec_D)
+    weight_B = err_BD.pow(2).sum(1).double().cpu()
+    if not float(weight_B.sum()) > 0:
+        return 0
+    pick = torch.multinomial(weight_B, n_dead, replacement=True, generator=generator).to(x_ND.device)
+    dirs = err_BD[pick]
+    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    alive = ~dead_F
+    enc_norm = float(sae.W_enc_FD[alive].norm(dim=1).mean()) if bool(alive.any()) else 1.0
+    sae.W_dec_FD[dead_idx] = dirs
+    sae.W_enc_FD[dead_idx] = dirs * (0.2 * enc_norm)
+    sae.b_enc_F[dead_idx] = 0.0
+    for param in (sae.W_enc_FD, sae.b_enc_F, sae.W_dec_FD):
+        state = optimizer.state.get(param, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                state[name][dead_idx] = 0.0
+    return n_dead
+
+
+@torch.no_grad()
 def project_decoder_grad_(sae: BatchTopKSAE) -> None:
     """Remove from each decoder row's gradient its component along that (unit-norm) row.
 
@@ -477,6 +603,8 @@ def train_sae(
                 sae.b_dec_D.copy_(geometric_median(x_train))
             elif config.b_dec_init == "mean":
                 sae.b_dec_D.copy_(x_train.mean(0))
+            if config.decoder_init == "data":
+                _init_decoder_from_data_(sae, x_train, seed=config.seed)
     sae.threshold.fill_(-1.0)
     sae.train()
 
@@ -491,6 +619,8 @@ def train_sae(
 
     history = TrainHistory(device=str(device))
     best_val, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0
+    n_cuts = 0
+    resample_gen = torch.Generator().manual_seed(config.seed + 2_000_003)
     step, threshold, kth_prev = 0, -1.0, 0.0
     bar = None
     if config.progress:
@@ -547,6 +677,20 @@ def train_sae(
                 best_state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
             else:
                 bad_epochs += 1
+            resampling = config.resample_every > 0 and (
+                config.resample_until == 0 or epoch <= config.resample_until
+            )
+            if resampling:
+                bad_epochs = 0  # no cut and no stop while the dictionary is still being repaired
+                if epoch % config.resample_every == 0:
+                    record.resampled = resample_dead_(
+                        sae, optimizer, x_train, since_fired_F >= dead_after,
+                        pool=config.resample_pool, generator=resample_gen,
+                    )
+            if bad_epochs >= config.patience and config.lr_schedule == "plateau" and n_cuts < config.lr_reductions:
+                lr *= config.lr_factor
+                n_cuts += 1
+                bad_epochs = 0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -556,7 +700,7 @@ def train_sae(
                     dead=f"{record.dead_fraction:.2f}",
                 )
             if bad_epochs >= config.patience:
-                history.stop_reason = "early_stopping"
+                history.stop_reason = "converged" if config.lr_schedule == "plateau" else "early_stopping"
                 break
         else:
             history.stop_reason = "max_epochs"

@@ -1,0 +1,172 @@
+"""Tests for mdl_utils.study: a tiny study on synthetic data runs to a bracketed minimum at
+every width, resumes from its rows alone (same rows, no retraining), stores SAEs that reproduce
+their recorded measurements, and the committed full-profile rows reproduce the same way."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mdl_utils.protocol import bootstrap_weights, measure_sae
+from mdl_utils.study import (
+    RESULTS_FORMAT_VERSION, StudySettings, load_rows, load_selected_sae, load_study, plan, run_study,
+    study_settings, summarise,
+)
+from mdl_utils.sweep import SweepData, data_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+FULL = REPO / "results" / "full" / "mnist-mdl"
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    atoms = rng.normal(size=(24, 12)).astype(np.float32)
+
+    def sample(n):
+        coef = np.where(rng.random((n, 24)) < 0.12, rng.uniform(0.5, 1.5, (n, 24)), 0.0)
+        return (coef @ atoms + 0.05 * rng.normal(size=(n, 12))).astype(np.float32)
+
+    train, val, test = sample(1500), sample(300), sample(3000)
+    return SweepData(train=train, val=val, test=test, fingerprint=data_fingerprint(train, val, test))
+
+
+SETTINGS = StudySettings(
+    n_train=None, n_test=None, widths=(8, 16, 32), seeds=(0, 1), epsilon=0.12, k_start=2.0,
+    n_boot=20, max_trainings_per_search=8,
+    train={"batch_size": 100, "max_epochs": 40, "patience": 3, "min_rel_improvement": 1e-3,
+           "lr_schedule": "plateau", "lr_reductions": 2, "decoder_init": "data",
+           "resample_every": 5, "resample_until": 10, "lr": 3e-3, "device": "cpu"},
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    data = _data()
+    summary = run_study(SETTINGS, root / "out", cache=root / "cache", progress=False, data=data)
+    return root, data, summary
+
+
+def test_every_search_ends_bracketed_and_the_summary_is_complete(tiny):
+    root, data, summary = tiny
+    assert summary["complete"] and summary["remaining"] == []
+    rows = load_rows(root / "out")
+    assert {r["width"] for r in rows} >= set(SETTINGS.widths)
+    for entry in summary["widths"]:
+        for seed, s in entry["seeds"].items():
+            assert s["complete"]
+            if s["reachable"]:
+                assert s["bracketed"], (entry["width"], seed)
+                assert (1 - 1e-3) * SETTINGS.epsilon <= s["mse_quantised"] <= SETTINGS.epsilon or \
+                    s["precision_status"] == "coarsest"
+    # Every seed that reaches the tolerance counts, and the DL* table matches the rows' minima.
+    by_width = {e["width"]: e for e in summary["widths"]}
+    for w in summary["dl_star"]:
+        assert w["n_seeds"] == sum(s["reachable"] for s in by_width[w["width"]]["seeds"].values())
+        for seed, dl in w["dl_by_seed"].items():
+            mine = [r["measure"]["dl_bits"] for r in rows if r["width"] == w["width"]
+                    and r["seed"] == int(seed) and r["measure"]["dl_bits"] is not None]
+            assert dl == min(mine)
+    assert summary["resolution"]["optimum"] in [w["width"] for w in summary["dl_star"]]
+
+
+def test_resuming_from_rows_alone_retrains_nothing_and_rewrites_the_same_rows(tiny, tmp_path):
+    root, data, summary = tiny
+    copy = tmp_path / "out"
+    shutil.copytree(root / "out", copy)
+    before = json.dumps(load_rows(copy), sort_keys=True)
+    # An empty cache: if anything were retrained the rows would gain entries.
+    again = run_study(SETTINGS, copy, cache=tmp_path / "empty-cache", progress=False, data=data)
+    assert json.dumps(load_rows(copy), sort_keys=True) == before
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+    assert again["dl_star"] == summary["dl_star"]
+
+
+def test_a_budget_stops_between_trainings_and_the_rest_follows(tmp_path):
+    data = _data()
+    small = StudySettings(**{**SETTINGS.__dict__, "widths": (8, 16), "seeds": (0,), "fill_widths": False})
+    first = run_study(small, tmp_path / "out", cache=tmp_path / "cache", progress=False, data=data,
+                      budget_hours=0.0)
+    assert first["stopped_by_budget"] and not first["complete"]
+    done = run_study(small, tmp_path / "out", cache=tmp_path / "cache", progress=False, data=data)
+    assert done["complete"]
+    # The same study in one go writes the same rows (training is deterministic).
+    one_go = run_study(small, tmp_path / "one", cache=tmp_path / "cache2", progress=False, data=data)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train"} for r in rows]  # noqa: E731
+    assert strip(load_rows(tmp_path / "out")) == strip(load_rows(tmp_path / "one"))
+    assert one_go["dl_star"] == done["dl_star"]
+
+
+def test_shards_split_the_widths_and_together_give_the_one_process_result(tmp_path):
+    data = _data()
+    small = StudySettings(**{**SETTINGS.__dict__, "widths": (8, 16), "seeds": (0,), "fill_widths": False})
+    run_study(small, tmp_path / "out", cache=tmp_path / "cache", progress=False, data=data, shard=(0, 2))
+    assert {r["width"] for r in load_rows(tmp_path / "out")} == {8}
+    both = run_study(small, tmp_path / "out", cache=tmp_path / "cache", progress=False, data=data, shard=(1, 2))
+    assert {r["width"] for r in load_rows(tmp_path / "out")} == {8, 16} and both["complete"]
+    with pytest.raises(ValueError, match="shard"):
+        run_study(small, tmp_path / "out", cache=tmp_path / "cache", progress=False, data=data, shard=(2, 2))
+
+
+def test_stored_saes_reproduce_their_rows(tiny):
+    root, data, summary = tiny
+    rows = load_rows(root / "out")
+    weights = bootstrap_weights(len(data.test), SETTINGS.n_boot, seed=0)
+    for entry in summary["widths"]:
+        for seed, s in entry["seeds"].items():
+            if not s["reachable"]:
+                continue
+            sae = load_selected_sae(root / "out", entry["width"], int(seed))
+            row = next(r for r in rows if r["width"] == entry["width"] and r["seed"] == int(seed)
+                       and r["k_index"] == s["k_index"])
+            m = measure_sae(sae, data.test, epsilon=SETTINGS.epsilon, boot_weights=weights,
+                            other_tolerances=[SETTINGS.epsilon * r for r in SETTINGS.reread])
+            assert m.dl_bits == pytest.approx(row["measure"]["dl_bits"], rel=1e-9)
+            assert m.mse == pytest.approx(row["measure"]["mse"], rel=1e-9)
+
+
+def test_plan_puts_seed_zero_everywhere_before_other_seeds():
+    tasks = plan(SETTINGS, [])
+    assert tasks == [(8, 0), (16, 0), (32, 0)]
+    full = study_settings("full")
+    assert full.widths[0] <= 40 and full.widths[-1] >= 4096 and len(full.seeds) >= 3
+    assert all(b == 2 * a for a, b in zip(full.widths, full.widths[1:]))
+    with pytest.raises(ValueError, match="unknown profile"):
+        study_settings("medium")
+
+
+def test_missing_study_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist-sweep --profile full"):
+        load_study(tmp_path)
+
+
+@pytest.mark.skipif(not (FULL / "summary.json").is_file(), reason="no committed full-profile study")
+def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir):
+    from mdl_utils.data import load_mnist
+
+    summary, rows = load_study(FULL)
+    assert summary["format_version"] == RESULTS_FORMAT_VERSION
+    settings = study_settings("full")
+    recomputed = summarise(settings, rows)
+    assert recomputed["dl_star"] == summary["dl_star"]
+    assert recomputed["resolution"] == summary["resolution"]
+    x_test, _ = load_mnist("test")
+    weights = bootstrap_weights(len(x_test), settings.n_boot, seed=0)
+    checked = 0
+    for entry in summary["widths"]:
+        s = entry["seeds"].get("0", {})
+        if not s.get("reachable") or entry["width"] > 512:
+            continue
+        sae = load_selected_sae(FULL, entry["width"], 0)
+        row = next(r for r in rows if r["width"] == entry["width"] and r["seed"] == 0
+                   and r["k_index"] == s["k_index"])
+        m = measure_sae(sae, x_test, epsilon=settings.epsilon, boot_weights=weights)
+        assert m.mse == pytest.approx(row["measure"]["mse"], rel=1e-6)
+        assert m.dl_bits == pytest.approx(row["measure"]["dl_bits"], rel=1e-6)
+        assert (1 - 1e-3) * settings.epsilon <= m.precision.mse_quantised <= settings.epsilon
+        checked += 1
+    assert checked >= 1
