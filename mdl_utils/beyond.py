@@ -480,7 +480,7 @@ def main(argv: list[str]) -> int:
     sweep = args.sweep if args.sweep is not None else results_dir() / args.profile
     out = args.out
     if not (sweep / "mdl.json").is_file():
-        print(f"error: {sweep / 'mdl.json'} does not exist: run `python -m mdl_utils mnist-sweep "
+        print(f"error: {sweep / 'mdl.json'} does not exist: run `python -m mdl_utils.experiments "
               f"--profile {args.profile}` first", file=sys.stderr)
         return 1
     try:

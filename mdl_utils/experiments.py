@@ -1,4 +1,8 @@
-"""The MNIST MDL sweep of chapter 3 (section 5 of the paper brief), as one resumable job.
+"""The first, single-seed MNIST MDL sweep (section 5 of the paper brief), as one resumable job.
+
+Superseded for chapter 3 by :mod:`mdl_utils.study` (converged SAEs, continuous precision, a
+minimum over k, seeds and intervals); kept because chapter 6's epsilon scan and its committed
+results (``results/full/mdl.json``, ``results/full/beyond``) were computed with it.
 
 For each width, the sweep's target-loss mode (:mod:`mdl_utils.sweep`) trains BatchTopK SAEs
 until one lands in ``[0.95 * epsilon, epsilon]`` test MSE; every selected SAE is then measured
@@ -9,7 +13,7 @@ reproduce the recorded MSE and DL exactly.
 
 Command line (progress on stderr, resumable: rerun the same command after an interruption)::
 
-    python -m mdl_utils mnist-sweep --profile full [--out results/full] [--cache DIR]
+    python -m mdl_utils.experiments --profile full [--out results/full] [--cache DIR]
 
 Output folder layout: ``mdl.json`` (settings, provenance, one row per width, the points
 A-D), ``sweep/`` (the sweep runner's tables: every SAE trained during the search), and
@@ -186,7 +190,7 @@ def load_mnist_sweep(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], d
     out = Path(out_dir)
     payload = read_results(
         out / "mdl.json", version=RESULTS_FORMAT_VERSION,
-        how_to_make=f"run `python -m mdl_utils mnist-sweep --profile full --out {out}` (or the "
+        how_to_make=f"run `python -m mdl_utils.experiments --profile full --out {out}` (or the "
                     "chapter with retrain=True) to compute it",
     )
     saes = {name: BatchTopKSAE.load(out / point["path"]) for name, point in payload["points"].items()}
@@ -194,8 +198,8 @@ def load_mnist_sweep(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], d
 
 
 def main(argv: list[str]) -> int:
-    """``python -m mdl_utils mnist-sweep``: run or resume the chapter-3 sweep."""
-    args = parse_job_args(argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__)
+    """``python -m mdl_utils.experiments``: run or resume the single-seed sweep."""
+    args = parse_job_args(argv, prog="python -m mdl_utils.experiments", doc=__doc__)
     out = args.out
     try:
         payload = run_mnist_sweep(settings_for(args.profile), out, cache=args.cache,
@@ -206,3 +210,7 @@ def main(argv: list[str]) -> int:
     print(f"wrote {out / 'mdl.json'}: optimum width {payload['optimum_width']}, "
           f"wall time {payload['wall_time_s']:.0f} s")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -162,7 +162,7 @@ def max_cosine_to_data(
     Near 1 when a feature is (a copy of) one whole training example; low for strokes and
     fragments that are part of many inputs but equal to none. Shape (F,).
     """
-    W = torch.as_tensor(np.asarray(W_dec_FD, dtype=np.float32))
+    W = torch.from_numpy(np.array(W_dec_FD, dtype=np.float32))  # a copy: torch warns on read-only arrays
     X = _as_tensor(x_ND)
     if W.ndim != 2 or W.shape[1] != X.shape[1]:
         raise ValueError(f"decoder rows {tuple(W.shape)} and inputs {tuple(X.shape)} disagree")

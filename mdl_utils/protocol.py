@@ -519,6 +519,9 @@ class Resolution:
             ``z * se``), bits per sample.
         pooled_rel_seed_std: the relative seed spread used for widths with one seed.
         z: the multiplier (2: about 95% for a normal difference).
+        seed_spread_known: False when some width has one seed and no width has two, so the
+            training noise is unknown; the margins then hold the test-digit noise alone and
+            the optimum is never called resolved.
     """
 
     optimum: int
@@ -527,6 +530,7 @@ class Resolution:
     margins: dict[int, tuple[float, float]]
     pooled_rel_seed_std: float | None
     z: float
+    seed_spread_known: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -543,6 +547,9 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
     pooled *relative* spread of the widths with several) and the test digits (the variance
     of the difference over paired bootstrap replicates, when both have them). Width b is
     distinguishable when the difference exceeds ``z`` times the combined standard error.
+
+    The optimum is never called resolved when it is the only width, or when the training
+    noise is unknown (see :attr:`Resolution.seed_spread_known`).
 
     Raises:
         ValueError: no summaries, or a summary without seeds.
@@ -577,7 +584,9 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
         margins[s.width] = (diff, unc)
         if diff <= unc:
             tie.append(s.width)
+    known = pooled is not None or all(s.seed_std is not None for s in summaries)
     return Resolution(
-        optimum=best.width, resolved=len(tie) == 1, tie_set=tuple(sorted(tie)),
-        margins=margins, pooled_rel_seed_std=pooled, z=z,
+        optimum=best.width, resolved=len(tie) == 1 and len(summaries) > 1 and known,
+        tie_set=tuple(sorted(tie)), margins=margins, pooled_rel_seed_std=pooled, z=z,
+        seed_spread_known=known,
     )

@@ -23,6 +23,7 @@ Command line (resumable; progress on stderr)::
 
     python -m mdl_utils mnist-sweep --profile full [--out DIR] [--cache DIR]
         [--budget-hours H] [--shard I/N] [--device cpu|cuda] [--threads T]
+    python -m mdl_utils mnist-sweep --profile full --summary-only   # summary.json from the rows
 
 ``--shard I/N`` runs the I-th of N interleaved shares of the widths, so N processes (one per
 core) can run side by side on the same output folder; each width's rows are written by one
@@ -123,8 +124,10 @@ def study_settings(profile: str) -> StudySettings:
     return choose(
         profile,
         quick=StudySettings(
-            n_train=6_000, n_test=2_000, widths=(32, 64, 128, 256, 512), seeds=(0, 1),
-            n_boot=100, train={**RECIPE, "batch_size": 512, "max_epochs": 150},
+            n_train=6_000, n_test=2_000, widths=(64, 128, 256), fill_widths=False, seeds=(0, 1),
+            k_start=16.0, n_boot=100,
+            train={**RECIPE, "batch_size": 256, "max_epochs": 150, "patience": 3, "lr_reductions": 2,
+                   "min_rel_improvement": 2e-3, "resample_every": 5, "resample_until": 10},
         ),
         full=StudySettings(
             n_train=None, n_test=None, widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
@@ -461,6 +464,11 @@ def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[s
              for s in summaries]
     remaining = [(w, s) for (w, s) in plan(settings, rows)
                  if not _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+    for res in [resolution, *rereads.values()]:
+        if res is not None:
+            # Widths or seeds still to come can change the optimum: never final before they are in.
+            res["provisional"] = bool(remaining)
+            res["resolved"] = res["resolved"] and not remaining
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": asdict(settings),
@@ -552,6 +560,8 @@ def main(argv: list[str]) -> int:
                             help="stop starting new trainings after this many hours (resumable)")
         parser.add_argument("--shard", default="0/1", help="I/N: run the I-th of N shares of the widths")
         parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
+        parser.add_argument("--summary-only", action="store_true",
+                            help="only rewrite summary.json from the rows on disk (no training)")
 
     args = parse_job_args(argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__,
                           out_subdir="mnist-mdl", extra=extra)
@@ -560,6 +570,14 @@ def main(argv: list[str]) -> int:
     except ValueError:
         print(f"error: --shard must look like I/N (e.g. 0/2), got {args.shard!r}", file=sys.stderr)
         return 2
+    if args.summary_only:
+        started = time.time()
+        summary = summarise(study_settings(args.profile), load_rows(args.out))
+        summary.update(provenance(started))
+        summary["stopped_by_budget"] = False
+        write_results(Path(args.out) / "summary.json", summary)
+        print(f"wrote {Path(args.out) / 'summary.json'} from {summary['n_saes_trained']} rows")
+        return 0
     try:
         summary = run_study(study_settings(args.profile), args.out, cache=args.cache,
                             budget_hours=args.budget_hours, shard=(shard_i, shard_n),

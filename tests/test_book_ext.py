@@ -57,6 +57,42 @@ def test_headline_reads_a_bare_list_and_flags_an_optimum_at_the_edge(tmp_path):
     assert found and "**32 latents**" in sentence and "at an end of the range" in sentence
 
 
+def _study_summary(resolved, tie, complete):
+    return {
+        "epsilon": 0.015, "n_saes_trained": 40, "complete": complete,
+        "remaining": [] if complete else [[1024, 0], [128, 1]],
+        "machine": "2-core CPU", "date": "2026-12-02", "code_version": "abc",
+        "widths": [{"width": w, "seeds": {"0": {"complete": True}}} for w in (64, 128, 256)],
+        "dl_star": [{"width": 64, "mean": 90.0, "n_seeds": 1, "boot_ci": [89.0, 91.0]},
+                    {"width": 128, "mean": 70.25, "n_seeds": 3, "boot_ci": [69.5, 71.0]},
+                    {"width": 256, "mean": 71.0, "n_seeds": 2, "boot_ci": None}],
+        "resolution": {"optimum": 128, "resolved": resolved, "tie_set": tie},
+    }
+
+
+def test_headline_from_the_study_states_the_resolution_and_what_remains(tmp_path):
+    path = tmp_path / "mnist-mdl" / "summary.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(_study_summary(False, [128, 256], False)))
+    # The study wins over any older results file beside it.
+    (tmp_path / "sweep.json").write_text(json.dumps({"rows": [{"width": 16, "dl_bits": 1.0}]}))
+    sentence, found = mdl_book.headline(tmp_path)
+    assert found and "**70.2 bits per test digit** at width 128" in sentence
+    assert "**not resolved**: widths 128, 256 cannot be told apart" in sentence
+    assert "69.5 to 71.0" in sentence and "3 seed(s)" in sentence
+    assert "3 (width, seed) searches so far, 2 remain" in sentence
+    assert "16" not in sentence.split("(Read from")[0].replace("2026-12-02", "")
+    provisional = _study_summary(False, [128], False)
+    provisional["resolution"]["provisional"] = True
+    path.write_text(json.dumps(provisional))
+    sentence, _ = mdl_book.headline(tmp_path)
+    assert "**provisional**" in sentence and "resolved: width" not in sentence
+    path.write_text(json.dumps(_study_summary(True, [128], True)))
+    sentence, _ = mdl_book.headline(tmp_path)
+    assert "**resolved: width 128**" in sentence and "the study is complete" in sentence
+    assert "not resolved" not in sentence
+
+
 def test_headline_refuses_results_it_cannot_read(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"machine": "x", "rows": [{"width": 8}]}))
     with pytest.raises(ValueError, match="meta.json"):

@@ -28,7 +28,7 @@ def test_profiles_sweep_the_widths_the_chapter_promises():
 
 
 def test_missing_results_say_how_to_make_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mnist-sweep --profile full"):
+    with pytest.raises(FileNotFoundError, match="mdl_utils.experiments --profile full"):
         load_mnist_sweep(tmp_path)
 
 

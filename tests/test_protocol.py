@@ -185,6 +185,13 @@ def test_resolution_borrows_the_pooled_spread_and_adds_the_bootstrap():
         resolve_optimum([])
 
 
+def test_resolution_needs_a_rival_and_a_known_seed_spread():
+    assert not resolve_optimum([_summary(128, [80.0, 81.0])]).resolved
+    # One seed everywhere: far apart, but the training noise is unknown.
+    res = resolve_optimum([_summary(64, [100.0]), _summary(128, [80.0])])
+    assert not res.seed_spread_known and not res.resolved and res.tie_set == (128,)
+
+
 def test_measure_sae_on_the_identity_sae(identity_sae):
     x = _uniform_latents(n=4000)
     sae = identity_sae(x.shape[1])

@@ -2,8 +2,9 @@
 
 Its jobs, each driven by what is in the repository rather than by typed-in text:
 
-- the landing page's headline result, read at build time from the committed paper-scale
-  results in ``results/full/*.json`` (substitution ``{{ headline }}``), or a plain
+- the landing page's headline result, read at build time from the committed chapter-3 study
+  (``results/full/mnist-mdl/summary.json``) or else the paper-scale results in
+  ``results/full/*.json`` (substitution ``{{ headline }}``), or a plain
   "not yet computed" when there are none;
 - how long this build's chapters took to execute, and with which profile, read from the
   executed notebooks (substitution ``{{ build_timing }}``);
@@ -77,6 +78,48 @@ def _records(payload: Any) -> list[dict]:
     ]
 
 
+#: The chapter-3 study under the resolved protocol (mdl_utils.study), relative to RESULTS_DIR.
+STUDY_SUMMARY = Path("mnist-mdl") / "summary.json"
+
+
+def study_headline(summary_path: Path) -> str:
+    """The headline sentence from the chapter-3 study's ``summary.json`` (mdl_utils.study).
+
+    States the optimum as the study's resolution rule gives it: one width when resolved, else
+    the set of widths it cannot tell apart, and how much of the study the committed rows cover.
+    """
+    summary = json.loads(summary_path.read_text())
+    res = summary.get("resolution")
+    done = sum(1 for w in summary["widths"] for s in w["seeds"].values() if s["complete"])
+    status = ("the study is complete" if summary.get("complete") else
+              f"the committed rows cover {done} (width, seed) searches so far, "
+              f"{len(summary.get('remaining', []))} remain")
+    if res is None:
+        return (f"**In progress.** The chapter-3 study has trained {summary['n_saes_trained']} SAEs; "
+                f"no width has a finished search yet ({status}).")
+    star = {row["width"]: row for row in summary["dl_star"]}
+    best = star[res["optimum"]]
+    ci = best.get("boot_ci")
+    ci_text = f" (bootstrap 95% interval {ci[0]:.1f} to {ci[1]:.1f})" if ci else ""
+    tie = ", ".join(str(w) for w in res["tie_set"])
+    if res.get("provisional"):
+        opt = (f"this is **provisional**, as the study is incomplete (so far widths {tie} "
+               "cannot be told apart)")
+    elif res["resolved"]:
+        opt = f"the optimum is **resolved: width {res['optimum']}**"
+    else:
+        opt = f"the optimum is **not resolved**: widths {tie} cannot be told apart"
+    source = (RESULTS_DIR / STUDY_SUMMARY).as_posix()
+    return (
+        f"At a test MSE of {summary['epsilon']:g} per pixel, among {len(star)} widths measured "
+        f"({min(star)} to {max(star)}), the smallest mean description length is "
+        f"**{best['mean']:.1f} bits per test digit** at width {res['optimum']}{ci_text}, over "
+        f"{best['n_seeds']} seed(s); {opt}. Of {summary['n_saes_trained']} SAEs trained, "
+        f"{status}. (Read from `{source}`; machine: {summary.get('machine')}, date: "
+        f"{summary.get('date')}, code version: {summary.get('code_version')}.)"
+    )
+
+
 def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
     """The landing page's headline sentence (MyST Markdown) and whether results were found.
 
@@ -89,6 +132,8 @@ def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
     when present. Raises ValueError when JSON files exist but none holds such records, so a
     change of format is caught by the strict build instead of silently hiding the result.
     """
+    if (results_dir / STUDY_SUMMARY).is_file():
+        return study_headline(results_dir / STUDY_SUMMARY), True
     files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     if not files:
         return NOT_COMPUTED.format(profile=profile), False
