@@ -209,3 +209,80 @@ def test_bad_training_data_raises_clear_errors():
     sae = BatchTopKSAE(16, 8, 2, seed=0)
     with pytest.raises(ValueError, match="dimension 15 but the SAE expects d_in=16"):
         evaluate_sae(sae, VAL[:, :15])
+
+
+def test_plateau_schedule_cuts_the_rate_then_stops_as_converged():
+    cfg = TrainConfig(width=24, k=3, **{**FAST, "max_epochs": 200, "patience": 2, "min_rel_improvement": 0.02,
+                                        "lr_schedule": "plateau", "lr_factor": 0.5, "lr_reductions": 2})
+    sae, history = train_sae(cfg, TRAIN, VAL)
+    assert history.stop_reason == "converged" and len(history.epochs) < 200
+    # Replay the rule on the recorded validation MSEs: after 2 epochs without a 2% gain the
+    # rate halves (twice); the third such plateau ends training.
+    base_lr = history.epochs[-1].lr / 0.25
+    best, bad, cuts, lr = math.inf, 0, 0, base_lr
+    for e in history.epochs:
+        assert e.lr == pytest.approx(lr)
+        if e.val_mse < best * 0.98:
+            best, bad = e.val_mse, 0
+        else:
+            bad += 1
+        if bad >= 2 and cuts < 2:
+            lr, cuts, bad = lr * 0.5, cuts + 1, 0
+    assert cuts == 2 and bad >= 2
+    assert evaluate_sae(sae, VAL).mse == pytest.approx(history.epochs[history.best_epoch - 1].val_mse, rel=1e-6)
+
+
+def test_data_initialised_decoder_points_at_training_samples():
+    cfg = TrainConfig(width=24, k=3, **{**FAST, "max_epochs": 1, "decoder_init": "data", "b_dec_init": "zeros"})
+    sae = BatchTopKSAE(TRAIN.shape[1], 24, 3, seed=0)
+    x = torch.from_numpy(TRAIN)
+    train_mod._init_decoder_from_data_(sae, x, seed=cfg.seed)
+    rows = sae.W_dec_FD.detach()
+    assert torch.allclose(rows.norm(dim=1), torch.ones(24), atol=1e-6)
+    # Each row is a training sample at unit norm: its best cosine with the samples is 1.
+    cos = (rows @ (x / x.norm(dim=1, keepdim=True)).T).max(dim=1).values
+    assert torch.all(cos > 1 - 1e-5)
+    assert torch.allclose(sae.W_enc_FD.detach(), rows / 3)
+
+
+def test_resampling_reinitialises_dead_features_and_their_adam_state():
+    torch.manual_seed(0)
+    sae = BatchTopKSAE(TRAIN.shape[1], 24, 3, seed=0)
+    params = [sae.W_enc_FD, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    dead = torch.zeros(24, dtype=torch.bool)
+    dead[[1, 5, 7]] = True
+    before = {n: p.detach().clone() for n, p in zip(("enc", "benc", "dec"), params[:3])}
+    n = train_mod.resample_dead_(sae, opt, torch.from_numpy(TRAIN), dead, pool=256,
+                                 generator=torch.Generator().manual_seed(1))
+    assert n == 3
+    alive = ~dead
+    assert torch.equal(sae.W_dec_FD.detach()[alive], before["dec"][alive])
+    assert torch.equal(sae.W_enc_FD.detach()[alive], before["enc"][alive])
+    assert torch.allclose(sae.W_dec_FD.detach()[dead].norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.all(sae.b_enc_F.detach()[dead] == 0)
+    # Encoder rows: the decoder direction at 0.2 x the live features' mean encoder norm.
+    scale = 0.2 * before["enc"][alive].norm(dim=1).mean()
+    assert torch.allclose(sae.W_enc_FD.detach()[dead], sae.W_dec_FD.detach()[dead] * scale, atol=1e-6)
+    for p in params[:3]:
+        assert torch.all(opt.state[p]["exp_avg"][dead] == 0)
+        assert torch.all(opt.state[p]["exp_avg"][alive] != 0)
+    assert train_mod.resample_dead_(sae, opt, torch.from_numpy(TRAIN), torch.zeros(24, dtype=torch.bool)) == 0
+
+
+def test_new_recipe_fields_at_their_defaults_keep_old_cache_keys():
+    from mdl_utils.sweep import config_key
+
+    legacy = TrainConfig(width=64, k=8.0)
+    # The key of a default config: the hash of exactly the fields that existed before.
+    assert set(legacy.semantic_dict()) == {f for f in legacy.to_dict() if f not in train_mod.LEGACY_DEFAULTS} - {"progress"}
+    changed = TrainConfig(width=64, k=8.0, lr_schedule="plateau")
+    assert "lr_schedule" in changed.semantic_dict()
+    assert config_key(legacy, "fp") != config_key(changed, "fp")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(width=64, k=8.0, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="decoder_init"):
+        TrainConfig(width=64, k=8.0, decoder_init="pca")
