@@ -58,8 +58,9 @@
 #   median). Any difference between the two selections then comes from *which* errors each
 #   tolerance counts, not from how many.
 #
-# The `full` profile uses all 70,000 digits and seven widths; it takes a quarter of an hour
-# on a laptop CPU, so its results (the table, the classifier and the two optimal SAEs) are
+# The `full` profile uses all 70,000 digits and more widths; it takes longer than a book
+# build should (the provenance at the end gives the time it took), so its results (the table,
+# the classifier and the two optimal SAEs) are
 # committed under `results/full/downstream/` and read back here; set `retrain = True` to
 # recompute them. The `quick` profile trains a smaller version live (fewer digits, widths
 # and epochs); the classifier is the same in both.
@@ -297,8 +298,9 @@ for claim, verdict, evidence in verdicts:
 # are, a narrow SAE's residual error lies mostly in directions the second half of the network
 # does not read, and the downstream tolerance lets it keep more of that error. It then needs
 # a smaller $k$, so it pays for fewer active features, and its DL falls relative to the wide
-# SAEs. The optimum moves towards narrower dictionaries. That explanation is a hypothesis
-# the figure supports; it is not proved here.
+# SAEs. That is a hypothesis about the mechanism, not a finding: whether the downstream
+# optimum actually sits at a narrower width than the MSE optimum is what the verdicts above
+# decide, and where the "resolved" row does not say yes, it is not established by these runs.
 #
 # What the downstream tolerance changes in the protocol is therefore confined to two
 # places. The $k$ a width needs (step 2) depends on how much of the error the model notices,
