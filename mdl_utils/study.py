@@ -293,6 +293,7 @@ def run_study(
     progress: bool = True,
     data: SweepData | None = None,
     log: Callable[[str], None] | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run (or resume) the study and write its rows, stored SAEs and ``summary.json``.
 
@@ -307,11 +308,28 @@ def run_study(
         device: the training device (``"auto"``: CUDA when present).
         progress: a progress line per trained SAE on stderr.
         data: the prepared data (default: loaded from the settings).
+        threads: torch CPU threads while the job runs (restored afterwards; None: leave as
+            is). One thread per process is the default: floating-point sums then do not depend
+            on the machine's core count, so the same command gives the same rows on any
+            machine of the same kind, and the book's small SAEs train faster on one thread
+            than split over two. Use ``shard`` to spread the job over cores.
 
     Returns:
         The summary (also written to ``out_dir/summary.json``).
     """
-    out = Path(out_dir)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_study(settings, Path(out_dir), cache=cache, budget_hours=budget_hours,
+                          shard=shard, device=device, progress=progress, data=data, log=log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[str] | None,
+               budget_hours: float | None, shard: tuple[int, int], device: str, progress: bool,
+               data: SweepData | None, log: Callable[[str], None] | None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
@@ -581,7 +599,8 @@ def main(argv: list[str]) -> int:
     try:
         summary = run_study(study_settings(args.profile), args.out, cache=args.cache,
                             budget_hours=args.budget_hours, shard=(shard_i, shard_n),
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress,
+                            threads=args.threads if args.threads is not None else 1)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

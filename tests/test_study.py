@@ -35,9 +35,9 @@ def _data(seed=0):
 
 
 SETTINGS = StudySettings(
-    n_train=None, n_test=None, widths=(8, 16, 32), seeds=(0, 1), epsilon=0.12, k_start=2.0,
+    n_train=None, n_test=None, widths=(8, 16), seeds=(0, 1), epsilon=0.12, k_start=8.0,
     n_boot=20, max_trainings_per_search=8,
-    train={"batch_size": 100, "max_epochs": 40, "patience": 3, "min_rel_improvement": 1e-3,
+    train={"batch_size": 100, "max_epochs": 25, "patience": 3, "min_rel_improvement": 1e-3,
            "lr_schedule": "plateau", "lr_reductions": 2, "decoder_init": "data",
            "resample_every": 5, "resample_until": 10, "lr": 3e-3, "device": "cpu"},
 )
@@ -131,7 +131,7 @@ def test_stored_saes_reproduce_their_rows(tiny):
 
 def test_plan_puts_seed_zero_everywhere_before_other_seeds():
     tasks = plan(SETTINGS, [])
-    assert tasks == [(8, 0), (16, 0), (32, 0)]
+    assert tasks == [(8, 0), (16, 0)]
     full = study_settings("full")
     assert full.widths[0] <= 40 and full.widths[-1] >= 4096 and len(full.seeds) >= 3
     assert all(b == 2 * a for a, b in zip(full.widths, full.widths[1:]))
@@ -151,9 +151,9 @@ def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir
     summary, rows = load_study(FULL)
     assert summary["format_version"] == RESULTS_FORMAT_VERSION
     settings = study_settings("full")
-    recomputed = summarise(settings, rows)
-    assert recomputed["dl_star"] == summary["dl_star"]
-    assert recomputed["resolution"] == summary["resolution"]
+    recomputed = json.loads(json.dumps(summarise(settings, rows)))  # as stored: tuples become lists
+    for key in ("dl_star", "resolution", "rereads", "points", "remaining", "widths"):
+        assert recomputed[key] == summary[key], key
     x_test, _ = load_mnist("test")
     weights = bootstrap_weights(len(x_test), settings.n_boot, seed=0)
     checked = 0
