@@ -72,52 +72,66 @@ K_STEPS_PER_DOUBLING = 4
 # --------------------------------------------------------------------------------------------
 
 
-def k_of_index(j: int) -> float:
-    """The k of grid index ``j``: ``2**(j/4)`` rounded to 4 significant digits (j=12 -> 8.0)."""
+def k_of_index(j: float) -> float:
+    """The k of grid index ``j``: ``2**(j/4)`` rounded to 4 significant digits (j=12 -> 8.0).
+
+    ``j`` is a whole number on the search's grid, or a half (``j = 11.5``) for the one
+    refinement step at the tolerance's edge (see :func:`next_k_index`).
+    """
     return float(f"{2.0 ** (j / K_STEPS_PER_DOUBLING):.4g}")
 
 
 def index_of_k(k: float) -> int:
-    """The grid index nearest to ``k`` (inverse of :func:`k_of_index`)."""
+    """The whole grid index nearest to ``k`` (inverse of :func:`k_of_index` on whole indices)."""
     if not (k > 0 and math.isfinite(k)):
         raise ValueError(f"k must be positive and finite, got {k!r}")
     return int(round(K_STEPS_PER_DOUBLING * math.log2(k)))
 
 
 def next_k_index(
-    dl_by_index: Mapping[int, float | None],
+    dl_by_index: Mapping[float, float | None],
     *,
     start: int,
     j_max: int,
     j_min: int = 0,
-) -> int | None:
+    refine: bool = True,
+) -> float | None:
     """The next grid index to train in the search for the minimum of DL over k, or ``None``.
 
     ``dl_by_index`` maps the indices trained so far to their DL (``None``: the SAE misses the
     tolerance even unquantised, i.e. infinitely long). The search is a pure function of what
-    has been trained, so a resumed search retraces the same path:
+    has been trained, so a resumed search retraces the same path. On the whole indices:
 
     1. nothing trained: ``start``;
     2. no SAE meets the tolerance yet: two steps up in k from the largest index tried (k too
        small misses epsilon), until ``j_max`` (k = width) has been tried;
-    3. otherwise, at the best index ``b``: train ``b - 1`` and ``b + 1`` if missing (within
-       ``[j_min, j_max]``). When both are known (or out of range) the minimum is bracketed
-       and the search ends (``None``).
+    3. otherwise, at the best whole index ``b``: train ``b - 1`` and ``b + 1`` if missing
+       (within ``[j_min, j_max]``). When both are known (or out of range) the minimum is
+       bracketed on the grid.
+    4. Refinement (``refine``): DL is usually smallest just above the k at which the SAE
+       stops meeting the tolerance, where it also changes fastest. When ``b - 1`` misses the
+       tolerance, the half step ``b - 1/2`` between them is trained once; the minimum over
+       all trained indices is then bracketed by ``b - 1`` (infeasible) and ``b``.
 
-    Returns ``None`` also when even ``j_max`` misses the tolerance (the width is unreachable).
+    Returns ``None`` when the search is over, also when even ``j_max`` misses the tolerance
+    (the width is unreachable).
     """
-    if not dl_by_index:
+    whole = {j: v for j, v in dl_by_index.items() if float(j).is_integer()}
+    if not whole:
         return min(max(start, j_min), j_max)
-    feasible = {j: v for j, v in dl_by_index.items() if v is not None}
+    feasible = {j: v for j, v in whole.items() if v is not None}
     if not feasible:
-        top = max(dl_by_index)
+        top = max(whole)
         if top >= j_max:
             return None
         return min(top + 2, j_max)
     best = min(feasible, key=lambda j: (feasible[j], j))
     for neighbour in (best - 1, best + 1):
-        if j_min <= neighbour <= j_max and neighbour not in dl_by_index:
+        if j_min <= neighbour <= j_max and neighbour not in whole:
             return neighbour
+    half = best - 0.5
+    if refine and best - 1 in whole and whole[best - 1] is None and half not in dl_by_index:
+        return half
     return None
 
 

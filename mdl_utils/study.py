@@ -199,8 +199,8 @@ def _search_state(rows: Sequence[dict[str, Any]], width: int, seed: int) -> dict
     return {r["k_index"]: r["measure"]["dl_bits"] for r in rows if r["width"] == width and r["seed"] == seed}
 
 
-def _best_index(state: dict[int, float | None]) -> int | None:
-    feasible = {j: v for j, v in state.items() if v is not None}
+def _best_index(state: dict[float, float | None], *, whole_only: bool = False) -> float | None:
+    feasible = {j: v for j, v in state.items() if v is not None and (not whole_only or float(j).is_integer())}
     return min(feasible, key=lambda j: (feasible[j], j)) if feasible else None
 
 
@@ -214,9 +214,10 @@ def _search_done(settings: StudySettings, rows: Sequence[dict[str, Any]], width:
 
 def _start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int) -> int:
     if seed != settings.seeds[0]:
-        best = _best_index(_search_state(rows, width, settings.seeds[0]))
+        # Further seeds start at seed 0's best whole grid index (then search and refine alike).
+        best = _best_index(_search_state(rows, width, settings.seeds[0]), whole_only=True)
         if best is not None:
-            return best
+            return int(best)
     return min(index_of_k(settings.k_start), _j_max(width))
 
 
@@ -511,16 +512,21 @@ def _boot_ci(s: WidthSummary) -> list[float] | None:
     return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
 
 
-def _bracketed(mine: Sequence[dict[str, Any]], j: int, width: int) -> bool:
-    """Both grid neighbours of the selected k were trained and are not shorter (or out of range)."""
+def _bracketed(mine: Sequence[dict[str, Any]], j: float, width: int) -> bool:
+    """The selected k has a trained neighbour on each side that is not shorter (or misses the
+    tolerance), or sits at the end of the grid (k = 1 or k = width) on that side."""
     by_j = {r["k_index"]: r["measure"]["dl_bits"] for r in mine}
-    ok = True
-    for n in (j - 1, j + 1):
-        if n < 0 or n > _j_max(width):
-            continue
-        if n not in by_j:
-            ok = False
-    return ok
+    dl = by_j[j]
+    below = [i for i in by_j if i < j]
+    above = [i for i in by_j if i > j]
+
+    def holds(nearest: float | None, at_edge: bool) -> bool:
+        if nearest is None:
+            return at_edge
+        return by_j[nearest] is None or by_j[nearest] >= dl
+
+    return (holds(max(below) if below else None, j <= 0)
+            and holds(min(above) if above else None, j >= _j_max(width)))
 
 
 def points_from(per_width: Sequence[dict[str, Any]], resolution: dict[str, Any] | None,

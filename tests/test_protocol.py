@@ -55,8 +55,13 @@ def test_k_search_path_by_hand():
     assert next_k_index({10: None, 11: 55.0, 12: 50.0, 13: 52.0}, start=10, j_max=20) is None
     # Downhill towards larger k keeps walking until a neighbour is higher.
     assert next_k_index({12: 60.0, 11: 70.0, 13: 55.0}, start=12, j_max=20) == 14
-    # An infeasible neighbour brackets the minimum from below (infinitely long).
-    assert next_k_index({11: None, 12: 50.0, 13: 51.0}, start=12, j_max=20) is None
+    # An infeasible neighbour brackets the minimum from below (infinitely long); the half step
+    # between them is trained once, as DL changes fastest at the tolerance's edge.
+    assert next_k_index({11: None, 12: 50.0, 13: 51.0}, start=12, j_max=20) == 11.5
+    assert next_k_index({11: None, 12: 50.0, 13: 51.0}, start=12, j_max=20, refine=False) is None
+    assert next_k_index({11: None, 11.5: 48.0, 12: 50.0, 13: 51.0}, start=12, j_max=20) is None
+    assert next_k_index({11: None, 11.5: None, 12: 50.0, 13: 51.0}, start=12, j_max=20) is None
+    assert k_of_index(11.5) == pytest.approx(2 ** (11.5 / 4), rel=1e-3)
     # Unreachable: even k = width misses the tolerance.
     assert next_k_index({16: None, 18: None, 20: None}, start=16, j_max=20) is None
     assert next_k_index({16: None, 18: None}, start=16, j_max=19) == 19
