@@ -55,7 +55,10 @@
 #   precision, in bits per digit (chapter 2).
 # - **Minimum over $k$.** For each width and seed, $k$ runs over the grid $2^{j/4}$: a search
 #   trains neighbouring grid points until the smallest DL has a longer (or infeasible)
-#   neighbour on each side. $\mathrm{DL}^*(\text{width})$ is that minimum.
+#   neighbour on each side. DL is usually smallest, and changes fastest, just above the $k$
+#   at which an SAE stops meeting $\epsilon$, so when the lower neighbour is infeasible the
+#   half step between them is trained too. $\mathrm{DL}^*(\text{width})$ is the minimum
+#   over everything trained.
 # - **Uncertainty.** Each width's $\mathrm{DL}^*$ is averaged over its seeds. Two widths
 #   differ *distinguishably* when their difference exceeds twice the combined standard error:
 #   the seeds' spread and the spread of the paired bootstrap over test digits.
