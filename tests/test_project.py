@@ -142,3 +142,17 @@ def test_job_results_round_trip_and_bad_files_say_what_is_wrong(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ValueError, match="results format 1, this code reads 3"):
         read_results(tmp_path / "old.json", version=3, how_to_make="x")
+
+
+def test_pages_workflow_parses_and_builds_with_the_makefiles_command():
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "book.yml").read_text())
+    build = workflow["jobs"]["build"]
+    commands = [step["run"] for step in build["steps"] if "run" in step]
+    assert commands == ["make book PROFILE=full"]
+    # The Makefile has that target and writes the HTML where the workflow uploads it from.
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^book:", makefile, re.M) and "jupyter-book build ." in makefile
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "_build/html"
+    assert workflow["jobs"]["deploy"]["needs"] == "build"
+    assert workflow["permissions"]["pages"] == "write" and workflow["permissions"]["id-token"] == "write"
