@@ -142,7 +142,7 @@ for w in sorted(by_width):
 # missed $\epsilon$ even unquantised. The circled point is the curve's minimum; a minimum is
 # bracketed when both its grid neighbours were trained and are longer or infeasible.
 
-# %%
+# %% tags=["hide-input"]
 widths_all = sorted(by_width)
 k_tried = sorted({r["k"] for r in rows})
 
@@ -257,7 +257,7 @@ for key, other in summary["rereads"].items():
     print(f"reread at epsilon {key}: optimum width {other['optimum']}, tie set {list(other['tie_set'])}; "
           f"{'inside' if inside else 'outside'} the tie set at epsilon {eps:g}")
 
-# %%
+# %% tags=["hide-input"]
 ws = np.array(sorted(star))
 mean = np.array([star[w]["mean"] for w in ws])
 sd = np.array([star[w]["seed_std"] or 0.0 for w in ws])
@@ -335,7 +335,7 @@ for w in w0:
 # value: each curve ends when the plateau rule stops it, and a dot marks the best epoch. A
 # curve that rises after its dot overfits: its best weights are the ones kept.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(width=7.0, height=4.0)
 ax = axes[0, 0]
 for i, w in enumerate(sorted(sel0)):
@@ -358,7 +358,7 @@ _ = ax.legend(fontsize=7, ncol=2)
 # $\epsilon$, **C** the width strictly between D and B closest (in log width) to their
 # geometric mean. Below, a sample of each one's live decoder rows as 28 x 28 images.
 
-# %%
+# %% tags=["hide-input"]
 points = summary["points"]
 x_test, _ = load_mnist("test")
 x_test = x_test[: summary["settings"]["n_test"]]
@@ -391,7 +391,7 @@ print("points: " + ", ".join(f"{n} = width {p['width']}" for n, p in sorted(poin
 # top 10 principal components are (their pixel coverage, the participation ratio of chapter 2's
 # decoder rows).
 
-# %%
+# %% tags=["hide-input"]
 baseline = max_cosine_to_data(x_test[:2000], x_train)
 centred = x_train - x_train.mean(axis=0)
 _, _, vt = np.linalg.svd(centred[:20_000], full_matrices=False)
@@ -464,7 +464,7 @@ print("largest activation at each point: " + ", ".join(f"{n} {v:.2f}" for n, v i
 # printed below for the narrowest and the widest width measured.
 
 # %%
-for w in (w0[0], w0[-1]):
+for w in sorted({int(w0[0]), int(w0[-1])}):
     share = sel0[w]["two_part_bits"] - sel0[w]["dl_bits"]
     print(f"width {w}: DL {sel0[w]['dl_bits']:.1f} bits per digit; the float16 decoder adds {share:.1f} "
           f"bits per digit over 60,000 digits ({share / sel0[w]['two_part_bits']:.0%} of the whole)")
