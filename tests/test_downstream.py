@@ -257,7 +257,9 @@ def test_committed_optima_reproduce_their_spliced_cross_entropy_and_dl(mnist_sou
     q = payload["settings"]["quantisation_share"]
     result = evaluate_downstream(saes["ce"], model, h, y_test, epsilon=payload["epsilon_ce"],
                                  budget=q * payload["epsilon_ce"])
-    assert result.ce_increase == pytest.approx(ce["stored"]["ce_increase"], abs=1e-9)
+    # float32 sums over 10,000 digits: the last digits depend on how torch splits the work over
+    # threads (the committed run and a test process may use different counts), so 1e-6 relative.
+    assert result.ce_increase == pytest.approx(ce["stored"]["ce_increase"], rel=1e-6)
     assert result.ce_increase_quantised <= payload["epsilon_ce"]
     assert result.bits == ce["stored"]["bits"]
     assert result.dl_bits == pytest.approx(ce["stored"]["dl_bits"], rel=1e-9)
@@ -267,4 +269,4 @@ def test_committed_optima_reproduce_their_spliced_cross_entropy_and_dl(mnist_sou
     assert result.bits == mse["stored"]["bits"]
     assert result.dl_bits == pytest.approx(mse["stored"]["dl_bits"], rel=1e-9)
     spliced = splice_loss(model, h, sae_reconstruction(saes["mse"], h), y_test)
-    assert spliced.ce_increase == pytest.approx(mse["stored"]["ce_increase"], abs=1e-9)
+    assert spliced.ce_increase == pytest.approx(mse["stored"]["ce_increase"], rel=1e-6)
