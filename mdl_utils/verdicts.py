@@ -72,7 +72,8 @@ def _weighted_mean(values: Any, weights: Any) -> float:
 def u_shape(resolution: Mapping[str, Any] | None, reachable_widths: Sequence[int]) -> Verdict:
     """DL*(width) is U-shaped: the optimum sits strictly inside, both ends distinguishably above.
 
-    ``resolution`` is :meth:`mdl_utils.protocol.Resolution.to_dict`'s output. "no" when the
+    ``resolution`` is the dict form of a :class:`mdl_utils.protocol.Resolution` (its
+    ``to_dict()``). "no" when the
     optimum is the narrowest or the widest reachable width (the curve is monotone there);
     "not resolved" when the optimum is inside but an end cannot be told apart from it.
     """
