@@ -180,9 +180,12 @@ def _decode_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor) -> f
 def quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any, bits: float) -> float:
     """Test MSE per element when the latents ``z`` are quantised at ``bits`` (whole or
     fractional; :func:`mdl_utils.dl.quantize`) and decoded from the bin centres."""
-    x_ND = _x_tensor(x)
-    codes = quantize(z, bits=bits)
-    return _decode_mse(sae, dequantize(codes, bin_widths(z, bits=bits)), x_ND)
+    return _quantised_mse(sae, z, _x_tensor(x), bits)
+
+
+def _quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, bits: float) -> float:
+    """The one quantise -> bin centres -> decode round trip every precision search uses."""
+    return _decode_mse(sae, dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits)), x_ND)
 
 
 @dataclass(frozen=True)
@@ -254,8 +257,7 @@ def continuous_precision(
         return ContinuousPrecision(min_bits, mse_raw, mse_raw, epsilon, "coarsest", 0)
 
     def mse_at(b: float) -> float:
-        codes = quantize(z, bits=b)
-        return _decode_mse(sae, dequantize(codes, bin_widths(z, bits=b)), x_ND)
+        return _quantised_mse(sae, z, x_ND, b)
 
     n = 1
     coarse, fine = min_bits, max_bits
@@ -417,7 +419,7 @@ def measure_sae(
 def _whole_bits(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, epsilon: float) -> tuple[int, float]:
     """The coarsest whole number of bits (1..24) whose quantised MSE meets ``epsilon``."""
     for bits in range(1, 25):
-        value = _decode_mse(sae, dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits)), x_ND)
+        value = _quantised_mse(sae, z, x_ND, bits)
         if value <= epsilon:
             return bits, value
     raise ValueError(f"no whole number of bits up to 24 meets epsilon {epsilon}")

@@ -31,7 +31,8 @@ process only.
 
 Output folder (``results/full/mnist-mdl`` for the full profile):
 ``rows/w<width>.json`` (one row per trained SAE: settings, training summary, measurements),
-``saes/w<width>-s<seed>.safetensors`` + ``.json`` (each (width, seed)'s DL-optimal SAE),
+``saes/w<width>-s<seed>.safetensors`` + ``.json`` (each (width, seed)'s DL-optimal SAE, once
+its search has finished; until then it waits, uncommitted, in ``saes/pending/``),
 ``summary.json`` (per-width DL*, the resolution of the optimum, the rereads at other
 tolerances, the points A-D, what remains to train, provenance).
 """
@@ -69,7 +70,7 @@ from mdl_utils.sweep import DataSpec, SweepData, config_key, load_cached_sae, pr
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
-    "StudySettings", "study_settings", "run_study", "summarise", "load_rows", "load_study",
+    "StudySettings", "study_settings", "run_study", "plan", "summarise", "load_rows", "load_study",
     "load_selected_sae", "main", "RESULTS_FORMAT_VERSION",
 ]
 
@@ -160,8 +161,43 @@ def _write_rows(out: Path, width: int, rows: list[dict[str, Any]]) -> None:
     _atomic_write_text(path, json.dumps(ordered, indent=1))
 
 
-def _sae_stem(out: Path, width: int, seed: int) -> Path:
-    return out / "saes" / f"w{width:05d}-s{seed}"
+def _sae_stem(out: Path, width: int, seed: int, *, pending: bool = False) -> Path:
+    """Where the DL-optimal SAE of ``(width, seed)`` is stored: ``saes/`` once its search has
+    finished, ``saes/pending/`` (not committed) while the best SAE may still change."""
+    return out / "saes" / ("pending" if pending else "") / f"w{width:05d}-s{seed}"
+
+
+def _finalise_selected(settings: StudySettings, out: Path, rows: Sequence[dict[str, Any]], width: int,
+                       seed: int, *, data: SweepData, cache_path: Path, device: str) -> None:
+    """Store the DL-optimal SAE of a finished (width, seed) search under ``saes/``.
+
+    It is normally the pending copy the job saved when that row was trained. When the pending
+    copy is missing (the rows came from a commit, the SAE from another machine), the row's
+    configuration is trained again (training is deterministic on one thread) and its DL must
+    equal the row's, or the rows and the weights would disagree: then a ValueError says so.
+    """
+    final = _sae_stem(out, width, seed)
+    mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]
+    if not mine or final.with_suffix(".json").is_file():
+        return
+    best = min(mine, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
+    pending = _sae_stem(out, width, seed, pending=True)
+    if pending.with_suffix(".json").is_file() and BatchTopKSAE.load(pending).k == best["k"]:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            os.replace(pending.with_suffix(suffix), final.with_suffix(suffix))
+        return
+    config = settings.train_config(width, best["k"], seed, device=device)
+    train_cached(config, data, cache_path)
+    sae = _compact(load_cached_sae(cache_path, config_key(config, data.fingerprint)))
+    again = measure_sae(sae, data.split("test"), epsilon=settings.epsilon).dl_bits
+    if again is None or not math.isclose(again, best["measure"]["dl_bits"], rel_tol=1e-9):
+        raise ValueError(
+            f"retraining width {width} seed {seed} at k={best['k']} gives DL {again}, but its row "
+            f"records {best['measure']['dl_bits']}: this machine does not reproduce that row; "
+            "delete the row to retrain it here"
+        )
+    _save_compact(sae, final)
 
 
 def load_selected_sae(out_dir: str | os.PathLike[str], width: int, seed: int) -> BatchTopKSAE:
@@ -271,8 +307,8 @@ def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[
 # --------------------------------------------------------------------------------------------
 
 
-def _row(settings: StudySettings, config: TrainConfig, key: str, trained: dict[str, Any],
-         measure: dict[str, Any], j: int, device: str) -> dict[str, Any]:
+def _row(config: TrainConfig, key: str, trained: dict[str, Any], measure: dict[str, Any], j: float,
+         device: str) -> dict[str, Any]:
     return {
         "width": config.width, "seed": config.seed, "k_index": j, "k": config.k, "key": key,
         "device": device,
@@ -357,8 +393,11 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
 
     while True:
         rows = load_rows(out)
-        todo = [(w, s) for (w, s) in plan(settings, rows) if w in mine
-                and not _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+        tasks = [(w, s) for (w, s) in plan(settings, rows) if w in mine]
+        done = [(w, s) for (w, s) in tasks if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+        for w, s in done:
+            _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device)
+        todo = [t for t in tasks if t not in done]
         if not todo:
             break
         if deadline is not None and time.time() > deadline:
@@ -378,7 +417,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         m = measure_sae(sae, x_test, epsilon=settings.epsilon, other_tolerances=tolerances,
                         boot_weights=weights)
         history = json.loads((cache_path / key / "entry.json").read_text()).get("history", {})
-        row = _row(settings, config, key, trained, m.to_dict(), j, device_name)
+        row = _row(config, key, trained, m.to_dict(), j, device_name)
         row["train"]["curve"] = {
             name: [round(float(e[name]), 7) for e in history.get("epochs", [])]
             for name in ("train_mse", "val_mse", "dead_fraction")
@@ -387,7 +426,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         _write_rows(out, width, width_rows)
         new_state = _search_state(width_rows, width, seed)
         if _best_index(new_state) == j:
-            _save_compact(sae, _sae_stem(out, width, seed))
+            _save_compact(sae, _sae_stem(out, width, seed, pending=True))
         dl = "misses eps" if m.dl_bits is None else f"DL {m.dl_bits:.2f} bits"
         say(f"[mnist-mdl] width {width} seed {seed} k={config.k:g}: MSE {m.mse:.5f}, {dl}, "
             f"L0 {m.l0:.2f}, live {m.n_live}/{width}, epochs {trained['epochs']} "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mdl_utils.protocol import bootstrap_weights, measure_sae
 from mdl_utils.study import (
@@ -84,6 +85,28 @@ def test_resuming_from_rows_alone_retrains_nothing_and_rewrites_the_same_rows(ti
     assert json.dumps(load_rows(copy), sort_keys=True) == before
     assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
     assert again["dl_star"] == summary["dl_star"]
+
+
+def test_finished_searches_keep_their_sae_and_a_lost_one_is_retrained_to_the_same_dl(tiny, tmp_path):
+    root, data, summary = tiny
+    out = root / "out"
+    # Every finished search's best SAE is under saes/, none is left pending.
+    assert not list((out / "saes" / "pending").glob("*.json"))
+    reachable = [(e["width"], int(s)) for e in summary["widths"] for s, v in e["seeds"].items() if v["reachable"]]
+    assert sorted(p.stem for p in (out / "saes").glob("*.json")) == sorted(f"w{w:05d}-s{s}" for w, s in reachable)
+    # A clone of the rows without one SAE (and without any cache) retrains exactly that one.
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    width, seed = reachable[0]
+    for suffix in (".json", ".safetensors"):
+        (copy / "saes" / f"w{width:05d}-s{seed}{suffix}").unlink()
+    run_study(SETTINGS, copy, cache=tmp_path / "cache", progress=False, data=data)
+    entries = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1
+    again = load_selected_sae(copy, width, seed)
+    original = load_selected_sae(out, width, seed)
+    for name, t in original.state_dict().items():
+        assert torch.equal(t, again.state_dict()[name])
 
 
 def test_a_budget_stops_between_trainings_and_the_rest_follows(tmp_path):
