@@ -446,7 +446,7 @@ def two_part_bits(dl_bits: float, width: int, d_in: int, *, n_samples: int = 60_
 def saebench_dl(z: Any, *, num_bins: int, max_floor: float = 100.0) -> float:
     """The description length as SAEBench's MDL evaluation counts it, bits per sample.
 
-    Written from that evaluation's description, not its code. Per feature: the entropy of
+    Written here independently (none of SAEBench's code is copied). Per feature: the entropy of
     "fires or not", plus the firing rate times the entropy of a value histogram with
     ``num_bins`` equal bins over ``[0, max_i]``, where ``max_i`` is the feature's largest
     activation but never less than ``max_floor`` (the running maximum starts at 100), and the

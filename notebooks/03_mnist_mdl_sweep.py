@@ -434,7 +434,7 @@ if missing:
 #
 # SAEBench {cite:p}`karvonen2025saebench` includes an MDL evaluation written by the paper's
 # first author. Its count differs from ours in two ways (`mdl_utils.protocol.saebench_dl`
-# writes it out from the evaluation's description): the value histogram of a feature counts
+# writes the count out independently of SAEBench's code): the value histogram of a feature counts
 # *all* samples, so the zeros fill its first bin, and each feature's range starts at 100 and
 # only grows, so on MNIST's small activations most values share the first bins. Below, for
 # each point, the same latents at the same number of bins ($2^B$): our DL, SAEBench's count,
