@@ -2,6 +2,8 @@
 
 Commands:
     dl      description length of a latent matrix (see ``mdl_utils.dl``)
+    score   description length of a saved SAE (SAELens, dictionary_learning or this book's
+            format) on a file of activations (see ``mdl_utils.scoring``)
     sweep   train a grid of SAEs, resumably (see ``mdl_utils.sweep``)
     mnist-sweep
             the chapter-3 MNIST MDL study under the resolved protocol, resumable
@@ -18,7 +20,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "sweep": "mdl_utils.sweep", "mnist-sweep": "mdl_utils.study", "beyond": "mdl_utils.beyond",
+_COMMANDS = {"dl": "mdl_utils.dl", "score": "mdl_utils.scoring", "sweep": "mdl_utils.sweep",
+             "mnist-sweep": "mdl_utils.study", "beyond": "mdl_utils.beyond",
              "downstream": "mdl_utils.downstream"}
 
 

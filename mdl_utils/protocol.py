@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "sparse_latents",
     "quantised_mse",
     "continuous_precision",
+    "bisect_precision",
     "measure_sae",
     "bootstrap_dl",
     "bootstrap_weights",
@@ -252,13 +253,34 @@ def continuous_precision(
             f"the unquantised test MSE {mse_raw:.6g} is above epsilon {epsilon:.6g}: no "
             "precision can meet the tolerance"
         )
-    low_edge = (1.0 - rel_band) * epsilon
     if z.nnz == 0:
         return ContinuousPrecision(min_bits, mse_raw, mse_raw, epsilon, "coarsest", 0)
 
     def mse_at(b: float) -> float:
         return _quantised_mse(sae, z, x_ND, b)
 
+    return bisect_precision(mse_at, mse_raw, epsilon=epsilon, rel_band=rel_band, min_bits=min_bits,
+                            max_bits=max_bits, max_evaluations=max_evaluations)
+
+
+def bisect_precision(
+    mse_at: Callable[[float], float],
+    mse_raw: float,
+    *,
+    epsilon: float,
+    rel_band: float = REL_BAND,
+    min_bits: float = 0.05,
+    max_bits: float = 40.0,
+    max_evaluations: int = 80,
+) -> ContinuousPrecision:
+    """The bisection of :func:`continuous_precision` for any quantised-MSE function.
+
+    ``mse_at(bits)`` returns the reconstruction MSE with the latents quantised at ``bits``;
+    ``mse_raw`` is the unquantised MSE, at or below ``epsilon``. Used by
+    :func:`continuous_precision` (latents and data in memory) and by :mod:`mdl_utils.scoring`
+    (latents and activations streamed in chunks).
+    """
+    low_edge = (1.0 - rel_band) * epsilon
     n = 1
     coarse, fine = min_bits, max_bits
     coarse_mse = mse_at(coarse)
