@@ -4,8 +4,10 @@
 #                                    (default full: paper-scale results, read from results/full/
 #                                    where training would take hours)
 #   make test                        the same set-up and execution (quick profile), then pytest,
-#                                    nbval over the executed chapters, a strict book build, and
-#                                    the built book checked in headless Chromium (make browser)
+#                                    nbval against the committed references (tests/reference/),
+#                                    a strict book build, and the built book checked in headless
+#                                    Chromium (make browser)
+#   make references                  refresh tests/reference/ on purpose (review the diff)
 #
 # Chapters are Jupytext sources in notebooks/. Each is converted, executed once by papermill
 # with `profile` injected, and written to book/chapters/, which the book renders (Jupyter Book
@@ -27,12 +29,14 @@ export MDL_CACHE_DIR ?= $(CURDIR)/_build/cache
 
 SOURCES := $(sort $(wildcard notebooks/*.py))
 EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(SOURCES))
+# The committed quick-profile outputs that nbval checks against (refresh: make references).
+REFERENCES := $(patsubst notebooks/%.py,tests/reference/%.ipynb,$(SOURCES))
 PACKAGE := $(sort $(wildcard mdl_utils/*.py))
 # Committed paper-scale results, which the full profile reads instead of retraining.
 RESULTS := $(shell find results -type f 2>/dev/null | sort)
 PROFILE_STAMP := _build/profile
 
-.PHONY: all book test chapters unit nbval html browser setup lock clean FORCE
+.PHONY: all book test chapters unit nbval references html browser setup lock clean FORCE
 .DELETE_ON_ERROR:
 
 all: book
@@ -75,11 +79,20 @@ book: html
 unit: $(INSTALLED)
 	python -m pytest tests
 
-# nbval re-runs each executed chapter and compares the cells marked NBVAL_CHECK_OUTPUT with
-# the outputs papermill stored; expensive steps are cached on disk by mdl_utils, so the second
-# run reuses the first run's trained models and checks that everything else reproduces.
+# nbval re-executes the committed references (tests/reference/, the quick-profile chapters with
+# their outputs) and compares every cell marked NBVAL_CHECK_OUTPUT with the stored output, after
+# the rules in tests/reference/sanitize.cfg (times, dates and paths masked; decimal numbers to 4
+# significant digits). It runs after `chapters`, so the trained models come from the cache.
+# tests/test_references.py checks that the references hold the current chapter code.
 nbval: chapters
-	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(EXECUTED)
+	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	    --nbval-sanitize-with tests/reference/sanitize.cfg $(REFERENCES)
+
+# Refresh the references on purpose after a change that moves a checked output: execute the
+# chapters with the quick profile, then store them (outputs cleaned) for review and commit.
+references: PROFILE := quick
+references: chapters
+	python tests/reference/refresh.py book/chapters tests/reference
 
 # The built book in Debian's Chromium, headless (tests/browser): every page loads from 127.0.0.1
 # with no console error, failed request or request to another host, its images load and its

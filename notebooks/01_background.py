@@ -63,16 +63,19 @@
 # Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
 profile = "quick"
 
-# %%
+# %% tags=["hide-input"]
 import math
 
 import numpy as np
 import torch
 
+from IPython.display import display
+
 from mdl_utils import plots
 from mdl_utils.dl import dense_dl, dl_upper_bound
 from mdl_utils.profiles import cache_dir, choose
 from mdl_utils.sweep import DataSpec, load_cached_sae, prepare_data, train_cached
+from mdl_utils.tables import Table
 from mdl_utils.train import TrainConfig
 
 plots.use_style()
@@ -128,7 +131,7 @@ gap = (rebuilt_D - x_hat_1D[0]).abs().max().item()
 print(f"bias + sum of feature contributions equals the decoder output: {gap < 1e-5} "
       "(largest difference below 1e-5 per pixel)")
 
-# %%
+# %% tags=["hide-input"]
 panels = [digit[0], x_hat_1D[0], sae.b_dec_D.detach()] + list(contributions_AD)
 titles = ["digit", "reconstruction", "bias"] + [
     f"f{int(i)} z={z_1F[0, i]:.2f}" for i in active
@@ -173,6 +176,5 @@ rows = [
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'code':45s} {'formula':16s} {'ours (bits/token)':>18s} {'paper states':>13s}")
-for name, formula, bits, stated in rows:
-    print(f"{name:45s} {formula:16s} {bits:18,.1f} {stated:>13s}")
+display(Table(["code", "formula", "ours (bits/token)", "paper states (bits/token)"],
+              [[name, formula, f"{bits:,.1f}", stated] for name, formula, bits, stated in rows]))

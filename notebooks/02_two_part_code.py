@@ -35,9 +35,11 @@
 # Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
 profile = "quick"
 
-# %%
+# %% tags=["hide-input"]
 import numpy as np
 import torch
+
+from IPython.display import display
 
 from mdl_utils import plots
 from mdl_utils.dl import (
@@ -46,6 +48,7 @@ from mdl_utils.dl import (
 )
 from mdl_utils.profiles import cache_dir, choose
 from mdl_utils.sweep import DataSpec, load_cached_sae, prepare_data, train_cached
+from mdl_utils.tables import Table
 from mdl_utils.train import TrainConfig
 
 plots.use_style()
@@ -111,7 +114,7 @@ print(f"SAE with {featured} features: unquantised test MSE {precision.mse_unquan
 print(f"effective precision: {precision.bits} bits per non-zero value, "
       f"test MSE {precision.mse:.5f} (tolerance {EPSILON})")
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure()
 ax = axes[0, 0]
 ax.plot(curve_bits, curve_mse, "o-", label="quantised latents")
@@ -156,13 +159,11 @@ for width, sae in saes.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'width':>6s} {'test MSE':>9s} {'B':>3s} {'L0':>6s} {'DL (bits)':>10s} "
-      f"{'bound (bits)':>13s} {'DL / bound':>10s}")
-for c in comparison:
-    print(f"{c['width']:6d} {c['mse']:9.5f} {c['bits']:3d} {c['l0']:6.2f} {c['dl']:10.1f} "
-          f"{c['bound']:13.1f} {c['dl'] / c['bound']:10.2f}")
+display(Table(["width", "test MSE", "B (bits)", "L0", "DL (bits)", "bound (bits)", "DL / bound"],
+              [[c["width"], f"{c['mse']:.5f}", c["bits"], f"{c['l0']:.2f}", f"{c['dl']:.1f}", f"{c['bound']:.1f}",
+                f"{c['dl'] / c['bound']:.2f}"] for c in comparison]))
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(width=7.0)
 ax = axes[0, 0]
 positions = np.arange(len(comparison))
@@ -229,7 +230,7 @@ print(f"decoder: {decoder_bits:,} bits; with the coder's tables: {model_bits:,} 
 print(f"share of the model in bits per digit at N = 60,000 (all of MNIST's training set): "
       f"{share_at_train:.1%}")
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure()
 ax = axes[0, 0]
 ax.loglog(n_grid, per_sample, label="decoder + tables, shared over N, plus DL")

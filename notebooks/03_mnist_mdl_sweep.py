@@ -76,10 +76,12 @@ profile = "quick"
 # With profile="full": run (or continue) the study instead of only reading results/full/.
 retrain = False
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 import numpy as np
+
+from IPython.display import display
 
 from mdl_utils import plots, verdicts
 from mdl_utils.data import load_mnist
@@ -88,6 +90,7 @@ from mdl_utils.profiles import cache_dir, results_dir
 from mdl_utils.protocol import REL_BAND, k_of_index, saebench_dl, sparse_latents, two_part_bits
 from mdl_utils.dl import description_length
 from mdl_utils.study import load_selected_sae, load_study, run_study, study_settings
+from mdl_utils.tables import Table
 
 plots.use_style()
 settings = study_settings(profile)
@@ -197,20 +200,22 @@ _ = ax.legend(fontsize=7, ncol=2)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'width':>5s} {'seed':>4s} {'k':>6s} {'b':>5s} {'MSE(b)':>8s} {'DL':>7s} {'B':>2s} {'DL(B)':>7s} "
-      f"{'L0':>6s} {'live':>9s} {'2-part':>7s} {'epochs':>6s} {'best':>4s} stop")
+table = []
 for w in widths_all:
     for s, e in by_width[w]["seeds"].items():
         if not e["reachable"]:
-            print(f"{w:5d} {s:>4s}   misses epsilon at every k tried (k up to {k_of_index(max(r['k_index'] for r in rows if r['width'] == w and str(r['seed']) == s)):g})")
+            k_max = k_of_index(max(r["k_index"] for r in rows if r["width"] == w and str(r["seed"]) == s))
+            table.append([w, s, f"misses epsilon at every k tried (up to {k_max:g})"] + [None] * 11)
             continue
-        flag = "  (search running)" if not e["complete"] else ("" if e["bracketed"] else "  (minimum not bracketed)")
-        print(f"{w:5d} {s:>4s} {e['k']:6.2f} {e['bits']:5.2f} {e['mse_quantised']:8.6f} {e['dl_bits']:7.2f} "
-              f"{e['whole_bits']:2d} {e['whole_dl_bits']:7.2f} {e['l0']:6.2f} {e['n_live']:4d}/{w:<4d} "
-              f"{e['two_part_bits']:7.1f} {e['epochs']:6d} {e['best_epoch']:4d} {e['stop_reason']}{flag}")
+        flag = " (search running)" if not e["complete"] else ("" if e["bracketed"] else " (minimum not bracketed)")
+        table.append([w, s, f"{e['k']:.2f}", f"{e['bits']:.2f}", f"{e['mse_quantised']:.6f}", f"{e['dl_bits']:.2f}",
+                      e["whole_bits"], f"{e['whole_dl_bits']:.2f}", f"{e['l0']:.2f}", f"{e['n_live']}/{w}",
+                      f"{e['two_part_bits']:.1f}", e["epochs"], e["best_epoch"], e["stop_reason"] + flag])
+display(Table(["width", "seed", "k", "b (bits)", "MSE(b)", "DL (bits)", "B (bits)", "DL(B) (bits)", "L0",
+               "live", "2-part (bits)", "epochs", "best epoch", "stop"], table))
 selected = [e for w in widths_all for e in by_width[w]["seeds"].values() if e["reachable"]]
 in_band = all((1 - REL_BAND) * eps <= e["mse_quantised"] <= eps for e in selected)
-print(f"\nevery selected SAE's quantised test MSE in [{(1 - REL_BAND) * eps:.6f}, {eps}]: {in_band}")
+print(f"every selected SAE's quantised test MSE in [{(1 - REL_BAND) * eps:.6f}, {eps}]: {in_band}")
 print(f"selected SAEs that stopped at the epoch cap: {sum(e['stop_reason'] == 'max_epochs' for e in selected)}")
 
 # %% [markdown]
@@ -224,24 +229,23 @@ print(f"selected SAEs that stopped at the epoch cap: {sum(e['stop_reason'] == 'm
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'width':>5s} {'seeds':>5s} {'mean DL*':>9s} {'seed sd':>8s} {'bootstrap 95%':>17s} "
-      f"{'diff to opt':>11s} {'2 x se':>7s}")
+table = []
 for w in sorted(star):
     r = star[w]
-    sd = "-" if r["seed_std"] is None else f"{r['seed_std']:.2f}"
-    ci = "-" if r["boot_ci"] is None else f"[{r['boot_ci'][0]:.2f}, {r['boot_ci'][1]:.2f}]"
     m = res["margins"].get(str(w))
-    diff = "optimum" if m is None else f"{m[0]:+.2f}"
-    unc = "" if m is None else f"{m[1]:.2f}"
-    print(f"{w:5d} {r['n_seeds']:5d} {r['mean']:9.2f} {sd:>8s} {ci:>17s} {diff:>11s} {unc:>7s}")
+    table.append([w, r["n_seeds"], f"{r['mean']:.2f}", None if r["seed_std"] is None else f"{r['seed_std']:.2f}",
+                  None if r["boot_ci"] is None else f"[{r['boot_ci'][0]:.2f}, {r['boot_ci'][1]:.2f}]",
+                  "optimum" if m is None else f"{m[0]:+.2f}", None if m is None else f"{m[1]:.2f}"])
+display(Table(["width", "seeds", "mean DL* (bits)", "seed sd (bits)", "bootstrap 95% (bits)",
+               "difference to optimum (bits)", "2 x se (bits)"], table))
 if res["provisional"]:
-    print(f"\nProvisional: the study is incomplete, so no optimum is final. Among the widths "
+    print(f"Provisional: the study is incomplete, so no optimum is final. Among the widths "
           f"measured so far the smallest mean DL* is at width {res['optimum']}, and widths "
           f"{list(res['tie_set'])} cannot be told apart from it.")
 elif res["resolved"]:
-    print(f"\nThe epsilon-MDL optimum is resolved: width {res['optimum']}.")
+    print(f"The epsilon-MDL optimum is resolved: width {res['optimum']}.")
 else:
-    print(f"\nThe optimum is not resolved: widths {list(res['tie_set'])} cannot be told apart "
+    print(f"The optimum is not resolved: widths {list(res['tie_set'])} cannot be told apart "
           f"(smallest mean DL* at width {res['optimum']}).")
 if not res["seed_spread_known"]:
     print("No width has two seeds yet, so the training noise is unknown and the margins above "
@@ -319,14 +323,15 @@ legacy_path = results_dir() / "full" / "mdl.json"
 legacy = {}
 if profile == "full" and legacy_path.is_file():
     legacy = {r["width"]: r for r in json.loads(legacy_path.read_text())["rows"] if r.get("dead_fraction") is not None}
-print(f"{'width':>5s} {'dead':>6s} {'target':>6s} {'met':>4s} {'first version (20 epochs)':>26s} "
-      f"{'training, all SAEs of the width (min)':>38s}")
+table = []
 for w in w0:
     dead_w = 1 - sel0[w]["n_live"] / w
     target = 0.05 if w <= 1024 else 0.20
-    old = f"{legacy[w]['dead_fraction']:.3f}" if w in legacy else "-"
     minutes = sum(r["train"]["train_seconds"] or 0 for r in rows if r["width"] == w) / 60
-    print(f"{w:5d} {dead_w:6.3f} {target:6.2f} {'yes' if dead_w <= target else 'no':>4s} {old:>26s} {minutes:38.1f}")
+    table.append([w, f"{dead_w:.3f}", f"{target:.2f}", dead_w <= target,
+                  f"{legacy[w]['dead_fraction']:.3f}" if w in legacy else None, f"{minutes:.1f} min"])
+display(Table(["width", "dead fraction", "target", "met", "first version (20 epochs)",
+               "training, all SAEs of the width"], table))
 
 # %% [markdown]
 # ## Training to convergence
@@ -442,14 +447,15 @@ if missing:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'point':>5s} {'width':>5s} {'bins':>5s} {'ours':>8s} {'SAEBench':>9s} {'no floor':>9s}")
+table = []
 for name in sorted(shown):
     z, _ = usage[name]
     e = sel0.get(points[name]["width"]) or by_width[points[name]["width"]]["seeds"][seeds[0]]
     bins = 2 ** e["whole_bits"]
     ours = description_length(z, bits=e["whole_bits"]).dl_bits
-    print(f"{name:>5s} {points[name]['width']:5d} {bins:5d} {ours:8.2f} {saebench_dl(z, num_bins=bins):9.2f} "
-          f"{saebench_dl(z, num_bins=bins, max_floor=0.0):9.2f}")
+    table.append([name, points[name]["width"], bins, f"{ours:.2f}", f"{saebench_dl(z, num_bins=bins):.2f}",
+                  f"{saebench_dl(z, num_bins=bins, max_floor=0.0):.2f}"])
+display(Table(["point", "width", "bins", "ours (bits)", "SAEBench (bits)", "SAEBench, no floor (bits)"], table))
 max_act = {name: float(usage[name][0].max()) for name in shown}
 print("largest activation at each point: " + ", ".join(f"{n} {v:.2f}" for n, v in sorted(max_act.items())))
 

@@ -27,10 +27,12 @@
 # Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
 profile = "quick"
 
-# %%
+# %% tags=["hide-input"]
 import numpy as np
 import torch
 from scipy.optimize import brentq
+
+from IPython.display import display
 
 from mdl_utils import plots
 from mdl_utils.dl import description_length, effective_precision
@@ -46,6 +48,7 @@ from mdl_utils.toys import (
     splitting_dl,
     splitting_l0,
 )
+from mdl_utils.tables import Table
 from mdl_utils.train import TrainConfig, evaluate_sae, train_sae
 
 torch.manual_seed(0)
@@ -106,7 +109,7 @@ p_rule_exact = brentq(lambda p: splitting_boundary(p) - p, 0.3, 0.9, xtol=1e-10)
 print(f"small-p limit e - 1 = {np.e - 1:.3f}")
 print(f"rho*(p) = p at p = {p_rule_exact:.4f}")
 
-# %%
+# %% tags=["hide-input"]
 p_grid = np.linspace(0.005, 0.995, 199)
 rho_grid = np.linspace(-1.0, 1.0, 201)
 P, R = np.meshgrid(p_grid, rho_grid)
@@ -234,13 +237,12 @@ for p, rho in points:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(" p    rho  code     width  kept      found  random: found, val MSE   test MSE  bits  "
-      "L0     DL (bits)  exact DL")
-for r in results:
-    print(f"{r['p']:.1f}  {r['rho']:4.2f}  {r['code']:7s}  {r['width']:5d}  {r['kept']:8s}  "
-          f"{r['matched']}/{r['width']}    {r['random_matched']}/{r['width']}, {r['random_val_mse']:.5f}"
-          f"         {r['test_mse']:.5f}   {r['bits']}    {r['l0']:.3f}  {r['dl_bits']:.3f}      "
-          f"{r['exact_dl_bits']:.3f}")
+display(Table(
+    ["p", "rho", "code", "width", "kept", "found", "random start: found", "random: val MSE", "test MSE",
+     "B (bits)", "L0", "DL (bits)", "exact DL (bits)"],
+    [[f"{r['p']:.1f}", f"{r['rho']:.2f}", r["code"], r["width"], r["kept"], f"{r['matched']}/{r['width']}",
+      f"{r['random_matched']}/{r['width']}", f"{r['random_val_mse']:.5f}", f"{r['test_mse']:.5f}", r["bits"],
+      f"{r['l0']:.3f}", f"{r['dl_bits']:.3f}", f"{r['exact_dl_bits']:.3f}"] for r in results]))
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -256,7 +258,7 @@ for p, rho in points:
           f"trained SAEs say {measured} (unsplit - split = {margin:+.2f} bits)")
 print(f"the measured winner matches the diagram at {agree} of {len(points)} points")
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(width=7.5, height=4.0)
 labels = [f"p={p}\nrho={rho}" for p, rho in points]
 x_pos = np.arange(len(points))
@@ -314,7 +316,7 @@ for n_and in range(n_pairs + 1):
     print(f"{n_and} AND slot(s), {n_pairs - n_and} new-feature slot(s): width {z.shape[1]}, "
           f"MSE {mse:.5f}, DL {dl.dl_bits:.3f} bits/sample, L0 {dl.l0:.3f}")
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(width=6.4, height=4.2)
 mses = [f[2] for f in front]
 dls = [f[3] for f in front]

@@ -41,11 +41,14 @@ profile = "quick"
 # CPU training once chapter 3's SAEs are cached, see the README).
 retrain = False
 
-# %%
+# %% tags=["hide-input"]
 import numpy as np
 import torch
 
+from IPython.display import display
+
 from mdl_utils import plots
+from mdl_utils.tables import Table
 from mdl_utils.beyond import NEAR_OPTIMAL, load_beyond, pareto_front, run_beyond
 from mdl_utils.profiles import cache_dir, choose, results_dir
 
@@ -73,10 +76,11 @@ optimum_width = beyond["sweep_optimum_width"]
 # MSE least per bit of DL saved, until no further removal keeps the MSE under the ceiling.
 # Because halving the precision merges bins in pairs, no removal can raise a feature's
 # entropy. A greedy is not guaranteed to find the best allocation, so it runs twice: once
-# from a generous 12 bits for every feature, once from the uniform allocation itself, and
+# from a generous precision for every feature, once from the uniform allocation itself, and
 # the shorter result is kept. The second start makes sure the per-feature DL is never above
-# the uniform one. The decoder must also be told each feature's precision: a 4-bit number
-# per live feature, sent once and spread over the test digits, counted in the totals below.
+# the uniform one. The decoder must also be told each feature's precision: a fixed-length
+# number per live feature, sent once and spread over the test digits, counted in the totals
+# below (both settings are printed under the tables).
 #
 # Two comparisons. **At the same MSE**, the ceiling is the MSE that the uniform precision
 # itself reaches, so both codes reconstruct the digits at least as well and only the bits
@@ -86,25 +90,29 @@ optimum_width = beyond["sweep_optimum_width"]
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("At the same MSE (ceiling: the uniform precision's own MSE)")
-print(f"{'width':>6s} {'B':>2s} {'uniform DL':>10s} {'MSE':>8s} | {'DL':>7s} {'+table':>7s} {'saving':>7s}  start")
-for a in allocs:
-    same = a["same_mse"]
-    save_same = 100 * (a["uniform_dl_bits"] - same["dl_bits"]) / a["uniform_dl_bits"]
-    print(f"{a['width']:6d} {a['uniform_bits']:2d} {a['uniform_dl_bits']:10.1f} {a['uniform_mse']:8.5f} | "
-          f"{same['entropy_bits']:7.1f} {same['dl_bits']:7.1f} {save_same:6.2f}%  {same['started_from']}")
-print(f"\nAt the tolerance (ceiling: epsilon = {eps})")
-print(f"{'width':>6s} {'uniform DL':>10s} | {'DL':>7s} {'+table':>7s} {'saving':>7s} {'MSE':>8s}  start")
-for a in allocs:
-    save_eps = 100 * (a["uniform_dl_bits"] - a["dl_bits"]) / a["uniform_dl_bits"]
-    print(f"{a['width']:6d} {a['uniform_dl_bits']:10.1f} | {a['entropy_bits']:7.1f} {a['dl_bits']:7.1f} "
-          f"{save_eps:6.2f}% {a['mse']:8.5f}  {a['started_from']}")
+def saving(a, dl):
+    return f"{100 * (a['uniform_dl_bits'] - dl) / a['uniform_dl_bits']:.2f}%"
+
+
+display(Table(
+    ["width", "B (bits)", "uniform DL (bits)", "MSE", "per-feature DL (bits)", "+ table (bits)", "saving", "start"],
+    [[a["width"], a["uniform_bits"], f"{a['uniform_dl_bits']:.1f}", f"{a['uniform_mse']:.5f}",
+      f"{a['same_mse']['entropy_bits']:.1f}", f"{a['same_mse']['dl_bits']:.1f}", saving(a, a["same_mse"]["dl_bits"]),
+      a["same_mse"]["started_from"]] for a in allocs],
+    caption="At the same MSE (ceiling: the uniform precision's own MSE)"))
+display(Table(
+    ["width", "uniform DL (bits)", "per-feature DL (bits)", "+ table (bits)", "saving", "MSE", "start"],
+    [[a["width"], f"{a['uniform_dl_bits']:.1f}", f"{a['entropy_bits']:.1f}", f"{a['dl_bits']:.1f}",
+      saving(a, a["dl_bits"]), f"{a['mse']:.5f}", a["started_from"]] for a in allocs],
+    caption=f"At the tolerance (ceiling: epsilon = {eps})"))
+print(f"generous start: {allocs[0]['start_bits']} bits for every feature; precision table: "
+      f"{allocs[0]['table_bits'] / allocs[0]['n_live']:g} bits per live feature")
 never_above = all(a["same_mse"]["entropy_bits"] <= a["allocator_uniform"]["entropy_bits"] + 1e-9 for a in allocs)
 rank_uniform = [a["width"] for a in sorted(allocs, key=lambda a: (a["uniform_dl_bits"], a["width"]))]
 rank_per_feature = [a["width"] for a in sorted(allocs, key=lambda a: (a["dl_bits"], a["width"]))]
 savings_same = [100 * (a["uniform_dl_bits"] - a["same_mse"]["dl_bits"]) / a["uniform_dl_bits"] for a in allocs]
 savings_eps = [100 * (a["uniform_dl_bits"] - a["dl_bits"]) / a["uniform_dl_bits"] for a in allocs]
-print(f"\nper-feature DL at the same MSE never above uniform: {never_above}")
+print(f"per-feature DL at the same MSE never above uniform: {never_above}")
 print(f"mean saving (with the table): {np.mean(savings_same):.2f}% at the same MSE, "
       f"{np.mean(savings_eps):.2f}% at epsilon")
 print(f"ranking by uniform DL:                  {rank_uniform}")
@@ -132,7 +140,7 @@ print(f"optimum: width {rank_uniform[0]} (uniform) vs width {rank_per_feature[0]
 # with $f_i$ its firing rate. A value entropy near zero means the feature is, in effect,
 # binary: it costs little more than the bits that say it fired.
 
-# %%
+# %% tags=["hide-input"]
 best = next(a for a in allocs if a["width"] == optimum_width)
 bits_live = np.array([b for b, v in zip(best["bits"], best["value_bits"]) if v is not None])
 value_bits = np.array([v for v in best["value_bits"] if v is not None])
@@ -159,9 +167,9 @@ for a in allocs:
           f"{int(np.median(b))} bits (uniform {a['uniform_bits']}); at 0 bits (on/off only): {int((b == 0).sum())}")
 
 # %% [markdown]
-# A feature that keeps all 12 bits is not necessarily precise: when its entropy does not drop
-# as bits are removed (for instance a feature that takes one value), precision costs it
-# nothing, and the greedy leaves it alone. The value entropy is the fairer measure of how
+# A feature that keeps the generous start's full precision is not necessarily precise: when
+# its entropy does not drop as bits are removed (for instance a feature that takes one
+# value), precision costs it nothing, and the greedy leaves it alone. The value entropy is the fairer measure of how
 # binary a feature is.
 #
 # ## 2. Rate-distortion curves
@@ -171,7 +179,7 @@ for a in allocs:
 # another point of the same curve). The dashed line is the tolerance of chapter 3; the
 # greedy's path for the optimal SAE (per-feature precision) is the dotted grey line.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(width=7.5, height=4.5)
 ax = axes[0, 0]
 for i, c in enumerate(curves):
@@ -238,11 +246,11 @@ for entry in beyond["epsilon_scan"]:
 # %%
 # NBVAL_CHECK_OUTPUT
 scan = beyond["epsilon_scan"]
-print(f"{'epsilon':>8s} {'reached':>8s} {'width*':>7s} {'L0*':>7s} {'DL*':>7s} {'B':>2s}  note")
+table = []
 for entry in scan:
     o = entry["optimum"]
     if o is None:
-        print(f"{entry['epsilon']:8.3f} {0:8d}   (no width reaches this tolerance)")
+        table.append([f"{entry['epsilon']:.3f}", 0, "no width reaches this tolerance", None, None, None, None])
         continue
     notes = []
     if len(o["near_widths"]) > 1:
@@ -252,14 +260,14 @@ for entry in scan:
     if not o["in_band"]:
         notes.append(f"below the band: k = {o['k']:g} over-delivers at {o['n_below_band']} of "
                      f"{o['n_reached']} widths")
-    note = "; ".join(notes)
-    print(f"{o['epsilon']:8.3f} {o['n_reached']:8d} {o['width']:7d} {o['l0']:7.2f} {o['dl_bits']:7.1f} "
-          f"{o['bits']:2d}  {note}")
+    table.append([f"{o['epsilon']:.3f}", o["n_reached"], o["width"], f"{o['l0']:.2f}", f"{o['dl_bits']:.1f}",
+                  o["bits"], "; ".join(notes)])
+display(Table(["epsilon", "widths reaching it", "width*", "L0*", "DL* (bits)", "B (bits)", "note"], table))
 flat = [o["epsilon"] for o in (e["optimum"] for e in scan) if o is not None and len(o["near_widths"]) > 1]
-print(f"\ntolerances where several widths come within {NEAR_OPTIMAL:.0%} of the least DL: "
+print(f"tolerances where several widths come within {NEAR_OPTIMAL:.0%} of the least DL: "
       + (", ".join(f"{e:g}" for e in flat) if flat else "none"))
 at_eps = next(e["optimum"] for e in scan if abs(e["epsilon"] - eps) < 1e-12)
-print(f"\nat epsilon = {eps}: optimum width {at_eps['width']}; chapter 3's: {optimum_width}")
+print(f"at epsilon = {eps}: optimum width {at_eps['width']}; chapter 3's: {optimum_width}")
 
 # %% [markdown]
 # How to read the notes: "within 5%" lists the widths whose DL is within 5% of the least one
@@ -270,7 +278,7 @@ print(f"\nat epsilon = {eps}: optimum width {at_eps['width']}; chapter 3's: {opt
 # could move it. The L0 and DL at the optimum are less sensitive to these ties than the
 # width is, because near-optimal SAEs have similar values of both.
 
-# %%
+# %% tags=["hide-input"]
 optima = [e["optimum"] for e in scan if e["optimum"] is not None]
 e_arr = np.array([o["epsilon"] for o in optima])
 fig, axes = plots.figure(ncols=3, width=12.0, height=3.8)

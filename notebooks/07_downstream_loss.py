@@ -71,11 +71,14 @@ profile = "quick"
 # With profile="full": recompute instead of reading results/full/downstream/ (about 15 min on a CPU).
 retrain = False
 
-# %%
+# %% tags=["hide-input"]
 import numpy as np
 import torch
 
+from IPython.display import display
+
 from mdl_utils import plots
+from mdl_utils.tables import Table
 from mdl_utils.data import load_mnist
 from mdl_utils.downstream import load_downstream, precision_curve, run_downstream, settings_for
 from mdl_utils.models import accuracy, hidden_activations, splice_loss
@@ -134,28 +137,26 @@ print(f"CE-optimal SAE (width {optimum['ce']['width']}) spliced in, quantised at
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"Cross-entropy tolerance: increase <= {eps_ce} nats per digit")
-print(f"{'width':>6s} {'status':>13s} {'k':>6s} {'dCE':>7s} {'dCE(B)':>7s} {'B':>2s} {'L0':>6s} "
-      f"{'DL bits':>8s} {'MSE':>7s} {'acc(B)':>7s} {'B0':>3s} {'DL0':>6s}")
-for r in run["ce_rows"]:
-    if r["dl_bits"] is None:
-        print(f"{r['width']:6d} {r['status']:>13s}   (no k reaches the tolerance)")
-        continue
-    print(f"{r['width']:6d} {r['status']:>13s} {r['k']:6.2f} {r['ce_increase']:7.4f} "
-          f"{r['ce_increase_quantised']:7.4f} {r['bits']:2d} {r['l0']:6.2f} {r['dl_bits']:8.1f} "
-          f"{r['mse']:7.4f} {r['accuracy_spliced']:7.4f} {r['bits_without_reserve']:3d} "
-          f"{r['dl_bits_without_reserve']:6.1f}")
-print(f"\nMSE tolerance: MSE <= {eps_mse} per unit")
-print(f"{'width':>6s} {'status':>13s} {'k':>6s} {'MSE':>7s} {'MSE(B)':>7s} {'B':>2s} {'L0':>6s} "
-      f"{'DL bits':>8s} {'dCE':>7s}")
-for r in run["mse_rows"]:
-    if r["dl_bits"] is None:
-        print(f"{r['width']:6d} {r['status']:>13s}   (no k reaches the tolerance)")
-        continue
-    print(f"{r['width']:6d} {r['status']:>13s} {r['k']:6.2f} {r['mse']:7.4f} {r['mse_quantised']:7.4f} "
-          f"{r['bits']:2d} {r['l0']:6.2f} {r['dl_bits']:8.1f} {r['ce_increase']:7.4f}")
+def dash(r, text):
+    return [r["width"], r["status"], text] + [None] * 9
 
-# %%
+
+display(Table(
+    ["width", "status", "k", "dCE (nats)", "dCE(B) (nats)", "B (bits)", "L0", "DL (bits)", "MSE",
+     "accuracy(B)", "B0 (bits)", "DL0 (bits)"],
+    [dash(r, "no k reaches the tolerance") if r["dl_bits"] is None else
+     [r["width"], r["status"], f"{r['k']:.2f}", f"{r['ce_increase']:.4f}", f"{r['ce_increase_quantised']:.4f}",
+      r["bits"], f"{r['l0']:.2f}", f"{r['dl_bits']:.1f}", f"{r['mse']:.4f}", f"{r['accuracy_spliced']:.4f}",
+      r["bits_without_reserve"], f"{r['dl_bits_without_reserve']:.1f}"] for r in run["ce_rows"]],
+    caption=f"Cross-entropy tolerance: increase <= {eps_ce} nats per digit"))
+display(Table(
+    ["width", "status", "k", "MSE", "MSE(B)", "B (bits)", "L0", "DL (bits)", "dCE (nats)"],
+    [dash(r, "no k reaches the tolerance")[:9] if r["dl_bits"] is None else
+     [r["width"], r["status"], f"{r['k']:.2f}", f"{r['mse']:.4f}", f"{r['mse_quantised']:.4f}", r["bits"],
+      f"{r['l0']:.2f}", f"{r['dl_bits']:.1f}", f"{r['ce_increase']:.4f}"] for r in run["mse_rows"]],
+    caption=f"MSE tolerance: MSE <= {eps_mse} per unit"))
+
+# %% tags=["hide-input"]
 fig, axes = plots.figure(ncols=3, width=12.0, height=4.0)
 series = (("ce", ce_rows, f"cross-entropy, $\\epsilon$ = {eps_ce} nats"),
           ("mse", mse_rows, f"MSE, $\\epsilon$ = {eps_mse}"))
@@ -185,7 +186,7 @@ plots.label(axes[0, 2], title="Effective precision against width",
 # under the MSE tolerance. Right: the MSE of the SAEs selected under the cross-entropy
 # tolerance. Dashed lines mark the other tolerance.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plots.figure(ncols=2, width=10.0, height=3.8)
 ax = axes[0, 0]
 ax.plot([r["width"] for r in mse_rows], [r["ce_increase"] for r in mse_rows], "o-", color=plots.COLORS[1])
@@ -211,7 +212,7 @@ plots.label(ax, title="SAEs selected at equal harm: their MSE",
 # cross-entropy optimum's latents at 1 to 10 bits and measure both losses; the dotted lines
 # are the losses with unquantised latents, which the curves approach as the bins shrink.
 
-# %%
+# %% tags=["hide-input"]
 curve = precision_curve(optimal_saes["ce"], model, h_test, y_test)
 stored = optimum["ce"]["stored"]
 fig, axes = plots.figure(ncols=2, width=10.0, height=3.8)

@@ -74,6 +74,22 @@ def test_chapter_has_a_parameters_cell_with_profile(stem):
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
 
 
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_setup_and_plotting_cells_are_collapsed_in_the_rendered_chapter(stem):
+    """Readers read results: import/set-up cells and figure-drawing cells are tagged hide-input
+    (code one click away), while cells whose output nbval checks stay visible."""
+    notebook = jupytext.read(REPO / "notebooks" / f"{stem}.py")
+    code = [c for c in notebook.cells if c.cell_type == "code"
+            and "parameters" not in c.metadata.get("tags", [])]
+    shown = [c.source.splitlines()[0] for c in code
+             if (re.match(r"\s*(import|from) ", c.source) or "plots.figure(" in c.source
+                 or "image_grid(" in c.source)
+             and "NBVAL_CHECK_OUTPUT" not in c.source
+             and "hide-input" not in c.metadata.get("tags", [])]
+    assert not shown, f"{stem}: set-up or plotting cells not tagged hide-input: {shown}"
+    assert any("hide-input" in c.metadata.get("tags", []) for c in code)
+
+
 def _code_sources(notebook) -> list[str]:
     return [
         c.source.strip()

@@ -16,6 +16,9 @@ Its jobs, each driven by what is in the repository rather than by typed-in text:
   ``notebooks/NAME.py`` (Jupytext); the repository's ``postBuild`` converts those sources to
   ``notebooks/NAME.ipynb`` when Binder builds the image, and the buttons open that notebook.
 
+- the book's stylesheet (``book/_static/mdl_book.css``): long code lines and printed outputs
+  wrap at the page width rather than being cut off, and wide result tables scroll in their box.
+
 It also repairs two things for the strict (``-W -n``) build and the browser test: duplicate
 inline scripts that throw on page load, and napoleon's reading of prose attribute comments.
 """
@@ -326,8 +329,16 @@ def _restore_attribute_docstring(app: Sphinx, what: str, name: str, obj: Any, op
         lines[:] = _stashed_docstrings.pop(name)
 
 
+def _add_stylesheet(app: Sphinx, config: Config) -> None:
+    static = (Path(__file__).resolve().parent.parent / "_static").as_posix()
+    if static not in config.html_static_path:
+        config.html_static_path = [*config.html_static_path, static]
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("config-inited", _substitutions)
+    app.connect("config-inited", _add_stylesheet)
+    app.add_css_file("mdl_book.css")
     # Around sphinx.ext.napoleon's own handler, which runs at the default priority (500).
     app.connect("autodoc-process-docstring", _stash_attribute_docstring, priority=400)
     app.connect("autodoc-process-docstring", _restore_attribute_docstring, priority=600)

@@ -113,11 +113,22 @@ _TYPESET = """async () => {
   };
 }"""
 
+# Code and printed output wider than its box (cut off, or hidden behind a scroll bar).
+_OVERFLOWING = """() => [...document.querySelectorAll('div.cell pre')]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.textContent.split('\\n').reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80))"""
+_TABLES = """() => document.querySelectorAll('div.cell_output table').length"""
 _LOCAL_LINKS = """() => [...document.querySelectorAll('a[href]')].map(a => a.href)"""
 
 
 def _screenshot_path(page_path: str) -> Path:
     return SCREENSHOTS / Path(page_path).with_suffix(".png")
+
+
+def source_text_of_chapter(page_path: str) -> str:
+    """The Jupytext source of a chapter page (empty for other pages)."""
+    source = REPO / "notebooks" / f"{Path(page_path).stem}.py"
+    return source.read_text(encoding="utf-8") if source.is_file() else ""
 
 
 @pytest.mark.parametrize("page_path", PAGES)
@@ -155,6 +166,8 @@ def test_page_renders_offline_with_its_math_and_figures(page_path, server_url, b
         typeset = page.evaluate(_TYPESET)
         page.wait_for_load_state("networkidle")
         links = page.evaluate(_LOCAL_LINKS)
+        overflowing = page.evaluate(_OVERFLOWING)
+        tables = page.evaluate(_TABLES)
         if not redirect:  # the stub's screenshot would be the landing page's
             _screenshot_path(page_path).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(_screenshot_path(page_path)), full_page=True)
@@ -172,6 +185,10 @@ def test_page_renders_offline_with_its_math_and_figures(page_path, server_url, b
         )
         assert typeset["containers"] >= typeset["math"]
     assert not typeset["errors"], f"{page_path}: TeX errors: {typeset['errors']}"
+
+    assert not overflowing, f"{page_path}: code or output lines cut off by the page width: {overflowing}"
+    if page_path.startswith("book/chapters/") and "mdl_utils.tables" in source_text_of_chapter(page_path):
+        assert tables > 0, f"{page_path} displays result tables but none rendered as an HTML table"
 
     dead = []
     for href in links:
