@@ -369,7 +369,15 @@ x_test, _ = load_mnist("test")
 x_test = x_test[: summary["settings"]["n_test"]]
 x_train, _ = load_mnist("train")
 x_train = x_train[: summary["settings"]["n_train"]]
-shown = {name: load_selected_sae(out_dir, p["width"], p["seed"]) for name, p in points.items()}
+shown, not_stored = {}, []
+for name, p in points.items():
+    try:
+        shown[name] = load_selected_sae(out_dir, p["width"], p["seed"])
+    except FileNotFoundError:  # weights over the repository's 5 MB file limit are not committed
+        not_stored.append(f"{name} (width {p['width']})")
+if not_stored:
+    print("SAEs not stored in the repository (over its 5 MB file limit; `python -m mdl_utils "
+          "mnist-sweep --profile full` recreates them): " + ", ".join(not_stored))
 usage = {}
 rng = np.random.default_rng(0)
 for name, sae in sorted(shown.items()):

@@ -13,8 +13,10 @@ What is kept and what is dropped, so that the files diff cleanly:
 
 - every cell's source, and the text outputs of every cell;
 - not kept: figures' image data (nbval does not compare images; the rendered book shows them),
-  stderr streams (progress bars and warnings, which depend on whether the model cache was warm),
-  execution counts and papermill's timing metadata.
+  stderr streams (progress bars and warnings, which depend on whether the model cache was warm)
+  and papermill's timing metadata. Execution counts stay: nbval refuses a reference cell that
+  has outputs but no execution count (papermill numbers the cells in order, so they do not
+  change between runs).
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ def clean(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         kept = []
         for output in cell.get("outputs", []):
             if output.output_type == "stream":
@@ -64,8 +65,6 @@ def clean(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
                     continue
                 output.data = data
                 output.metadata = {}
-                if output.output_type == "execute_result":
-                    output.execution_count = None
             kept.append(output)
         cell.outputs = kept
     return notebook
