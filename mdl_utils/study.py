@@ -23,11 +23,14 @@ Command line (resumable; progress on stderr)::
 
     python -m mdl_utils mnist-sweep --profile full [--out DIR] [--cache DIR]
         [--budget-hours H] [--shard I/N] [--device cpu|cuda] [--threads T]
+        [--workers N | --ray-address HOST:PORT]
     python -m mdl_utils mnist-sweep --profile full --summary-only   # summary.json from the rows
 
 ``--shard I/N`` runs the I-th of N interleaved shares of the widths, so N processes (one per
 core) can run side by side on the same output folder; each width's rows are written by one
-process only.
+process only. ``--workers N`` runs the trainings on a local Ray instance (N at once) and
+``--ray-address`` on a Ray cluster (:mod:`mdl_utils.executors`); this process still measures
+every SAE and writes every file.
 
 Output folder (``results/full/mnist-mdl`` for the full profile):
 ``rows/w<width>.json`` (one row per trained SAE: settings, training summary, measurements),
@@ -66,7 +69,27 @@ from mdl_utils.protocol import (
     two_part_bits,
 )
 from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
-from mdl_utils.sweep import DataSpec, SweepData, config_key, load_cached_sae, prepare_data, train_cached
+from mdl_utils.executors import (
+    Executor,
+    Progress,
+    SerialExecutor,
+    Task,
+    TaskFailedError,
+    TrainedPayload,
+    add_executor_args,
+    executor_from_args,
+    train_payload,
+)
+from mdl_utils.sweep import (
+    DataSpec,
+    SweepData,
+    config_key,
+    load_cached,
+    load_cached_sae,
+    prepare_data,
+    store_trained,
+    train_cached,
+)
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
@@ -331,6 +354,7 @@ def run_study(
     data: SweepData | None = None,
     log: Callable[[str], None] | None = None,
     threads: int | None = 1,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study and write its rows, stored SAEs and ``summary.json``.
 
@@ -349,7 +373,12 @@ def run_study(
             is). One thread per process is the default: floating-point sums then do not depend
             on the machine's core count, so the same command gives the same rows on any
             machine of the same kind, and the book's small SAEs train faster on one thread
-            than split over two. Use ``shard`` to spread the job over cores.
+            than split over two. Use ``shard`` or ``executor`` to spread the job over cores.
+        executor: where the trainings run (default: serial, in this process); with a
+            :class:`~mdl_utils.executors.RayExecutor`, the next training of every waiting
+            search runs side by side (widths and seeds are independent; one search's trainings
+            stay in order). This process alone measures the SAEs and writes rows, SAEs and
+            the summary, which are the same as a serial run's.
 
     Returns:
         The summary (also written to ``out_dir/summary.json``).
@@ -359,14 +388,16 @@ def run_study(
         torch.set_num_threads(threads)
     try:
         return _run_study(settings, Path(out_dir), cache=cache, budget_hours=budget_hours,
-                          shard=shard, device=device, progress=progress, data=data, log=log)
+                          shard=shard, device=device, progress=progress, data=data, log=log,
+                          executor=executor)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[str] | None,
                budget_hours: float | None, shard: tuple[int, int], device: str, progress: bool,
-               data: SweepData | None, log: Callable[[str], None] | None) -> dict[str, Any]:
+               data: SweepData | None, log: Callable[[str], None] | None,
+               executor: Executor | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
@@ -379,50 +410,40 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     shard_i, shard_n = shard
     if not (shard_n >= 1 and 0 <= shard_i < shard_n):
         raise ValueError(f"shard must be I/N with 0 <= I < N, got {shard_i}/{shard_n}")
+    executor = executor if executor is not None else SerialExecutor()
+    serial = isinstance(executor, SerialExecutor)
+    # Parallel runs show one progress display for the whole job (searches done / total,
+    # trainings running, failed, time left), with the per-SAE lines printed above it.
+    display = Progress(0, desc="mnist-mdl", unit="search", enabled=progress and log is None and not serial)
     if log is not None:
         say = log
     elif progress:
-        def say(msg: str) -> None:
-            print(msg, file=sys.stderr, flush=True)
+        say = display.write
     else:
         def say(msg: str) -> None:
             return None
+    data_ref = data if serial else executor.put(data)
     device_name = str(resolve_device(device))
     mine = _shard_widths(settings, shard_i, shard_n)
     stopped_by_budget = False
+    # (width, seed) -> (task, config, grid index, start time): at most one training per search
+    in_flight: dict[tuple[int, int], tuple[Task, TrainConfig, float, float]] = {}
+    n_failed = 0
 
-    while True:
-        rows = load_rows(out)
-        tasks = [(w, s) for (w, s) in plan(settings, rows) if w in mine]
-        done = [(w, s) for (w, s) in tasks if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
-        for w, s in done:
-            _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device)
-        todo = [t for t in tasks if t not in done]
-        if not todo:
-            break
-        if deadline is not None and time.time() > deadline:
-            stopped_by_budget = True
-            break
-        width, seed = todo[0]
-        start = _start_index(settings, rows, width, seed)
-        state = _search_state(rows, width, seed)
-        j = next_k_index(state, start=start, j_max=_j_max(width))
-        assert j is not None
-        config = settings.train_config(width, k_of_index(j), seed, device=device)
-        say(f"[mnist-mdl] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
-        t0 = time.time()
-        trained = train_cached(config, data, cache_path)
+    def record(width: int, seed: int, config: TrainConfig, j: float, trained: dict[str, Any],
+               trained_on: str, t0: float) -> None:
+        """Measure a trained SAE and write its row (the driver alone writes rows and SAEs)."""
         key = config_key(config, data.fingerprint)
         sae = _compact(load_cached_sae(cache_path, key))
         m = measure_sae(sae, x_test, epsilon=settings.epsilon, other_tolerances=tolerances,
                         boot_weights=weights)
         history = json.loads((cache_path / key / "entry.json").read_text()).get("history", {})
-        row = _row(config, key, trained, m.to_dict(), j, device_name)
+        row = _row(config, key, trained, m.to_dict(), j, trained_on)
         row["train"]["curve"] = {
             name: [round(float(e[name]), 7) for e in history.get("epochs", [])]
             for name in ("train_mse", "val_mse", "dead_fraction")
         }
-        width_rows = [r for r in rows if r["width"] == width] + [row]
+        width_rows = [r for r in load_rows(out) if r["width"] == width] + [row]
         _write_rows(out, width, width_rows)
         new_state = _search_state(width_rows, width, seed)
         if _best_index(new_state) == j:
@@ -432,9 +453,84 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
             f"L0 {m.l0:.2f}, live {m.n_live}/{width}, epochs {trained['epochs']} "
             f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s")
 
+    try:
+        while True:
+            rows = load_rows(out)
+            tasks = [(w, s) for (w, s) in plan(settings, rows) if w in mine]
+            done = [(w, s) for (w, s) in tasks
+                    if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+            for w, s in done:
+                _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device)
+            todo = [t for t in tasks if t not in done]
+            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed,
+                           trained=len(rows))
+            if not todo and not in_flight:
+                break
+            over = deadline is not None and time.time() > deadline
+            if over:
+                stopped_by_budget = True
+                if not in_flight:
+                    break
+            # Start the next training of each waiting search, highest priority first.
+            recorded = False
+            for width, seed in [] if over else todo:
+                if len(in_flight) >= executor.capacity:
+                    break
+                if (width, seed) in in_flight:
+                    continue
+                start = _start_index(settings, rows, width, seed)
+                j = next_k_index(_search_state(rows, width, seed), start=start, j_max=_j_max(width))
+                assert j is not None
+                config = settings.train_config(width, k_of_index(j), seed, device=device)
+                say(f"[mnist-mdl] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
+                t0 = time.time()
+                cached = load_cached(cache_path, config, data.fingerprint)
+                if cached is not None:
+                    record(width, seed, config, j, cached, device_name, t0)
+                    recorded = True
+                    break  # the rows changed: plan again
+                task = executor.submit(train_payload, config, data_ref, tag=(width, seed, config.k))
+                in_flight[(width, seed)] = (task, config, j, t0)
+                if serial:
+                    break  # serial: one training, then plan again (as the job always did)
+            if recorded or not in_flight:
+                continue
+            finished = executor.wait([t for (t, _, _, _) in in_flight.values()])
+            first_error: TaskFailedError | None = None
+            for (width, seed), (task, config, j, t0) in list(in_flight.items()):
+                if task not in finished:
+                    continue
+                del in_flight[(width, seed)]
+                try:
+                    payload: TrainedPayload = executor.result(task)
+                except TaskFailedError as err:
+                    n_failed += 1
+                    first_error = first_error or err
+                    continue
+                trained = store_trained(cache_path, config, data.fingerprint, payload)
+                record(width, seed, config, j, trained, payload.device if not serial else device_name, t0)
+            if first_error is not None:
+                # Keep what the other trainings finish, then report the failure.
+                while in_flight:
+                    finished = executor.wait([t for (t, _, _, _) in in_flight.values()])
+                    for (width, seed), (task, config, j, t0) in list(in_flight.items()):
+                        if task in finished:
+                            del in_flight[(width, seed)]
+                            try:
+                                payload = executor.result(task)
+                            except TaskFailedError:
+                                n_failed += 1
+                                continue
+                            trained = store_trained(cache_path, config, data.fingerprint, payload)
+                            record(width, seed, config, j, trained, payload.device, t0)
+                raise first_error
+    finally:
+        display.close()
+
     summary = summarise(settings, load_rows(out))
     summary.update(provenance(started))
     summary["stopped_by_budget"] = stopped_by_budget
+    summary["executor"] = executor.describe()
     write_results(out / "summary.json", summary)
     return summary
 
@@ -625,6 +721,7 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
         parser.add_argument("--summary-only", action="store_true",
                             help="only rewrite summary.json from the rows on disk (no training)")
+        add_executor_args(parser)
 
     args = parse_job_args(argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__,
                           out_subdir="mnist-mdl", extra=extra)
@@ -641,11 +738,18 @@ def main(argv: list[str]) -> int:
         write_results(Path(args.out) / "summary.json", summary)
         print(f"wrote {Path(args.out) / 'summary.json'} from {summary['n_saes_trained']} rows")
         return 0
+    threads = args.threads if args.threads is not None else 1
     try:
-        summary = run_study(study_settings(args.profile), args.out, cache=args.cache,
-                            budget_hours=args.budget_hours, shard=(shard_i, shard_n),
-                            device=args.device, progress=not args.no_progress,
-                            threads=args.threads if args.threads is not None else 1)
+        executor = executor_from_args(args, device=args.device, threads=threads)
+    except (ValueError, ConnectionError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        with executor:
+            summary = run_study(study_settings(args.profile), args.out, cache=args.cache,
+                                budget_hours=args.budget_hours, shard=(shard_i, shard_n),
+                                device=args.device, progress=not args.no_progress,
+                                threads=threads, executor=executor)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

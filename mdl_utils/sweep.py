@@ -17,7 +17,8 @@ Two modes (section 4 of the paper brief, step 2: "train a family of SAEs that re
   cached training of its own configuration (no weights pass between trials), so the search's
   path is a function of the cached results and a resumed search retraces it from the cache.
 
-Command line: ``python -m mdl_utils sweep --config FILE [--no-progress] [--threads N]``.
+Command line: ``python -m mdl_utils sweep --config FILE [--no-progress] [--threads N]
+[--workers N | --ray-address HOST:PORT]`` (trainings on Ray: see :mod:`mdl_utils.executors`).
 
 Config file (JSON). Relative paths are relative to the config file's folder::
 
@@ -60,16 +61,27 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mdl_utils.executors import (
+    Executor,
+    SerialExecutor,
+    TaskFailedError,
+    TrainedPayload,
+    add_executor_args,
+    executor_from_args,
+    train_payload,
+)
 from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
-from mdl_utils.train import TrainConfig, evaluate_sae, train_sae
+from mdl_utils.train import TrainConfig, evaluate_sae
 
 __all__ = [
     "DataSpec",
@@ -84,6 +96,7 @@ __all__ = [
     "data_fingerprint",
     "config_key",
     "train_cached",
+    "store_trained",
     "search_k_for_target",
     "run_sweep",
     "main",
@@ -417,21 +430,37 @@ def _clean_stale_tmp(cache_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathLike[str], *,
+                 trainer: Callable[[TrainConfig], TrainedPayload] | None = None) -> dict[str, Any]:
     """Train ``config`` on ``data`` unless its cache entry exists; return its results row.
+
+    ``trainer`` runs the training elsewhere (e.g. on a Ray worker, see
+    :mod:`mdl_utils.executors`) and returns a :class:`~mdl_utils.executors.TrainedPayload`;
+    by default it runs here. Either way only this process writes the cache, with
+    :func:`store_trained`.
+    """
+    cache_dir = Path(cache_dir)
+    row = load_cached(cache_dir, config, data.fingerprint)
+    if row is not None:
+        return row
+    payload = trainer(config) if trainer is not None else train_payload(config, data)
+    return store_trained(cache_dir, config, data.fingerprint, payload)
+
+
+def store_trained(cache_dir: str | os.PathLike[str], config: TrainConfig, fingerprint: str,
+                  payload: TrainedPayload) -> dict[str, Any]:
+    """Write a finished training into the cache; return its results row.
 
     The entry is assembled in ``<cache>/.tmp-<key>-<pid>-<random>/`` and moved to
     ``<cache>/<key>/`` with one ``os.replace``: at any moment the entry is either complete
     or absent.
     """
     cache_dir = Path(cache_dir)
-    row = load_cached(cache_dir, config, data.fingerprint)
-    if row is not None:
-        return row
-    key = config_key(config, data.fingerprint)
+    key = config_key(config, fingerprint)
+    if payload.row.get("key") != key:
+        raise ValueError(f"the trained SAE's key {payload.row.get('key')!r} is not this config's key {key!r}")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    sae, history = train_sae(config, data.train, data.val)
-    row = _result_row(config, key, sae, history, data)
+    sae, history, row = payload.sae, payload.history, payload.row
     tmp = cache_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -440,7 +469,7 @@ def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathL
             "format": CACHE_FORMAT_VERSION,
             "key": key,
             "config": _semantic_config(config),
-            "data_fingerprint": data.fingerprint,
+            "data_fingerprint": fingerprint,
             "row": row,
             "history": history.to_dict(),
         }
@@ -487,6 +516,7 @@ def search_k_for_target(
     *,
     k_start: float | None = None,
     on_row: Any = None,
+    trainer: Callable[[TrainConfig], TrainedPayload] | None = None,
 ) -> dict[str, Any]:
     """Search k so that the SAE's MSE on ``target.split`` lies in ``[band_low*eps, eps]``.
 
@@ -495,6 +525,7 @@ def search_k_for_target(
         width: the SAE width (k is searched in ``[target.k_min, width]``).
         k_start: the first k tried (default ``target.k_start``, else ``min(width, 16)``).
         on_row: called with each trial's results row (e.g. to record progress).
+        trainer: where trainings run (see :func:`train_cached`; default: here).
 
     Returns:
         One targets row: ``status`` is ``"hit"`` (in the band), ``"unreachable"`` (MSE above
@@ -518,7 +549,7 @@ def search_k_for_target(
     status = "not_converged"
     for _ in range(target.max_trials):
         config = TrainConfig(**{**base, "width": width, "k": k})
-        row = train_cached(config, data, cache_dir)
+        row = train_cached(config, data, cache_dir, trainer=trainer)
         tried[k] = row
         if on_row is not None:
             on_row(row)
@@ -621,19 +652,28 @@ def _write_tables(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[
         _atomic_write_text(out_dir / "targets.json", json.dumps(targets, indent=1))
 
 
-def run_sweep(config: SweepConfig, data: SweepData | None = None) -> SweepResult:
+def run_sweep(config: SweepConfig, data: SweepData | None = None, *, executor: Executor | None = None) -> SweepResult:
     """Run (or resume) a sweep; write its tables beside the cache; return them.
 
     Rows appear in the sweep's deterministic order (grid order; in target mode widths in the
     grid's order, each width's trials in search order), so a resumed run writes the same
     table as an uninterrupted one (apart from ``train_seconds``, which records the run that
     trained each SAE).
+
+    ``executor`` (default: serial, in this process) runs the trainings; with a
+    :class:`~mdl_utils.executors.RayExecutor` independent trainings run side by side: every
+    grid point in grid mode; in target mode the series (the grid's values other than width,
+    e.g. seeds), while the widths of one series stay in order because each width's search
+    starts from the previous width's k. The tables are the same as a serial run's.
     """
     if data is None:
         data = prepare_data(config.data)
     cache = config.cache_path
     cache.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(cache)
+    executor = executor if executor is not None else SerialExecutor()
+    if executor.capacity > 1:
+        return _run_sweep_parallel(config, data, executor)
     rows: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
     extra = [name for name in config.grid if name not in {"width", "k", "seed"}]
@@ -648,13 +688,20 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None) -> SweepResult
         rows.append({**row, **{n: point[n] for n in extra}})
         _write_tables(config.out_dir, rows, targets, extra)
 
+    trainer = None
+    if not isinstance(executor, SerialExecutor):
+        data_ref = executor.put(data)
+
+        def trainer(cfg: TrainConfig) -> TrainedPayload:
+            return executor.run(train_payload, cfg, data_ref)
+
     try:
         previous_k: dict[Any, float] = {}
         for point in points:
             fields_ = {**config.train, **point}
             fields_["progress"] = config.progress and bool(fields_.get("progress", True))
             if config.target is None:
-                row = train_cached(TrainConfig(**fields_), data, cache)
+                row = train_cached(TrainConfig(**fields_), data, cache, trainer=trainer)
                 record(row, point)
                 if bar is not None:
                     bar.set_postfix(width=row["width"], k=row["k"], mse_val=f"{row['mse_val']:.5f}")
@@ -665,6 +712,7 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None) -> SweepResult
                     fields_, width, data, cache, config.target,
                     k_start=previous_k.get(series),
                     on_row=lambda r, p=point: record(r, p),
+                    trainer=trainer,
                 )  # fmt: skip
                 if result["k"] is not None:
                     previous_k[series] = result["k"]
@@ -681,12 +729,110 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None) -> SweepResult
     return SweepResult(rows=rows, targets=targets, out_dir=config.out_dir)
 
 
+def _run_sweep_parallel(config: SweepConfig, data: SweepData, executor: Executor) -> SweepResult:
+    """:func:`run_sweep` with several trainings in flight: each series (grid mode: each grid
+    point) runs in a driver thread that waits on its executor tasks; rows are kept in the
+    serial order (point, then trial) however they arrive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mdl_utils.executors import Progress
+
+    extra = [name for name in config.grid if name not in {"width", "k", "seed"}]
+    points = _grid_points(config.grid)
+    data_ref = executor.put(data)
+    lock = threading.Lock()
+    found: dict[tuple[int, int], dict[str, Any]] = {}  # (point index, trial) -> row
+    found_targets: dict[int, dict[str, Any]] = {}
+    state = {"done": 0, "running": 0, "failed": 0, "trained": 0}
+    bar = Progress(len(points), desc="sweep", unit="cfg" if config.target is None else "width",
+                   enabled=config.progress)
+
+    def tables() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return ([found[i] for i in sorted(found)], [found_targets[i] for i in sorted(found_targets)])
+
+    def write() -> None:
+        rows, targets = tables()
+        _write_tables(config.out_dir, rows, targets, extra)
+
+    def trainer(cfg: TrainConfig) -> TrainedPayload:
+        with lock:
+            state["running"] += 1
+            bar.update(running=state["running"], failed=state["failed"], trained=state["trained"])
+        try:
+            payload = executor.run(train_payload, cfg, data_ref)
+        except BaseException:
+            with lock:
+                state["running"] -= 1
+                state["failed"] += 1
+            raise
+        with lock:
+            state["running"] -= 1
+            state["trained"] += 1
+        return payload
+
+    def fields_of(point: dict[str, Any]) -> dict[str, Any]:
+        # One progress display for the whole sweep: no per-training bars from the workers.
+        return {**config.train, **point, "progress": False}
+
+    def finished_point() -> None:
+        state["done"] += 1
+        bar.update(done=state["done"], running=state["running"], failed=state["failed"], trained=state["trained"])
+
+    def run_point(i: int, point: dict[str, Any]) -> None:
+        row = train_cached(TrainConfig(**fields_of(point)), data, config.cache_path, trainer=trainer)
+        with lock:
+            found[(i, 0)] = {**row, **{n: point[n] for n in extra}}
+            write()
+            finished_point()
+
+    def run_series(indexed: list[tuple[int, dict[str, Any]]]) -> None:
+        previous_k: float | None = None
+        for i, point in indexed:
+            fields_ = fields_of(point)
+            width = fields_.pop("width")
+            trial = [0]
+
+            def on_row(r: dict[str, Any], i: int = i, point: dict[str, Any] = point) -> None:
+                with lock:
+                    found[(i, trial[0])] = {**r, **{n: point[n] for n in extra}}
+                    trial[0] += 1
+                    write()
+
+            result = search_k_for_target(fields_, width, data, config.cache_path, config.target,  # type: ignore[arg-type]
+                                         k_start=previous_k, on_row=on_row, trainer=trainer)
+            if result["k"] is not None:
+                previous_k = result["k"]
+            with lock:
+                found_targets[i] = {**result, **{n: point[n] for n in extra}}
+                write()
+                finished_point()
+
+    if config.target is None:
+        jobs = [(run_point, (i, p)) for i, p in enumerate(points)]
+    else:
+        series: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+        for i, p in enumerate(points):
+            series.setdefault(tuple(sorted((n, repr(v)) for n, v in p.items() if n != "width")), []).append((i, p))
+        jobs = [(run_series, (s,)) for s in series.values()]
+    try:
+        with ThreadPoolExecutor(max_workers=executor.capacity) as pool:
+            futures = [pool.submit(fn, *args) for fn, args in jobs]
+            for fut in futures:
+                fut.result()  # re-raises the first failure once every thread has stopped
+    finally:
+        bar.close()
+    write()
+    rows, targets = tables()
+    return SweepResult(rows=rows, targets=targets, out_dir=config.out_dir)
+
+
 def main(argv: list[str]) -> int:
     """``python -m mdl_utils sweep --config FILE``: run or resume a sweep; print where its tables are."""
     parser = argparse.ArgumentParser(prog="python -m mdl_utils sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="sweep config JSON (format: see mdl_utils.sweep's docstring)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_executor_args(parser)
     args = parser.parse_args(argv)
     try:
         config = load_sweep_config(args.config)
@@ -701,10 +847,20 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        result = run_sweep(config)
+        executor = executor_from_args(args, device=str(config.train.get("device", "auto")),
+                                      threads=args.threads or 1)
+    except (ValueError, ConnectionError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        with executor:
+            result = run_sweep(config, executor=executor)
     except CacheMismatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except TaskFailedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - start
     print(f"{len(result.rows)} SAEs in {elapsed:.1f} s; tables in {result.out_dir}", file=sys.stderr)
     for t in result.targets:

@@ -126,7 +126,7 @@ def test_train_cached_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE was retrained")
 
-    monkeypatch.setattr(sweep_mod, "train_sae", no_training)
+    monkeypatch.setattr(sweep_mod, "train_payload", no_training)
     assert train_cached(cfg, data, tmp_path) == row
     # The stored SAE reproduces the stored test MSE.
     from mdl_utils.train import evaluate_sae
@@ -152,7 +152,7 @@ def _fake_trainer(monkeypatch, mse_of_k):
     """Replace training by a known MSE(k) curve; records the k values tried."""
     tried: list[float] = []
 
-    def fake(config, data, cache_dir):
+    def fake(config, data, cache_dir, trainer=None):
         tried.append(config.k)
         mse = mse_of_k(config.k, config.width)
         return {"k": config.k, "width": config.width, "mse_test": mse, "mse_val": mse, "key": f"k{config.k}"}
