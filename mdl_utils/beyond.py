@@ -361,6 +361,7 @@ def run_beyond(
     epsilons: Sequence[float] = EPSILONS,
     scan_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Run the chapter's three studies for a profile; write and return ``out_dir/beyond.json``.
 
@@ -416,15 +417,26 @@ def run_beyond(
         for i in range(len(curves)) for j in range(i + 1, len(curves))
     ]
 
-    optima = []
-    for eps in sorted(set(float(e) for e in epsilons) | {epsilon}):
+    scan_eps = sorted(set(float(e) for e in epsilons) | {epsilon})
+
+    def scan_at(eps: float) -> dict[str, Any]:
         if math.isclose(eps, epsilon):
-            payload = sweep
-        else:
-            if progress:
-                print(f"epsilon scan: {eps}", file=sys.stderr)
-            payload = run_mnist_sweep(replace(settings, epsilon=eps), scan_path / f"eps-{eps:.4f}",
-                                      cache=cache_path, progress=progress)
+            return sweep
+        if progress:
+            print(f"epsilon scan: {eps}", file=sys.stderr)
+        return run_mnist_sweep(replace(settings, epsilon=eps), scan_path / f"eps-{eps:.4f}",
+                               cache=cache_path, progress=progress and parallel <= 1, executor=executor)
+
+    parallel = getattr(executor, "capacity", 1)
+    if parallel > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            payloads = list(pool.map(scan_at, scan_eps))
+    else:
+        payloads = [scan_at(eps) for eps in scan_eps]
+    optima = []
+    for eps, payload in zip(scan_eps, payloads):
         found = epsilon_optimum(payload)
         rows = [{k: r.get(k) for k in ("width", "status", "k", "mse", "l0", "dl_bits", "bits")}
                 for r in payload["rows"]]
@@ -472,11 +484,15 @@ def main(argv: list[str]) -> int:
     """``python -m mdl_utils beyond``: the chapter-6 studies for a profile (resumable)."""
     from mdl_utils.profiles import parse_job_args, results_dir
 
-    args = parse_job_args(
-        argv, prog="python -m mdl_utils beyond", doc=__doc__, out_subdir="beyond", threads=1,
-        extra=lambda p: p.add_argument("--sweep", type=Path, default=None,
-                                       help="the chapter-3 sweep's folder (default: results/<profile>)"),
-    )
+    from mdl_utils.executors import add_executor_args, executor_from_args
+
+    def extra(parser: Any) -> None:
+        parser.add_argument("--sweep", type=Path, default=None,
+                            help="the chapter-3 sweep's folder (default: results/<profile>)")
+        add_executor_args(parser)
+
+    args = parse_job_args(argv, prog="python -m mdl_utils beyond", doc=__doc__, out_subdir="beyond", threads=1,
+                          extra=extra)
     sweep = args.sweep if args.sweep is not None else results_dir() / args.profile
     out = args.out
     if not (sweep / "mdl.json").is_file():
@@ -484,8 +500,14 @@ def main(argv: list[str]) -> int:
               f"--profile {args.profile}` first", file=sys.stderr)
         return 1
     try:
-        payload = run_beyond(args.profile, out, sweep_dir=sweep, cache=args.cache,
-                             scan_dir=out / "scan", progress=not args.no_progress)
+        executor = executor_from_args(args, threads=args.threads)
+    except (ValueError, ConnectionError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        with executor:
+            payload = run_beyond(args.profile, out, sweep_dir=sweep, cache=args.cache,
+                                 scan_dir=out / "scan", progress=not args.no_progress, executor=executor)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

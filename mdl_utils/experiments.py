@@ -34,6 +34,7 @@ from mdl_utils.mdl import evaluate_mdl, regime_points
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
 from mdl_utils.sae import BatchTopKSAE
+from mdl_utils.executors import Executor
 from mdl_utils.sweep import DataSpec, SweepConfig, TargetSpec, load_cached_sae, prepare_data, run_sweep
 
 __all__ = ["SweepSettings", "settings_for", "run_mnist_sweep", "load_mnist_sweep", "main"]
@@ -117,18 +118,21 @@ def run_mnist_sweep(
     *,
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate it, write ``out_dir/mdl.json`` and the A-D SAEs.
 
     Training is cached per configuration (see :mod:`mdl_utils.sweep`), so an interrupted
-    run loses at most the SAE being trained. Returns the contents of ``mdl.json``.
+    run loses at most the SAE being trained. ``executor``: where the trainings run (see
+    :mod:`mdl_utils.executors`; one width after another, as each width's search starts from
+    the previous width's k). Returns the contents of ``mdl.json``.
     """
     out = Path(out_dir)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
     config = _sweep_config(settings, out, cache_path, progress)
     data = prepare_data(config.data)
-    sweep = run_sweep(config, data)
+    sweep = run_sweep(config, data, executor=executor)
     x_test = data.split("test")
 
     rows: list[dict[str, Any]] = []
