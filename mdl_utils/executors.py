@@ -108,6 +108,7 @@ class Executor:
         return value
 
     def submit(self, fn: Callable[..., Any], *args: Any, tag: Any = None) -> Task:
+        """Start ``fn(*args)``; ``tag`` names it in errors. Returns its :class:`Task`."""
         raise NotImplementedError
 
     def wait(self, tasks: Sequence[Task]) -> list[Task]:
@@ -126,9 +127,11 @@ class Executor:
         return self.result(task)
 
     def describe(self) -> str:
+        """A short line saying where the trainings run (logs, provenance)."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Release what the executor started (a local Ray instance); also on ``with`` exit."""
         return None
 
     def __enter__(self) -> Executor:
