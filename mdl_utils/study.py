@@ -431,14 +431,17 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     n_failed = 0
 
     def record(width: int, seed: int, config: TrainConfig, j: float, trained: dict[str, Any],
-               trained_on: str, t0: float) -> None:
-        """Measure a trained SAE and write its row (the driver alone writes rows and SAEs)."""
+               trained_on: str, t0: float, measured: dict[str, Any] | None = None) -> None:
+        """Measure a trained SAE (unless a worker did: ``measured``) and write its row (the
+        driver alone writes rows and SAEs)."""
         key = config_key(config, data.fingerprint)
         sae = _compact(load_cached_sae(cache_path, key))
-        m = measure_sae(sae, x_test, epsilon=settings.epsilon, other_tolerances=tolerances,
-                        boot_weights=weights)
+        if measured is None:
+            measured = measure_sae(sae, x_test, epsilon=settings.epsilon, other_tolerances=tolerances,
+                                   boot_weights=weights).to_dict()
+        m = measured
         history = json.loads((cache_path / key / "entry.json").read_text()).get("history", {})
-        row = _row(config, key, trained, m.to_dict(), j, trained_on)
+        row = _row(config, key, trained, m, j, trained_on)
         row["train"]["curve"] = {
             name: [round(float(e[name]), 7) for e in history.get("epochs", [])]
             for name in ("train_mse", "val_mse", "dead_fraction")
@@ -448,9 +451,9 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         new_state = _search_state(width_rows, width, seed)
         if _best_index(new_state) == j:
             _save_compact(sae, _sae_stem(out, width, seed, pending=True))
-        dl = "misses eps" if m.dl_bits is None else f"DL {m.dl_bits:.2f} bits"
-        say(f"[mnist-mdl] width {width} seed {seed} k={config.k:g}: MSE {m.mse:.5f}, {dl}, "
-            f"L0 {m.l0:.2f}, live {m.n_live}/{width}, epochs {trained['epochs']} "
+        dl = "misses eps" if m["dl_bits"] is None else f"DL {m['dl_bits']:.2f} bits"
+        say(f"[mnist-mdl] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
+            f"L0 {m['l0']:.2f}, live {m['n_live']}/{width}, epochs {trained['epochs']} "
             f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s")
 
     try:
@@ -489,7 +492,11 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                     record(width, seed, config, j, cached, device_name, t0)
                     recorded = True
                     break  # the rows changed: plan again
-                task = executor.submit(train_payload, config, data_ref, tag=(width, seed, config.k))
+                if serial:
+                    task = executor.submit(train_payload, config, data_ref, tag=(width, seed, config.k))
+                else:  # the worker also measures the SAE, so the driver is never the bottleneck
+                    task = executor.submit(_train_and_measure, config, data_ref, settings.epsilon,
+                                           tolerances, settings.n_boot, tag=(width, seed, config.k))
                 in_flight[(width, seed)] = (task, config, j, t0)
                 if serial:
                     break  # serial: one training, then plan again (as the job always did)
@@ -502,13 +509,13 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                     continue
                 del in_flight[(width, seed)]
                 try:
-                    payload: TrainedPayload = executor.result(task)
+                    payload, measured = _unpack(executor.result(task))
                 except TaskFailedError as err:
                     n_failed += 1
                     first_error = first_error or err
                     continue
                 trained = store_trained(cache_path, config, data.fingerprint, payload)
-                record(width, seed, config, j, trained, payload.device if not serial else device_name, t0)
+                record(width, seed, config, j, trained, payload.device if not serial else device_name, t0, measured)
             if first_error is not None:
                 # Keep what the other trainings finish, then report the failure.
                 while in_flight:
@@ -517,12 +524,12 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                         if task in finished:
                             del in_flight[(width, seed)]
                             try:
-                                payload = executor.result(task)
+                                payload, measured = _unpack(executor.result(task))
                             except TaskFailedError:
                                 n_failed += 1
                                 continue
                             trained = store_trained(cache_path, config, data.fingerprint, payload)
-                            record(width, seed, config, j, trained, payload.device, t0)
+                            record(width, seed, config, j, trained, payload.device, t0, measured)
                 raise first_error
     finally:
         display.close()
@@ -533,6 +540,21 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     summary["executor"] = executor.describe()
     write_results(out / "summary.json", summary)
     return summary
+
+
+def _train_and_measure(config: TrainConfig, data: SweepData, epsilon: float, tolerances: Sequence[float],
+                       n_boot: int) -> tuple[TrainedPayload, dict[str, Any]]:
+    """A worker's task: train, then measure the float16-rounded SAE on the test split exactly
+    as the driver would (same bootstrap replicates), so the rows do not depend on who measured."""
+    payload = train_payload(config, data)
+    x_test = data.split("test")
+    m = measure_sae(_compact(payload.sae), x_test, epsilon=epsilon, other_tolerances=tolerances,
+                    boot_weights=bootstrap_weights(len(x_test), n_boot, seed=0))
+    return payload, m.to_dict()
+
+
+def _unpack(value: Any) -> tuple[TrainedPayload, dict[str, Any] | None]:
+    return (value[0], value[1]) if isinstance(value, tuple) else (value, None)
 
 
 def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[int]:

@@ -100,6 +100,18 @@ def test_a_study_on_two_ray_workers_writes_what_the_serial_study_writes(tmp_path
     assert serial["executor"] == "serial (in process)"
 
 
+@pytest.fixture
+def one_thread():
+    """Serial runs on one torch thread, like each Ray worker: floating-point sums then run in
+    the same order, so the tables can be compared exactly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _ray_workers_training() -> list[int]:
     """PIDs of Ray worker processes running a training (Ray titles them ``ray::_call``)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
@@ -107,7 +119,7 @@ def _ray_workers_training() -> list[int]:
             if len(line.split(None, 1)) == 2 and line.split(None, 1)[1].startswith("ray::_call")]
 
 
-def test_a_grid_sweep_survives_a_killed_worker_and_writes_the_serial_table(tmp_path, ray2):
+def test_a_grid_sweep_survives_a_killed_worker_and_writes_the_serial_table(tmp_path, ray2, one_thread):
     data = _data(1)
     grid = {"width": [8, 16], "k": [3, 5], "seed": [0]}
     serial = SweepConfig(out_dir=tmp_path / "serial", data=DataSpec(), train=TRAIN, grid=grid, progress=False)
@@ -138,7 +150,7 @@ def test_a_grid_sweep_survives_a_killed_worker_and_writes_the_serial_table(tmp_p
             == _csv_without(tmp_path / "ray" / "results.csv", "train_seconds"))
 
 
-def test_a_target_sweep_runs_its_series_side_by_side_and_writes_the_serial_tables(tmp_path, ray2):
+def test_a_target_sweep_runs_its_series_side_by_side_and_writes_the_serial_tables(tmp_path, ray2, one_thread):
     data = _data(2)
     grid = {"width": [8, 16], "seed": [0, 1]}
     target = TargetSpec(epsilon=0.2, band_low=0.8, k_start=4, max_trials=4)
