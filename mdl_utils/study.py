@@ -456,6 +456,24 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
             f"L0 {m['l0']:.2f}, live {m['n_live']}/{width}, epochs {trained['epochs']} "
             f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s")
 
+    def collect(finished: Sequence[Task]) -> TaskFailedError | None:
+        """Store and record the finished trainings; return the first failure, if any."""
+        nonlocal n_failed
+        first_error = None
+        for (width, seed), (task, config, j, t0) in list(in_flight.items()):
+            if task not in finished:
+                continue
+            del in_flight[(width, seed)]
+            try:
+                payload, measured = _unpack(executor.result(task))
+            except TaskFailedError as err:
+                n_failed += 1
+                first_error = first_error or err
+                continue
+            trained = store_trained(cache_path, config, data.fingerprint, payload)
+            record(width, seed, config, j, trained, device_name if serial else payload.device, t0, measured)
+        return first_error
+
     try:
         while True:
             rows = load_rows(out)
@@ -502,34 +520,11 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                     break  # serial: one training, then plan again (as the job always did)
             if recorded or not in_flight:
                 continue
-            finished = executor.wait([t for (t, _, _, _) in in_flight.values()])
-            first_error: TaskFailedError | None = None
-            for (width, seed), (task, config, j, t0) in list(in_flight.items()):
-                if task not in finished:
-                    continue
-                del in_flight[(width, seed)]
-                try:
-                    payload, measured = _unpack(executor.result(task))
-                except TaskFailedError as err:
-                    n_failed += 1
-                    first_error = first_error or err
-                    continue
-                trained = store_trained(cache_path, config, data.fingerprint, payload)
-                record(width, seed, config, j, trained, payload.device if not serial else device_name, t0, measured)
+            first_error = collect(executor.wait([t for (t, _, _, _) in in_flight.values()]))
             if first_error is not None:
                 # Keep what the other trainings finish, then report the failure.
                 while in_flight:
-                    finished = executor.wait([t for (t, _, _, _) in in_flight.values()])
-                    for (width, seed), (task, config, j, t0) in list(in_flight.items()):
-                        if task in finished:
-                            del in_flight[(width, seed)]
-                            try:
-                                payload, measured = _unpack(executor.result(task))
-                            except TaskFailedError:
-                                n_failed += 1
-                                continue
-                            trained = store_trained(cache_path, config, data.fingerprint, payload)
-                            record(width, seed, config, j, trained, payload.device, t0, measured)
+                    collect(executor.wait([t for (t, _, _, _) in in_flight.values()]))
                 raise first_error
     finally:
         display.close()
