@@ -7,7 +7,10 @@ wrote the same rows (they can differ in the last bits when the thread counts dif
 floating-point sums then run in another order). Run it on an otherwise idle machine (Ray's
 workers run at a lower priority than other processes)::
 
-    MDL_MNIST_DIR=... python benchmarks/bench_executors.py [--workers 2] [--threads 2]
+    MDL_MNIST_DIR=... python benchmarks/bench_executors.py [--workers 2] [--threads 2] [--bound]
+
+``--bound`` adds a one-thread serial run and prints the largest speed-up the workers could
+reach (one-thread time divided by the number of workers).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the serial run")
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--bound", action="store_true",
+                        help="also run serially on one thread, and print the best speed-up the "
+                             "workers could reach (one-thread time / workers against the serial run)")
     args = parser.parse_args()
     settings = study_settings(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +59,15 @@ def main() -> None:
         print(f"speed-up: {serial / parallel:.2f}x")
         same = _rows(root / "serial") == _rows(root / "ray")
         print(f"same rows as the serial run (training times aside): {'yes' if same else 'no'}")
+        if args.bound:
+            t0 = time.perf_counter()
+            run_study(settings, root / "one", cache=root / "cache-one", progress=False, threads=1)
+            one = time.perf_counter() - t0
+            ideal = one / args.workers
+            print(f"serial, 1 thread: {one:.1f} s; {args.threads} threads gain {one / serial:.2f}x over it")
+            print(f"bound: {args.workers} one-thread workers take at least {ideal:.1f} s, so the speed-up "
+                  f"over the {args.threads}-thread serial run is at most {serial / ideal:.2f}x "
+                  f"(measured {serial / parallel:.2f}x, {ideal / parallel:.0%} of the bound)")
 
 
 if __name__ == "__main__":

@@ -520,6 +520,8 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                     break  # serial: one training, then plan again (as the job always did)
             if recorded or not in_flight:
                 continue
+            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed,
+                           trained=len(rows))
             first_error = collect(executor.wait([t for (t, _, _, _) in in_flight.values()]))
             if first_error is not None:
                 # Keep what the other trainings finish, then report the failure.
