@@ -50,6 +50,7 @@ __all__ = [
     "next_k_index",
     "sparse_latents",
     "quantised_mse",
+    "reconstruction_mse",
     "continuous_precision",
     "bisect_precision",
     "measure_sae",
@@ -176,6 +177,11 @@ def _decode_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor) -> f
     else:
         x_hat = sae.b_dec_D.detach().float().cpu().expand(z.shape[0], -1)
     return float((x_hat - x_ND).pow(2).sum(dtype=torch.float64)) / x_ND.numel()
+
+
+def reconstruction_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any) -> float:
+    """Test MSE per element of the SAE's decoding of the latents ``z`` (unquantised)."""
+    return _decode_mse(sae, z, _x_tensor(x))
 
 
 def quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any, bits: float) -> float:

@@ -47,8 +47,8 @@ def check_sae_shape(d_in: int, width: int, k: float) -> None:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
         raise ValueError(f"k must be a finite number, got {k!r}")
-    if k < 1:
-        raise ValueError(f"k (the mean number of active features per sample) must be at least 1, got {k}")
+    if k <= 0:
+        raise ValueError(f"k (the mean number of active features per sample) must be positive, got {k}")
     if k > width:
         raise ValueError(f"k={k} is larger than the SAE's width={width}: at most `width` features can be active")
 

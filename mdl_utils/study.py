@@ -113,6 +113,9 @@ class StudySettings:
         reread: other tolerances, as multiples of epsilon, at which the same SAEs are reread.
         seeds: training seeds; the first is run at every width before any other.
         k_start: first k tried at every width (snapped to the grid ``2**(j/4)``).
+        k_min: the smallest k the search may try (snapped to the grid). BatchTopK's k is a
+            batch average, so k below 1 is meaningful (``round(k * batch_size)`` activations
+            per batch); loose tolerances need it (chapter 6's epsilon scan).
         n_boot: bootstrap replicates over test digits.
         max_trainings_per_search: cap on the k search of one (width, seed).
         train: TrainConfig fields shared by every SAE (width, k, seed are set per SAE).
@@ -127,6 +130,7 @@ class StudySettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     k_start: float = 11.31
     n_boot: int = 200
+    k_min: float = 1.0
     max_trainings_per_search: int = 12
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -254,6 +258,10 @@ def _j_max(width: int) -> int:
     return int(math.floor(4 * math.log2(width) + 1e-9))
 
 
+def _j_min(settings: StudySettings) -> int:
+    return index_of_k(settings.k_min)
+
+
 def _search_state(rows: Sequence[dict[str, Any]], width: int, seed: int) -> dict[int, float | None]:
     return {r["k_index"]: r["measure"]["dl_bits"] for r in rows if r["width"] == width and r["seed"] == seed}
 
@@ -268,7 +276,7 @@ def _search_done(settings: StudySettings, rows: Sequence[dict[str, Any]], width:
     state = _search_state(rows, width, seed)
     if len(state) >= settings.max_trainings_per_search:
         return True
-    return bool(state) and next_k_index(state, start=start, j_max=_j_max(width)) is None
+    return bool(state) and next_k_index(state, start=start, j_max=_j_max(width), j_min=_j_min(settings)) is None
 
 
 def _start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int) -> int:
@@ -277,7 +285,7 @@ def _start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width:
         best = _best_index(_search_state(rows, width, settings.seeds[0]), whole_only=True)
         if best is not None:
             return int(best)
-    return min(index_of_k(settings.k_start), _j_max(width))
+    return max(min(index_of_k(settings.k_start), _j_max(width)), _j_min(settings))
 
 
 def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
@@ -500,7 +508,8 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                 if (width, seed) in in_flight:
                     continue
                 start = _start_index(settings, rows, width, seed)
-                j = next_k_index(_search_state(rows, width, seed), start=start, j_max=_j_max(width))
+                j = next_k_index(_search_state(rows, width, seed), start=start, j_max=_j_max(width),
+                                 j_min=_j_min(settings))
                 assert j is not None
                 config = settings.train_config(width, k_of_index(j), seed, device=device)
                 say(f"[mnist-mdl] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
@@ -620,7 +629,7 @@ def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[s
                     two_part_bits=two_part_bits(m["dl_bits"], width, 784),
                     epochs=sel["train"]["epochs"], best_epoch=sel["train"]["best_epoch"],
                     stop_reason=sel["train"]["stop_reason"],
-                    bracketed=_bracketed(mine, sel["k_index"], width),
+                    bracketed=_bracketed(mine, sel["k_index"], width, _j_min(settings)),
                 )
             entry["seeds"][str(seed)] = seed_entry
         per_width.append(entry)
@@ -666,9 +675,9 @@ def _boot_ci(s: WidthSummary) -> list[float] | None:
     return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
 
 
-def _bracketed(mine: Sequence[dict[str, Any]], j: float, width: int) -> bool:
+def _bracketed(mine: Sequence[dict[str, Any]], j: float, width: int, j_min: int = 0) -> bool:
     """The selected k has a trained neighbour on each side that is not shorter (or misses the
-    tolerance), or sits at the end of the grid (k = 1 or k = width) on that side."""
+    tolerance), or sits at the end of the grid (k = ``k_min`` or k = width) on that side."""
     by_j = {r["k_index"]: r["measure"]["dl_bits"] for r in mine}
     dl = by_j[j]
     below = [i for i in by_j if i < j]
@@ -679,7 +688,7 @@ def _bracketed(mine: Sequence[dict[str, Any]], j: float, width: int) -> bool:
             return at_edge
         return by_j[nearest] is None or by_j[nearest] >= dl
 
-    return (holds(max(below) if below else None, j <= 0)
+    return (holds(max(below) if below else None, j <= j_min)
             and holds(min(above) if above else None, j >= _j_max(width)))
 
 

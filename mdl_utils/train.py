@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdl_utils.sae import BatchTopKSAE, _csr, batch_topk, check_sae_shape, sparse_decode
+from mdl_utils.sae import BatchTopKSAE, _csr, batch_topk, check_sae_shape, n_kept, sparse_decode
 
 __all__ = [
     "TrainConfig",
@@ -59,7 +59,9 @@ class TrainConfig:
 
     Attributes:
         width: number of features F.
-        k: mean active features per sample in training (fractional allowed; >= 1, <= width).
+        k: mean active features per sample in training (fractional allowed, below 1 too: batch
+            top-k keeps ``round(k * batch_size)`` activations per batch; ``0 < k <= width``, and
+            ``k * batch_size`` must keep at least one).
         seed: seeds the initialisation and the batch order.
         batch_size: samples per step B.
         max_epochs: hard limit on passes over the training split.
@@ -137,6 +139,11 @@ class TrainConfig:
             raise ValueError(f"width must be an integer >= 1, got {self.width!r}")
         check_sae_shape(1, self.width, self.k)
         object.__setattr__(self, "k", float(self.k))  # 8 and 8.0 must give the same cache key
+        if isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool) and self.batch_size >= 1:
+            if n_kept(self.k, self.batch_size) < 1:
+                raise ValueError(
+                    f"k={self.k:g} keeps no activation in a batch of {self.batch_size}: "
+                    f"round(k * batch_size) must be at least 1 (use k >= {0.5 / self.batch_size:g})")
         positive_ints = ("batch_size", "max_epochs", "patience", "eval_batch_size")
         for name in positive_ints:
             value = getattr(self, name)

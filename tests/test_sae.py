@@ -17,7 +17,8 @@ torch.set_num_threads(1)
     "d_in, width, k, message",
     [
         (10, 8, 9, "larger than the SAE's width"),
-        (10, 8, 0.5, "at least 1"),
+        (10, 8, 0.0, "must be positive"),
+        (10, 8, -1.0, "must be positive"),
         (10, 0, 1, "width must be at least 1"),
         (0, 8, 1, "d_in must be at least 1"),
         (10, 8, float("nan"), "finite"),

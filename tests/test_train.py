@@ -186,8 +186,13 @@ def test_learning_rate_rule_and_config_validation():
     assert TrainConfig(width=8, k=8).k == 8.0 and isinstance(TrainConfig(width=8, k=8).k, float)
     with pytest.raises(ValueError, match="larger than the SAE's width"):
         TrainConfig(width=4, k=5)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="must be positive"):
         TrainConfig(width=4, k=0)
+    # Below 1 is allowed (a batch average): 0.25 * 256 = 64 activations per batch ...
+    assert TrainConfig(width=4, k=0.25, batch_size=256).k == 0.25
+    # ... but not so low that a batch keeps none: round(0.001 * 256) = 0.
+    with pytest.raises(ValueError, match="keeps no activation in a batch of 256"):
+        TrainConfig(width=4, k=0.001, batch_size=256)
     with pytest.raises(ValueError, match="width must be an integer >= 1"):
         TrainConfig(width=0, k=1)
     with pytest.raises(ValueError, match="unknown TrainConfig field"):

@@ -1,0 +1,230 @@
+"""Tests for mdl_utils.epsilon_scan: the scan reuses chapter 3's study at its tolerance,
+searches below k = 1 where a loose tolerance needs it, resumes without retraining, and its
+per-seed optima, power-law intervals and surviving crossings match values derived by hand
+or by a second method."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mdl_utils.epsilon_scan import (
+    K_MIN,
+    curve_crossings_with_spread,
+    fit_scan,
+    rate_distortion_curves,
+    run_epsilon_scan,
+    scan_settings,
+    summarise_scan,
+)
+from mdl_utils.protocol import index_of_k, k_of_index
+from mdl_utils.study import load_rows, run_study
+
+from test_study import SETTINGS, _data
+
+REPO = Path(__file__).resolve().parents[1]
+EPSILONS = (0.08, 0.12, 0.35, 1.6)
+
+
+def _strip(result):
+    out = json.loads(json.dumps(result))
+    for key in ("date", "machine", "wall_time_s", "code_version"):
+        out.pop(key, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    data = _data()
+    run_study(SETTINGS, root / "ref", cache=root / "cache", progress=False, data=data)
+    n_ref = len(load_rows(root / "ref"))
+    result = run_epsilon_scan(SETTINGS, root / "scan", epsilons=EPSILONS, reference_dir=root / "ref",
+                              cache=root / "cache", progress=False, data=data)
+    return root, data, result, n_ref
+
+
+def test_scan_settings_change_only_the_tolerance_k_min_and_the_first_k():
+    assert scan_settings(SETTINGS, SETTINGS.epsilon) is SETTINGS
+    loose = scan_settings(SETTINGS, 0.24)
+    assert loose.epsilon == 0.24 and loose.k_min == K_MIN == 1 / 16
+    # first k: k_start * (eps / eps_ref)**-2 = 8 / 4 = 2, snapped to the grid 2**(j/4)
+    assert loose.k_start == k_of_index(index_of_k(2.0)) == 2.0
+    assert (loose.widths, loose.seeds, loose.train) == (SETTINGS.widths, SETTINGS.seeds, SETTINGS.train)
+    with pytest.raises(ValueError, match="epsilon must be positive"):
+        scan_settings(SETTINGS, -0.1)
+
+
+def test_reference_tolerance_is_chapter_3s_study_and_loose_tolerances_go_below_k_1(scan):
+    root, _, result, n_ref = scan
+    assert [e["epsilon"] for e in result["entries"]] == sorted(EPSILONS)
+    assert not (root / "scan" / f"eps-{SETTINGS.epsilon:.4f}").exists()  # reused, not rerun
+    assert len(load_rows(root / "ref")) == n_ref  # and not extended
+    ref_entry = next(e for e in result["entries"] if e["epsilon"] == SETTINGS.epsilon)
+    assert ref_entry["n_saes_trained"] == n_ref
+    assert all(e["complete"] for e in result["entries"])
+    loosest = load_rows(root / "scan" / "eps-1.6000")
+    assert all(r["k"] >= K_MIN for r in loosest)
+    # At the loosest tolerance the DL-optimal k lies below one feature per sample.
+    (entry,) = [e for e in result["entries"] if e["epsilon"] == 1.6]
+    assert entry["seed_optima"] and all(o["k"] < 1 for o in entry["seed_optima"].values())
+
+
+def test_seed_optima_and_resolution_follow_from_the_rows(scan):
+    root, _, result, _ = scan
+    for e in result["entries"]:
+        folder = root / "ref" if e["epsilon"] == SETTINGS.epsilon else root / "scan" / f"eps-{e['epsilon']:.4f}"
+        rows = load_rows(folder)
+        for seed in SETTINGS.seeds:
+            # By hand: each width's minimum DL over k for this seed, then the smallest.
+            best = {}
+            for r in rows:
+                if r["seed"] == seed and r["measure"]["dl_bits"] is not None:
+                    best[r["width"]] = min(best.get(r["width"], math.inf), r["measure"]["dl_bits"])
+            if not best:
+                assert str(seed) not in e["seed_optima"]
+                continue
+            width = min(best, key=lambda w: (best[w], w))
+            got = e["seed_optima"][str(seed)]
+            assert (got["width"], got["dl_bits"]) == (width, best[width])
+        if e["optimum"] is not None:
+            means = {row["width"]: row["mean"] for row in e["dl_star"]}
+            assert e["optimum"]["width"] == min(means, key=lambda w: (means[w], w))
+
+
+def test_rerun_trains_nothing_and_writes_the_same_scan(scan):
+    root, data, result, _ = scan
+    before = {p: p.read_text() for p in sorted((root / "scan").glob("eps-*/rows/*.json"))}
+    again = run_epsilon_scan(SETTINGS, root / "scan", epsilons=EPSILONS, reference_dir=root / "ref",
+                             cache=root / "cache", progress=False, data=data)
+    after = {p: p.read_text() for p in sorted((root / "scan").glob("eps-*/rows/*.json"))}
+    assert before == after
+    assert _strip(again) == _strip(result)
+    assert _strip(json.loads((root / "scan" / "scan.json").read_text())) == _strip(result)
+
+
+def test_curves_reread_the_measured_dl_at_the_studys_own_tolerance(scan):
+    root, data, result, _ = scan
+    curves = rate_distortion_curves(root / "ref", SETTINGS, data.split("test"),
+                                    tolerances=(0.5 * SETTINGS.epsilon, SETTINGS.epsilon, 2 * SETTINGS.epsilon))
+    rows = load_rows(root / "ref")
+    assert curves
+    for c in curves:
+        # The stored SAE is the seed's minimum over k; the same DL comes back from the rows.
+        mine = [r for r in rows if r["width"] == c["width"] and r["seed"] == c["seed"]
+                and r["measure"]["dl_bits"] is not None]
+        sel = min(mine, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
+        assert c["mse"] == pytest.approx(sel["measure"]["mse"], rel=1e-6)
+        assert c["dl_bits"][1] == pytest.approx(sel["measure"]["dl_bits"], rel=1e-6)
+        assert c["dl_bits"][0] is None if c["mse"] > 0.5 * SETTINGS.epsilon else c["dl_bits"][0] is not None
+        assert c["dl_bits"][2] <= c["dl_bits"][1] + 1e-9  # a looser tolerance never costs more here
+
+
+def _entry(eps, optima, *, resolved=True, at_edge=False, complete=True):
+    return {"epsilon": eps, "complete": complete, "n_remaining": 0 if complete else 3, "at_edge": at_edge,
+            "resolution": {"resolved": resolved, "tie_set": [optima["0"]["width"]]},
+            "seed_optima": optima}
+
+
+def _exact(alphas, eps=(0.01, 0.02, 0.04, 0.08)):
+    entries = []
+    for e in eps:
+        optima = {str(s): {"width": 100 * e**a, "l0": 3 * e**a, "dl_bits": 50 * e**a} for s, a in enumerate(alphas)}
+        entries.append(_entry(e, optima))
+    return entries
+
+
+def test_fit_interval_over_seeds_is_the_t_interval_of_the_seeds_exponents():
+    alphas = [-1.0, -1.2, -0.8]
+    fits = fit_scan(_exact(alphas))
+    for q in ("width", "l0", "dl_bits"):
+        f = fits[q]
+        assert f["method"] == "seeds" and f["n_epsilons"] == 4
+        assert [f["exponents"][str(s)] for s in range(3)] == pytest.approx(alphas)
+        half = stats.t.ppf(0.975, 2) * np.std(alphas, ddof=1) / math.sqrt(3)  # = 4.303 * 0.2 / 1.732
+        assert (f["low"], f["high"]) == pytest.approx((-1.0 - half, -1.0 + half))
+        assert f["excludes_zero"] == (-1.0 + half < 0)
+    # 4.303 * 0.2 / sqrt(3) = 0.497 < 1: the interval excludes zero, every tolerance resolved.
+    assert fits["width"]["supported"] and list(fits["width"]["reasons"]) == []
+
+
+def test_fit_is_not_supported_when_a_tolerance_is_unresolved_at_the_edge_or_unfinished():
+    entries = _exact([-1.0, -1.1, -0.9])
+    entries[1] = _entry(entries[1]["epsilon"], entries[1]["seed_optima"], resolved=False)
+    entries[2] = _entry(entries[2]["epsilon"], entries[2]["seed_optima"], at_edge=True, complete=False)
+    f = fit_scan(entries)["width"]
+    assert f["excludes_zero"] and not f["supported"]
+    text = " ".join(f["reasons"])
+    assert "eps=0.02: optimum not resolved" in text and "eps=0.04: optimum at the edge" in text
+    assert "eps=0.04: study not finished" in text
+
+
+def test_fit_with_one_seed_uses_the_least_squares_error_of_a_second_method():
+    rng = np.random.default_rng(3)
+    eps = np.array([0.008, 0.01, 0.015, 0.02, 0.03])
+    width = 200 * eps**-0.7 * np.exp(rng.normal(0, 0.1, eps.size))
+    entries = [_entry(float(e), {"0": {"width": float(w), "l0": 1.0, "dl_bits": 1.0}}) for e, w in zip(eps, width)]
+    f = fit_scan(entries)["width"]
+    ref = stats.linregress(np.log(eps), np.log(width))
+    half = stats.t.ppf(0.975, eps.size - 2) * ref.stderr
+    assert f["method"] == "one seed, least-squares error"
+    assert f["mean"] == pytest.approx(ref.slope)
+    assert (f["low"], f["high"]) == pytest.approx((ref.slope - half, ref.slope + half))
+    # A constant quantity has a zero slope, whose zero-width interval does not exclude zero.
+    flat = fit_scan(entries)["l0"]
+    assert flat["mean"] == pytest.approx(0.0) and not flat["supported"]
+
+
+def _curves(dl_a, dl_b, tol=(1.0, 2.0, 3.0, 4.0)):
+    return ([{"width": 8, "seed": s, "tolerances": list(tol), "dl_bits": list(v)} for s, v in enumerate(dl_a)]
+            + [{"width": 16, "seed": s, "tolerances": list(tol), "dl_bits": list(v)} for s, v in enumerate(dl_b)])
+
+
+def test_a_crossing_counts_only_when_each_side_beats_the_seed_spread():
+    # Width 8 shorter by ~10 bits at tolerance 1, width 16 shorter by ~10 bits at 4; spread ~1 bit.
+    a = [[40, 35, 30, 30], [41, 34, 31, 31], [39, 36, 29, 29]]
+    b = [[50, 36, 31, 20], [51, 35, 30, 21], [49, 37, 29, 19]]
+    (pair,) = curve_crossings_with_spread(_curves(a, b))
+    assert pair["widths"] == [8, 16]
+    assert pair["order"] == ["a", "tie", "tie", "b"]
+    assert pair["crossings"] == [[1.0, 4.0]] and pair["depends_on_tolerance"]
+    # Means by hand: b - a = 10, 1, 0, -10: one sign change of the mean, between 3 and 4
+    # (the zero at 3 has no sign and is skipped).
+    assert pair["mean_difference"] == pytest.approx([10.0, 1.0, 0.0, -10.0])
+    assert pair["raw_crossings"] == [[2.0, 4.0]]
+
+
+def test_a_crossing_inside_the_noise_is_reported_raw_but_does_not_count():
+    a = [[40, 40, 40, 40], [50, 50, 50, 50], [30, 30, 30, 30]]
+    b = [[41, 40, 39, 38], [51, 50, 49, 48], [31, 30, 29, 28]]  # spread 10 bits, differences <= 2
+    (pair,) = curve_crossings_with_spread(_curves(a, b))
+    assert pair["order"] == ["tie"] * 4
+    assert pair["raw_crossings"] == [[1.0, 3.0]]
+    assert pair["crossings"] == [] and not pair["depends_on_tolerance"]
+    # One seed per width: the spread is unknown, so nothing is decided.
+    (single,) = curve_crossings_with_spread(_curves([[10, 10, 10, 10]], [[50, 50, 1, 1]]))
+    assert single["order"] == ["tie"] * 4 and single["crossings"] == []
+
+
+def test_summary_without_rows_reports_nothing_yet(tmp_path):
+    result = summarise_scan(SETTINGS, tmp_path / "scan", epsilons=(0.1, 0.2), curves=False)
+    assert [e["n_saes_trained"] for e in result["entries"]] == [0, 0]
+    assert not result["complete"] and result["fits"]["width"]["mean"] is None
+    assert (tmp_path / "scan" / "scan.json").is_file()
+
+
+def test_cli_rejects_a_bad_tolerance_naming_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdl_utils", "epsilon-scan", "--summary-only", "--no-curves",
+         "--out", str(tmp_path / "o"), "--reference", str(tmp_path / "r"), "--epsilons", "0.01", "-0.5"],
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1
+    assert "-0.5" in proc.stderr and "positive" in proc.stderr
+    assert not (tmp_path / "o").exists()
