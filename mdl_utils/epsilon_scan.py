@@ -67,8 +67,11 @@ __all__ = [
     "EPSILONS",
     "K_MIN",
     "MSE_RATIOS",
+    "QUICK_EPSILONS",
+    "QUICK_SEEDS",
     "RESULTS_FORMAT_VERSION",
     "ExponentInterval",
+    "allocation_comparisons",
     "curve_crossings_with_spread",
     "fit_scan",
     "load_scan",
@@ -84,6 +87,10 @@ __all__ = [
 RESULTS_FORMAT_VERSION = 1
 #: Tolerances of the full scan (test MSE per pixel).
 EPSILONS: tuple[float, ...] = (0.008, 0.010, 0.0125, 0.015, 0.020, 0.030, 0.050)
+#: Tolerances of the quick profile (minutes): chapter 3's quick study and one looser tolerance,
+#: where only the first seed is trained (:data:`QUICK_SEEDS`).
+QUICK_EPSILONS: tuple[float, ...] = (0.015, 0.025)
+QUICK_SEEDS: tuple[int, ...] = (0,)
 #: The smallest k any search may try (grid index -16).
 K_MIN = 2.0**-4
 #: Guessed exponent of the optimal L0 against epsilon, used only to choose the first k tried
@@ -100,16 +107,22 @@ MSE_RATIOS: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 1.75
 # --------------------------------------------------------------------------------------------
 
 
-def scan_settings(base: StudySettings, epsilon: float) -> StudySettings:
+def scan_settings(base: StudySettings, epsilon: float, seeds: Sequence[int] | None = None) -> StudySettings:
     """The study settings at ``epsilon``: ``base`` itself at its own tolerance, else ``base``
-    with ``epsilon`` changed, ``k_min`` lowered to :data:`K_MIN` and the first k guessed."""
+    with ``epsilon`` changed, ``k_min`` lowered to :data:`K_MIN`, the first k guessed, and
+    ``seeds`` (default: the base's) as the seeds."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
     if math.isclose(epsilon, base.epsilon, rel_tol=1e-9):
         return base
     guess = base.k_start * (epsilon / base.epsilon) ** K_START_EXPONENT
     j = max(index_of_k(guess), index_of_k(K_MIN))
-    return replace(base, epsilon=float(epsilon), k_min=K_MIN, k_start=k_of_index(j))
+    out = replace(base, epsilon=float(epsilon), k_min=K_MIN, k_start=k_of_index(j))
+    if seeds is not None:
+        if not seeds or seeds[0] != base.seeds[0]:
+            raise ValueError(f"seeds must start with the base's first seed {base.seeds[0]}, got {list(seeds)}")
+        out = replace(out, seeds=tuple(int(s) for s in seeds))
+    return out
 
 
 def study_dir_for(out: Path, epsilon: float, base: StudySettings, reference_dir: Path | None) -> Path:
@@ -149,6 +162,7 @@ def run_epsilon_scan(
     threads: int | None = 1,
     executor: Any = None,
     curves: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) chapter 3's study at every tolerance; write and return ``scan.json``.
 
@@ -167,7 +181,10 @@ def run_epsilon_scan(
         cache, device, progress, data, threads, executor: as for
             :func:`mdl_utils.study.run_study`.
         budget_hours: stop starting new trainings after this much wall time overall.
-        curves: also compute the rate-distortion curves of the reference study's SAEs.
+        curves: also compute the rate-distortion curves and the per-feature precision
+            comparison of the reference study's SAEs.
+        seeds: the seeds at the tolerances other than the reference (default: the base's;
+            the quick profile uses one, to stay within minutes).
     """
     eps_list = _check_epsilons(epsilons)
     out = Path(out_dir)
@@ -185,9 +202,11 @@ def run_epsilon_scan(
             return None
         return max(0.0, (deadline - time.time()) / 3600)
 
-    for seeds in (base.seeds[:1], base.seeds):
-        def one(eps: float, seeds: tuple[int, ...] = seeds) -> None:
-            settings = replace(scan_settings(base, eps), seeds=seeds)
+    for first_pass in (True, False):
+        def one(eps: float, first_pass: bool = first_pass) -> None:
+            settings = scan_settings(base, eps, seeds)
+            if first_pass:
+                settings = replace(settings, seeds=settings.seeds[:1])
             left = remaining_hours()
             if left is not None and left <= 0:
                 return
@@ -204,7 +223,7 @@ def run_epsilon_scan(
             for eps in eps_list:
                 one(eps)
     return summarise_scan(base, out, epsilons=eps_list, reference_dir=ref, data=data, curves=curves,
-                          started=started, write=True)
+                          seeds=seeds, started=started, write=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,6 +456,23 @@ def rate_distortion_curves(
     return out
 
 
+def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySettings, x_test: Any, *,
+                           max_width: int | None = None) -> list[dict[str, Any]]:
+    """:func:`mdl_utils.allocation.compare_at_equal_mse` at the study's epsilon for every stored
+    (width, seed) SAE up to ``max_width``, each tagged with its width and seed."""
+    from mdl_utils.allocation import compare_at_equal_mse
+
+    x = np.asarray(x_test, dtype=np.float32)
+    out = []
+    for path in sorted(Path(study_dir, "saes").glob("w*-s*.json")):
+        width, seed = (int(p[1:]) for p in path.stem.split("-"))
+        if (max_width is not None and width > max_width) or not path.with_suffix(".safetensors").is_file():
+            continue
+        sae = load_selected_sae(study_dir, width, seed)
+        out.append({"seed": seed, **compare_at_equal_mse(sae, x, epsilon=settings.epsilon)})
+    return out
+
+
 def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, z: float = 2.0) -> list[dict[str, Any]]:
     """For each pair of widths, which is shorter at each tolerance, and whether that flips.
 
@@ -506,10 +542,13 @@ def summarise_scan(
     data: Any = None,
     curves: bool = True,
     curve_max_width: int | None = 1024,
+    seeds: Sequence[int] | None = None,
     started: float | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
-    """``scan.json`` from the rows on disk (no training): entries, fits, curves, crossings."""
+    """``scan.json`` from the rows on disk (no training): entries, fits, curves, crossings,
+    and per-feature against uniform precision (:func:`mdl_utils.allocation.compare_at_equal_mse`)
+    for every stored SAE of the reference study up to ``curve_max_width``."""
     from mdl_utils.profiles import provenance, write_results
 
     started = time.time() if started is None else started
@@ -517,7 +556,7 @@ def summarise_scan(
     ref = Path(reference_dir) if reference_dir is not None else None
     entries = []
     for eps in _check_epsilons(epsilons):
-        settings = scan_settings(base, eps)
+        settings = scan_settings(base, eps, seeds)
         folder = study_dir_for(out, eps, base, ref)
         rows = load_rows(folder) if (folder / "rows").is_dir() else []
         entries.append(scan_entry(settings, rows) if rows else {
@@ -535,6 +574,7 @@ def summarise_scan(
         "training_time_s": round(sum(e["training_time_s"] or 0.0 for e in entries), 1),
         "curves": [],
         "crossings": [],
+        "allocations": [],
     }
     ref_folder = study_dir_for(out, base.epsilon, base, ref)
     if curves and (ref_folder / "saes").is_dir():
@@ -545,6 +585,8 @@ def summarise_scan(
         result["curves"] = rate_distortion_curves(ref_folder, base, data.split("test"),
                                                   max_width=curve_max_width)
         result["crossings"] = curve_crossings_with_spread(result["curves"])
+        result["allocations"] = allocation_comparisons(ref_folder, base, data.split("test"),
+                                                       max_width=curve_max_width)
     result.update(provenance(started))
     if write:
         out.mkdir(parents=True, exist_ok=True)
@@ -599,9 +641,11 @@ def main(argv: list[str]) -> int:
     else:
         ref = cache_dir() / "mnist-mdl" / "quick"
     eps = args.epsilons or (EPSILONS if args.profile == "full" else QUICK_EPSILONS)
+    seeds = None if args.profile == "full" else QUICK_SEEDS
     try:
         if args.summary_only:
-            result = summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves)
+            result = summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves,
+                                    seeds=seeds)
         else:
             try:
                 executor = executor_from_args(args, device=args.device, threads=args.threads)
@@ -612,7 +656,7 @@ def main(argv: list[str]) -> int:
                 result = run_epsilon_scan(base, out, epsilons=eps, reference_dir=ref, cache=args.cache,
                                           budget_hours=args.budget_hours, device=args.device,
                                           progress=not args.no_progress, threads=args.threads,
-                                          executor=executor, curves=not args.no_curves)
+                                          executor=executor, curves=not args.no_curves, seeds=seeds)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -632,6 +676,3 @@ def main(argv: list[str]) -> int:
     print(f"wrote {out / 'scan.json'}", file=sys.stderr)
     return 0
 
-
-#: Tolerances of the quick profile (minutes): chapter 3's quick study and two looser ones.
-QUICK_EPSILONS: tuple[float, ...] = (0.015, 0.020, 0.030)

@@ -60,6 +60,11 @@ def test_scan_settings_change_only_the_tolerance_k_min_and_the_first_k():
     assert (loose.widths, loose.seeds, loose.train) == (SETTINGS.widths, SETTINGS.seeds, SETTINGS.train)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         scan_settings(SETTINGS, -0.1)
+    # Fewer seeds away from the reference (the quick profile's choice); the first must stay.
+    assert scan_settings(SETTINGS, 0.24, seeds=(0,)).seeds == (0,)
+    assert scan_settings(SETTINGS, SETTINGS.epsilon, seeds=(0,)).seeds == SETTINGS.seeds
+    with pytest.raises(ValueError, match="must start with the base's first seed 0"):
+        scan_settings(SETTINGS, 0.24, seeds=(1,))
 
 
 def test_reference_tolerance_is_chapter_3s_study_and_loose_tolerances_go_below_k_1(scan):
@@ -125,6 +130,18 @@ def test_curves_reread_the_measured_dl_at_the_studys_own_tolerance(scan):
         assert c["dl_bits"][1] == pytest.approx(sel["measure"]["dl_bits"], rel=1e-6)
         assert c["dl_bits"][0] is None if c["mse"] > 0.5 * SETTINGS.epsilon else c["dl_bits"][0] is not None
         assert c["dl_bits"][2] <= c["dl_bits"][1] + 1e-9  # a looser tolerance never costs more here
+
+
+def test_scan_compares_per_feature_and_uniform_precision_for_every_stored_sae(scan):
+    root, _, result, _ = scan
+    stored = sorted(p.stem for p in (root / "ref" / "saes").glob("w*-s*.json"))
+    got = sorted(f"w{a['width']:05d}-s{a['seed']}" for a in result["allocations"])
+    assert got == stored and len(result["curves"]) == len(stored)
+    for a in result["allocations"]:
+        g, u = a["greedy"], a["uniform_at_greedy_mse"]
+        assert g["mse"] <= SETTINGS.epsilon and u["mse"] <= g["mse"]
+        if u["status"] == "in_band":
+            assert (1 - 1e-5) * g["mse"] <= u["mse"]
 
 
 def _entry(eps, optima, *, resolved=True, at_edge=False, complete=True):
