@@ -103,11 +103,11 @@ def test_comparison_is_made_at_equal_mse(identity_sae):
     out = compare_at_equal_mse(sae, x, epsilon=eps)
     g, u = out["greedy"], out["uniform_at_greedy_mse"]
     assert g["mse"] <= eps
-    assert u["status"] == "in_band" and (1 - 1e-5) * g["mse"] <= u["mse"] <= g["mse"]  # same loss, to 1e-5
+    assert u["status"] == "in_band" and (1 - 1e-4) * g["mse"] <= u["mse"] <= g["mse"]  # same loss, to 1e-4
     assert out["greedy_saving"] == pytest.approx(1 - g["entropy_bits"] / u["dl_bits"])
     # B's range is a quarter of A's, so the same bits buy B 16 times less MSE: per-feature
     # precision gives B fewer bits and saves DL against uniform precision at equal loss.
     assert out["greedy_saving"] > 0
     s = out["swaps"]
     assert s["entropy_bits"] <= s["entropy_bits_before"] + 1e-12 and s["mse"] <= eps
-    assert (1 - 1e-5) * s["mse"] <= out["uniform_at_swap_mse"]["mse"] <= s["mse"]
+    assert (1 - 1e-4) * s["mse"] <= out["uniform_at_swap_mse"]["mse"] <= s["mse"]

@@ -141,7 +141,7 @@ def test_scan_compares_per_feature_and_uniform_precision_for_every_stored_sae(sc
         g, u = a["greedy"], a["uniform_at_greedy_mse"]
         assert g["mse"] <= SETTINGS.epsilon and u["mse"] <= g["mse"]
         if u["status"] == "in_band":
-            assert (1 - 1e-5) * g["mse"] <= u["mse"]
+            assert (1 - 1e-4) * g["mse"] <= u["mse"]
 
 
 def _entry(eps, optima, *, resolved=True, at_edge=False, complete=True):
@@ -245,3 +245,36 @@ def test_cli_rejects_a_bad_tolerance_naming_it(tmp_path):
     assert proc.returncode == 1
     assert "-0.5" in proc.stderr and "positive" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+FULL_SCAN = REPO / "results" / "full" / "epsilon-scan"
+
+
+@pytest.mark.skipif(not (FULL_SCAN / "scan.json").is_file(), reason="no committed full scan")
+def test_committed_full_scan_reproduces_from_its_rows_and_saes(mnist_source_dir):
+    from mdl_utils.allocation import compare_at_equal_mse
+    from mdl_utils.data import load_mnist
+    from mdl_utils.epsilon_scan import load_scan
+    from mdl_utils.study import load_selected_sae, study_settings
+
+    stored = load_scan(FULL_SCAN)
+    base = study_settings("full")
+    eps = [e["epsilon"] for e in stored["entries"]]
+    again = json.loads(json.dumps(summarise_scan(
+        base, FULL_SCAN, epsilons=eps, reference_dir=REPO / "results" / "full" / "mnist-mdl",
+        curves=False, write=False)))
+    assert again["entries"] == stored["entries"] and again["fits"] == stored["fits"]
+    # One stored SAE, re-measured: its curve at the study's tolerance and its allocation.
+    x_test, _ = load_mnist("test")
+    curve = min(stored["curves"], key=lambda c: (c["width"], c["seed"]))
+    sae = load_selected_sae(REPO / "results" / "full" / "mnist-mdl", curve["width"], curve["seed"])
+    (fresh,) = [c for c in rate_distortion_curves(REPO / "results" / "full" / "mnist-mdl", base, x_test,
+                                                  tolerances=curve["tolerances"], max_width=curve["width"])
+                if c["seed"] == curve["seed"] and c["width"] == curve["width"]]
+    assert fresh["dl_bits"] == pytest.approx(curve["dl_bits"], rel=1e-9)
+    alloc = next(a for a in stored["allocations"] if (a["width"], a["seed"]) == (curve["width"], curve["seed"]))
+    redo = json.loads(json.dumps(compare_at_equal_mse(sae, x_test, epsilon=base.epsilon)))
+    numbers = lambda d: {k: v for k, v in d.items() if isinstance(v, float)}  # noqa: E731
+    assert numbers(redo["greedy"]) == pytest.approx(numbers(alloc["greedy"]), rel=1e-9)
+    assert redo["greedy"]["started_from"] == alloc["greedy"]["started_from"]
+    assert redo["swap_saving"] == pytest.approx(alloc["swap_saving"], rel=1e-9)
