@@ -411,6 +411,7 @@ def rate_distortion_curves(
     *,
     tolerances: Sequence[float] | None = None,
     max_width: int | None = None,
+    previous: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """DL of each stored (width, seed) SAE of a study as the tolerance it must meet varies.
 
@@ -419,9 +420,13 @@ def rate_distortion_curves(
     continuous precision is found afresh (:func:`mdl_utils.protocol.continuous_precision`)
     and the DL at it recorded; None where the SAE's unquantised MSE is already above t.
 
+    ``previous`` curves (from an earlier ``scan.json``) are reused for an SAE whose weights
+    file has the same SHA-256 and whose tolerances are the same, so a rewrite after new rows
+    only measures the SAEs that changed.
+
     Returns:
         One dict per SAE: ``width``, ``seed``, ``k``, ``mse`` (unquantised), ``tolerances``,
-        ``dl_bits`` (list aligned with ``tolerances``), ``bits``.
+        ``dl_bits`` (list aligned with ``tolerances``), ``bits``, ``sae_sha256``.
     """
     from mdl_utils.dl import description_length
 
@@ -438,6 +443,12 @@ def rate_distortion_curves(
             continue
         if not path.with_suffix(".safetensors").is_file():
             continue
+        sha = _sha256(path.with_suffix(".safetensors"))
+        old = next((c for c in previous if (c.get("width"), c.get("seed"), c.get("sae_sha256"), c.get("tolerances"))
+                    == (width, seed, sha, tol)), None)
+        if old is not None:
+            out.append(dict(old))
+            continue
         sae = load_selected_sae(study_dir, width, seed)
         z = sparse_latents(sae, x)
         mse = reconstruction_mse(sae, z, x)
@@ -452,14 +463,22 @@ def rate_distortion_curves(
             dls.append(float(description_length(z, bits=p.bits).dl_bits))
             bits.append(float(p.bits))
         out.append({"width": width, "seed": seed, "k": float(sae.k), "mse": float(mse),
-                    "tolerances": tol, "dl_bits": dls, "bits": bits})
+                    "tolerances": tol, "dl_bits": dls, "bits": bits, "sae_sha256": sha})
     return out
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySettings, x_test: Any, *,
-                           max_width: int | None = None) -> list[dict[str, Any]]:
+                           max_width: int | None = None,
+                           previous: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """:func:`mdl_utils.allocation.compare_at_equal_mse` at the study's epsilon for every stored
-    (width, seed) SAE up to ``max_width``, each tagged with its width and seed."""
+    (width, seed) SAE up to ``max_width``, each tagged with its width, seed and weights' SHA-256
+    (``previous`` results for the same weights and epsilon are reused)."""
     from mdl_utils.allocation import compare_at_equal_mse
 
     x = np.asarray(x_test, dtype=np.float32)
@@ -468,8 +487,14 @@ def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySet
         width, seed = (int(p[1:]) for p in path.stem.split("-"))
         if (max_width is not None and width > max_width) or not path.with_suffix(".safetensors").is_file():
             continue
+        sha = _sha256(path.with_suffix(".safetensors"))
+        old = next((a for a in previous if (a.get("width"), a.get("seed"), a.get("sae_sha256"), a.get("epsilon"))
+                    == (width, seed, sha, settings.epsilon)), None)
+        if old is not None:
+            out.append(dict(old))
+            continue
         sae = load_selected_sae(study_dir, width, seed)
-        out.append({"seed": seed, **compare_at_equal_mse(sae, x, epsilon=settings.epsilon)})
+        out.append({"seed": seed, "sae_sha256": sha, **compare_at_equal_mse(sae, x, epsilon=settings.epsilon)})
     return out
 
 
@@ -577,16 +602,24 @@ def summarise_scan(
         "allocations": [],
     }
     ref_folder = study_dir_for(out, base.epsilon, base, ref)
+    previous: dict[str, Any] = {}
+    if (out / "scan.json").is_file():
+        try:
+            previous = load_scan(out)
+        except (ValueError, OSError):
+            previous = {}
     if curves and (ref_folder / "saes").is_dir():
         if data is None:
             from mdl_utils.sweep import DataSpec, prepare_data
 
             data = prepare_data(DataSpec(source="mnist", n_train=base.n_train, n_test=base.n_test))
         result["curves"] = rate_distortion_curves(ref_folder, base, data.split("test"),
-                                                  max_width=curve_max_width)
+                                                  max_width=curve_max_width,
+                                                  previous=previous.get("curves", []))
         result["crossings"] = curve_crossings_with_spread(result["curves"])
         result["allocations"] = allocation_comparisons(ref_folder, base, data.split("test"),
-                                                       max_width=curve_max_width)
+                                                       max_width=curve_max_width,
+                                                       previous=previous.get("allocations", []))
     result.update(provenance(started))
     if write:
         out.mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,21 @@ def test_scan_compares_per_feature_and_uniform_precision_for_every_stored_sae(sc
             assert (1 - 1e-4) * g["mse"] <= u["mse"]
 
 
+def test_rewrite_reuses_curves_and_allocations_only_for_unchanged_weights(scan, tmp_path):
+    root, data, result, _ = scan
+    out = tmp_path / "scan"
+    out.mkdir()
+    doctored = json.loads((root / "scan" / "scan.json").read_text())
+    doctored["curves"][0]["dl_bits"] = [-1.0] * len(doctored["curves"][0]["dl_bits"])
+    doctored["allocations"][0]["greedy_saving"] = -1.0
+    doctored["curves"][1]["sae_sha256"] = "0" * 64  # as if its weights had changed
+    (out / "scan.json").write_text(json.dumps(doctored))
+    again = summarise_scan(SETTINGS, out, epsilons=(SETTINGS.epsilon,), reference_dir=root / "ref", data=data)
+    assert again["curves"][0]["dl_bits"][0] == -1.0  # same weights: reused, not remeasured
+    assert again["allocations"][0]["greedy_saving"] == -1.0
+    assert again["curves"][1] == result["curves"][1]  # other weights: measured afresh
+
+
 def _entry(eps, optima, *, resolved=True, at_edge=False, complete=True):
     return {"epsilon": eps, "complete": complete, "n_remaining": 0 if complete else 3, "at_edge": at_edge,
             "resolution": {"resolved": resolved, "tie_set": [optima["0"]["width"]]},
