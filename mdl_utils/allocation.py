@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from mdl_utils.dl import codes_in_bins, entropies_from_counts
+
 __all__ = ["SwapResult", "swap_refine", "compare_at_equal_mse"]
 
 
@@ -68,8 +70,7 @@ class SwapResult:
 
 def _codes(values: np.ndarray, vmax: float, level: int) -> np.ndarray:
     """Codes of a feature's non-zero values at ``level`` bits (as :func:`mdl_utils.dl.quantize`)."""
-    width = math.ldexp(vmax, -level)
-    return np.clip(np.ceil(values / width), 1.0, math.ldexp(1.0, level)).astype(np.int64)
+    return codes_in_bins(values, np.zeros(values.size, dtype=np.int64), np.array([math.ldexp(vmax, -level)]), level)
 
 
 def _centres(codes: np.ndarray, vmax: float, level: int) -> np.ndarray:
@@ -79,13 +80,8 @@ def _centres(codes: np.ndarray, vmax: float, level: int) -> np.ndarray:
 def _entropy(codes: np.ndarray, n_samples: int) -> float:
     """H(p) of one feature, bits per sample: its codes, and zero on the other samples."""
     _, counts = np.unique(codes, return_counts=True)
-    p = counts / n_samples
-    h = float(-(p * np.log2(p)).sum())
-    zeros = n_samples - codes.size
-    if zeros > 0:
-        p0 = zeros / n_samples
-        h -= p0 * math.log2(p0)
-    return h
+    return float(entropies_from_counts(n_samples, np.zeros(counts.size, dtype=np.int64), counts,
+                                       np.array([codes.size]))[0])
 
 
 def swap_refine(

@@ -223,9 +223,6 @@ class PowerLawFit:
     r_squared: float
     n_points: int
 
-    def predict(self, x: Any) -> np.ndarray:
-        return self.prefactor * np.asarray(x, dtype=float) ** self.exponent
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from mdl_utils.latents import nonzeros
+
 __all__ = ["EncodedLatents", "encode_latents", "decode_latents"]
 
 _MAGIC = b"MDLC"
@@ -140,9 +142,7 @@ def encode_latents(codes: Any) -> EncodedLatents:
     """
     import constriction
 
-    from mdl_utils.dl import _nonzeros
-
-    nz = _nonzeros(codes, "codes", integer=True)
+    nz = nonzeros(codes, "codes", integer=True)
     n, d = nz.n_samples, nz.n_features
     values = nz.values.astype(np.int64)
     # Sort by feature, then code, then sample: pairs (feature, code) become runs.

@@ -39,13 +39,22 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from mdl_utils.coder import EncodedLatents, decode_latents, encode_latents
+from mdl_utils.latents import (
+    NonZeros,
+    is_scipy_sparse,
+    nonzeros,
+    scatter,
+    smallest_int_dtype,
+    torch_tensor_type,
+    torch_to_numpy,
+)
 
 __all__ = [
     "BitAllocation",
@@ -57,12 +66,14 @@ __all__ = [
     "n_bins",
     "allocate_bits",
     "bin_widths",
+    "codes_in_bins",
     "decode_latents",
     "dense_dl",
     "dequantize",
     "dequantize_per_feature",
     "description_length",
     "dl_upper_bound",
+    "entropies_from_counts",
     "effective_precision",
     "effective_precision_for_loss",
     "encode_latents",
@@ -70,221 +81,13 @@ __all__ = [
     "load_latents",
     "main",
     "quantize",
+    "widths_from_max",
 ]
 
 #: Largest ``bits`` accepted: 2**52 bins already resolve a float64 to its last mantissa bit.
 MAX_BITS = 52
 #: Largest code accepted (step mode): codes above 2**53 are no longer exact in float64.
 _MAX_CODE = 2**53
-
-
-# --------------------------------------------------------------------------------------------
-# Input handling: every public function reduces its input to the non-zero entries.
-# --------------------------------------------------------------------------------------------
-
-
-class _NonZeros:
-    """The non-zero entries of an (N, D) matrix: their values, feature and sample indices.
-
-    For dense input the entries are found as flat indices and the (row, column) split is done
-    on first use, since entropies need only the columns.
-    """
-
-    def __init__(
-        self,
-        n_samples: int,
-        n_features: int,
-        values: np.ndarray,
-        *,
-        sparse: bool,
-        rows: np.ndarray | None = None,
-        cols: np.ndarray | None = None,
-        flat: np.ndarray | None = None,
-        transposed: bool = False,
-    ) -> None:
-        self.n_samples = n_samples
-        self.n_features = n_features
-        self.values = values  # (nnz,), the input's dtype
-        self.sparse = sparse  # whether the input was a sparse matrix
-        self._rows, self._cols = rows, cols
-        self._flat = flat  # flat index into the C-ordered matrix (or its transpose)
-        self._transposed = transposed
-
-    @cached_property
-    def rows(self) -> np.ndarray:
-        if self._rows is not None:
-            return self._rows
-        assert self._flat is not None
-        return self._flat % self.n_samples if self._transposed else self._flat // self.n_features
-
-    @cached_property
-    def cols(self) -> np.ndarray:
-        if self._cols is not None:
-            return self._cols
-        assert self._flat is not None
-        return self._flat // self.n_samples if self._transposed else self._flat % self.n_features
-
-
-def _torch_tensor_type() -> type | None:
-    # Only look for torch if the caller already imported it: a torch tensor cannot exist otherwise.
-    torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor
-
-
-def _is_scipy_sparse(x: object) -> bool:
-    sparse = sys.modules.get("scipy.sparse")
-    return sparse is not None and sparse.issparse(x)
-
-
-def _check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
-    if len(shape) != 2:
-        raise ValueError(
-            f"{what} must be a 2-D matrix (samples x features); got {len(shape)}-D with shape "
-            f"{tuple(shape)}"
-        )
-    n, d = int(shape[0]), int(shape[1])
-    if n == 0 or d == 0:
-        raise ValueError(f"{what} are empty: shape {(n, d)} (need at least 1 sample and 1 feature)")
-    return n, d
-
-
-def _check_dtype(dtype: np.dtype, what: str, *, integer: bool) -> None:
-    if integer and dtype.kind not in "biu":
-        raise ValueError(
-            f"{what} must be an integer array (use quantize() to turn latents into codes); "
-            f"got dtype {dtype}"
-        )
-    if dtype.kind not in "biuf":
-        raise ValueError(f"{what} must be real numbers; got dtype {dtype}")
-
-
-def _check_nonzero_values(values: np.ndarray, what: str) -> None:
-    """Finiteness and sign of the non-zero entries (zeros are always valid).
-
-    NaN, inf and negative numbers all differ from 0, so checking the non-zeros checks the matrix.
-    """
-    if values.size == 0 or values.dtype.kind == "b":
-        return
-    lo, hi = values.min(), values.max()
-    if values.dtype.kind == "f":
-        if np.isnan(lo) or np.isnan(hi):
-            raise ValueError(f"{what} contain NaN")
-        if np.isinf(hi) and hi > 0:
-            raise ValueError(f"{what} contain infinite values (+inf)")
-        if np.isinf(lo):
-            raise ValueError(f"{what} contain infinite values (-inf)")
-    if lo < 0:
-        raise ValueError(f"{what} must be non-negative; the smallest value is {lo}")
-    if values.dtype.kind == "u" and int(hi) >= 2**63:
-        raise ValueError(f"{what} must be below 2**63; the largest is {hi}")
-
-
-_CHUNK_WORDS = 1 << 20  # 8 MiB per chunk: the comparison's output stays in cache
-
-
-def _flat_nonzero(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending indices and values of the non-zero entries of a contiguous 1-D array.
-
-    Memory bandwidth bound, so it reads the data once in 8-byte words: entries narrower than
-    8 bytes are screened a word at a time (a word with any bit set is a candidate), then the
-    candidate words are split back into entries and compared with 0 numerically (so -0.0
-    counts as zero). Chunks reuse one small mask buffer instead of allocating one of the
-    matrix's size.
-    """
-    group = 8 // flat.itemsize if flat.itemsize in (1, 2, 4) else 1
-    head = flat.size - flat.size % group
-    words = flat[:head].view(np.uint64) if group > 1 else flat
-    buffer = np.empty(min(_CHUNK_WORDS, words.size), dtype=bool)
-    found = []
-    for start in range(0, words.size, _CHUNK_WORDS):
-        block = words[start : start + _CHUNK_WORDS]
-        mask = buffer[: block.size]
-        np.not_equal(block, 0, out=mask)
-        found.append(np.flatnonzero(mask) + start)
-    index = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    if group == 1:
-        return index, flat[index]
-    entries = words[index].view(flat.dtype)  # the candidate words' entries, in memory order
-    index = (index[:, None] * group + np.arange(group)).ravel()
-    keep = entries != 0
-    tail = head + np.flatnonzero(flat[head:] != 0)
-    return np.concatenate([index[keep], tail]), np.concatenate([entries[keep], flat[tail]])
-
-
-def _nonzeros(x: Any, what: str, *, integer: bool = False) -> _NonZeros:
-    """Validate an (N, D) matrix and return its non-zero entries.
-
-    Accepts numpy arrays, torch tensors (dense or sparse) and scipy.sparse matrices.
-    ``integer`` demands integer codes instead of real-valued latents.
-    """
-    tensor_type = _torch_tensor_type()
-    if tensor_type is not None and isinstance(x, tensor_type):
-        if x.layout != _torch_strided():
-            n, d = _check_shape(tuple(x.shape), what)
-            coo = x.detach().cpu().to_sparse_coo().coalesce()  # sums duplicate entries
-            indices = coo.indices().numpy().astype(np.int64)
-            return _from_triplets(n, d, indices[0], indices[1], _torch_to_numpy(coo.values()), what, integer)
-        x = _torch_to_numpy(x.detach().cpu())
-    elif _is_scipy_sparse(x):
-        n, d = _check_shape(tuple(x.shape), what)
-        csr = x.tocsr()
-        if not csr.has_canonical_format:  # duplicates mean their sum, as in scipy
-            csr = csr.copy()
-            csr.sum_duplicates()
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
-        return _from_triplets(n, d, rows, csr.indices.astype(np.int64), np.asarray(csr.data), what, integer)
-    array = np.asarray(x)
-    n, d = _check_shape(array.shape, what)
-    _check_dtype(array.dtype, what, integer=integer)
-    transposed = not array.flags.c_contiguous and array.flags.f_contiguous
-    # Walk a Fortran-ordered matrix in memory order (as its transpose) instead of copying it.
-    memory = array.T if transposed else np.ascontiguousarray(array)
-    raveled = memory.reshape(-1)
-    flat, values = _flat_nonzero(raveled)
-    _check_nonzero_values(values, what)
-    return _NonZeros(n, d, values, sparse=False, flat=flat, transposed=transposed)
-
-
-def _from_triplets(
-    n: int, d: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, what: str, integer: bool
-) -> _NonZeros:
-    _check_dtype(values.dtype, what, integer=integer)
-    keep = values != 0  # sparse formats may store explicit zeros
-    values = values[keep]
-    _check_nonzero_values(values, what)
-    return _NonZeros(n, d, values, sparse=True, rows=rows[keep], cols=cols[keep])
-
-
-def _torch_strided() -> Any:
-    return sys.modules["torch"].strided
-
-
-def _torch_to_numpy(t: Any) -> np.ndarray:
-    torch = sys.modules["torch"]
-    if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
-        t = t.to(torch.float32)
-    return t.numpy()
-
-
-def _smallest_int_dtype(max_code: int) -> type[np.signedinteger]:
-    return np.int32 if max_code < 2**31 else np.int64
-
-
-def _scatter(nz: _NonZeros, values: np.ndarray, dtype: Any) -> Any:
-    """A matrix of ``nz``'s shape holding ``values`` at ``nz``'s entries (zeros elsewhere).
-
-    Sparse in, scipy.sparse CSR out; dense in, dense numpy out.
-    """
-    if nz.sparse:
-        from scipy import sparse
-
-        return sparse.csr_array(
-            (values.astype(dtype, copy=False), (nz.rows, nz.cols)),
-            shape=(nz.n_samples, nz.n_features),
-        )
-    out = np.zeros((nz.n_samples, nz.n_features), dtype=dtype)
-    out[nz.rows, nz.cols] = values
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +113,7 @@ def _check_precision(bits: float | None, step: float | None) -> None:
             raise ValueError(f"step (the bin width) must be finite and > 0; got {step}")
 
 
-def _widths_from_nonzeros(nz: _NonZeros, bits: float | None, step: float | None) -> np.ndarray:
+def _widths_from_nonzeros(nz: NonZeros, bits: float | None, step: float | None) -> np.ndarray:
     _check_precision(bits, step)
     if step is not None:
         widths = np.full(nz.n_features, float(step))
@@ -324,24 +127,41 @@ def _widths_from_nonzeros(nz: _NonZeros, bits: float | None, step: float | None)
         return widths
     feature_max = np.zeros(nz.n_features)
     np.maximum.at(feature_max, nz.cols, nz.values.astype(np.float64, copy=False))
-    if float(bits).is_integer():
-        widths = np.ldexp(feature_max, -int(bits))  # exact: a power-of-two scaling
-    else:
-        widths = feature_max * 2.0 ** -float(bits)
+    widths = widths_from_max(feature_max, bits)
     if np.any((widths == 0) & (feature_max > 0)):
         raise ValueError(f"bits={bits}: a feature's range is so small that its bin width underflows")
     return widths
 
 
-def _codes_of_nonzeros(nz: _NonZeros, widths: np.ndarray, bits: float | None) -> np.ndarray:
-    """Codes (int64, >= 1) of the non-zero entries: bin k covers ((k-1)w, kw]."""
-    if nz.values.size == 0:
+def widths_from_max(feature_max: np.ndarray, bits: float) -> np.ndarray:
+    """Per-feature bin widths ``max_i / 2**bits`` from each feature's largest value.
+
+    The one rule behind :func:`bin_widths` and the streamed scorer
+    (:mod:`mdl_utils.scoring`): whole bits scale by an exact power of two.
+    """
+    if float(bits).is_integer():
+        return np.ldexp(feature_max, -int(bits))  # exact: a power-of-two scaling
+    return feature_max * 2.0 ** -float(bits)
+
+
+def codes_in_bins(values: np.ndarray, cols: np.ndarray, widths: np.ndarray, bits: float | None) -> np.ndarray:
+    """Codes (int64, >= 1) of non-zero ``values`` of features ``cols``: bin k of feature i
+    covers ``((k-1) w_i, k w_i]``; with ``bits``, codes stop at the top bin ``n_bins(bits)``.
+
+    The one rule behind :func:`quantize` and the streamed scorer (:mod:`mdl_utils.scoring`).
+    """
+    if values.size == 0:
         return np.zeros(0, dtype=np.int64)
-    codes = np.ceil(nz.values.astype(np.float64, copy=False) / widths[nz.cols])
+    codes = np.ceil(values.astype(np.float64, copy=False) / widths[cols])
     # A positive value never becomes code 0, and the feature maximum lands in the top bin.
     upper = float(n_bins(bits)) if bits is not None else None
     np.clip(codes, 1.0, upper, out=codes)
     return codes.astype(np.int64)
+
+
+def _codes_of_nonzeros(nz: NonZeros, widths: np.ndarray, bits: float | None) -> np.ndarray:
+    """Codes (int64, >= 1) of the non-zero entries: bin k covers ((k-1)w, kw]."""
+    return codes_in_bins(nz.values, nz.cols, widths, bits)
 
 
 def n_bins(bits: float) -> int:
@@ -366,7 +186,7 @@ def bin_widths(z: Any, *, bits: float | None = None, step: float | None = None) 
     Returns:
         float64 array of shape (D,). Pass it to :func:`dequantize`.
     """
-    return _widths_from_nonzeros(_nonzeros(z, "latents"), bits, step)
+    return _widths_from_nonzeros(nonzeros(z, "latents"), bits, step)
 
 
 def quantize(z: Any, *, bits: float | None = None, step: float | None = None) -> Any:
@@ -396,11 +216,11 @@ def quantize(z: Any, *, bits: float | None = None, step: float | None = None) ->
         ValueError: bad latents (NaN, inf, negative, not 2-D, empty) or bad precision
             (both or neither of bits/step, bits < 1, step <= 0); the message names the problem.
     """
-    nz = _nonzeros(z, "latents")
+    nz = nonzeros(z, "latents")
     widths = _widths_from_nonzeros(nz, bits, step)
     codes = _codes_of_nonzeros(nz, widths, bits)
     max_code = int(codes.max()) if codes.size else 0
-    return _scatter(nz, codes, _smallest_int_dtype(max_code))
+    return scatter(nz, codes, smallest_int_dtype(max_code))
 
 
 def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
@@ -415,7 +235,7 @@ def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
         float64 latents of shape (N, D): a dense numpy array for dense codes, scipy.sparse
         CSR for sparse codes.
     """
-    nz = _nonzeros(codes, "codes", integer=True)
+    nz = nonzeros(codes, "codes", integer=True)
     widths = np.asarray(bin_width, dtype=np.float64)
     if widths.ndim == 0:
         widths = np.full(nz.n_features, float(widths))
@@ -427,7 +247,7 @@ def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
     if not np.all(np.isfinite(widths)) or np.any(widths < 0):
         raise ValueError("bin_width must be finite and non-negative")
     centres = (nz.values.astype(np.float64) - 0.5) * widths[nz.cols]
-    return _scatter(nz, centres, np.float64)
+    return scatter(nz, centres, np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,9 +290,23 @@ def _entropies_from_nonzeros(
 ) -> np.ndarray:
     """H(p_i) in bits for each feature, from the non-zero entries only."""
     feature, _, counts = _count_pairs(cols, codes, n_features)
+    return entropies_from_counts(n_samples, feature, counts, np.bincount(cols, minlength=n_features))
+
+
+def entropies_from_counts(n_samples: int, feature: np.ndarray, counts: np.ndarray,
+                          nonzeros_per_feature: np.ndarray) -> np.ndarray:
+    """H(p_i) in bits per sample for each feature, from counted (feature, code) pairs.
+
+    ``feature[j]`` and ``counts[j]``: the feature and the number of samples of the j-th
+    distinct non-zero (feature, code) pair; ``nonzeros_per_feature[i]``: how many samples
+    feature i is non-zero on (its zeros are the other ``n_samples - nonzeros_per_feature[i]``,
+    counted as one more symbol). The one entropy count behind :func:`feature_entropies` and
+    the streamed scorer (:mod:`mdl_utils.scoring`).
+    """
+    n_features = len(nonzeros_per_feature)
     p = counts / n_samples
     entropy = np.bincount(feature, weights=-p * np.log2(p), minlength=n_features).astype(np.float64)
-    n_zero = n_samples - np.bincount(cols, minlength=n_features)
+    n_zero = n_samples - np.asarray(nonzeros_per_feature)
     has_zero = n_zero > 0
     p_zero = n_zero[has_zero] / n_samples
     entropy[has_zero] -= p_zero * np.log2(p_zero)
@@ -493,7 +327,7 @@ def feature_entropies(codes: Any) -> np.ndarray:
     Returns:
         float64 array of shape (D,), bits per sample for each feature.
     """
-    nz = _nonzeros(codes, "codes", integer=True)
+    nz = nonzeros(codes, "codes", integer=True)
     return _entropies_from_nonzeros(nz.n_samples, nz.n_features, nz.cols, nz.values)
 
 
@@ -543,7 +377,7 @@ def description_length(
         A :class:`DescriptionLength` carrying DL, the per-feature entropies, L0, the width,
         the precision used and the bound L0 * (B + log2 D).
     """
-    nz = _nonzeros(z, "latents")
+    nz = nonzeros(z, "latents")
     widths = _widths_from_nonzeros(nz, bits, step)
     codes = _codes_of_nonzeros(nz, widths, bits)
     entropies = _entropies_from_nonzeros(nz.n_samples, nz.n_features, nz.cols, codes)
@@ -625,11 +459,11 @@ class EffectivePrecision:
 
 
 def _reconstruction_mse(decode: Callable[[Any], Any], z: Any, x: np.ndarray) -> float:
-    tensor_type = _torch_tensor_type()
+    tensor_type = torch_tensor_type()
     if tensor_type is not None and isinstance(z, tensor_type):
-        with sys.modules["torch"].no_grad():
+        with torch.no_grad():
             out = decode(z)
-        out = _torch_to_numpy(out.detach().cpu()) if isinstance(out, tensor_type) else out
+        out = torch_to_numpy(out.detach().cpu()) if isinstance(out, tensor_type) else out
     else:
         out = decode(z)
     out = np.asarray(out, dtype=np.float64)
@@ -641,13 +475,12 @@ def _reconstruction_mse(decode: Callable[[Any], Any], z: Any, x: np.ndarray) -> 
 def _like(values: np.ndarray, z: Any) -> Any:
     """Dense float64 latents converted to the kind of ``z``: torch (same dtype, device and
     layout), scipy.sparse CSR, or numpy (same float dtype)."""
-    tensor_type = _torch_tensor_type()
+    tensor_type = torch_tensor_type()
     if tensor_type is not None and isinstance(z, tensor_type):
-        torch = sys.modules["torch"]
         dtype = z.dtype if z.dtype.is_floating_point else torch.float32
         out = torch.as_tensor(values, dtype=dtype, device=z.device)
         return out.to_sparse() if z.layout != torch.strided else out
-    if _is_scipy_sparse(z):
+    if is_scipy_sparse(z):
         from scipy import sparse
 
         return sparse.csr_array(values.astype(z.dtype if z.dtype.kind == "f" else np.float64))
@@ -733,7 +566,7 @@ def _coarsest_precision(
     ``evaluate`` maps latents (in ``z``'s kind) to the loss; ``what`` names the loss in
     messages. Returns ``(bits, step, loss, loss_unquantised, ceiling, tried)``.
     """
-    nz = _nonzeros(z, "latents")
+    nz = nonzeros(z, "latents")
     loss_raw = evaluate(z)
     if mode == "absolute":
         if loss_raw > tolerance:
@@ -833,9 +666,9 @@ def effective_precision_for_loss(
         raise ValueError(f"loss must be a callable latents -> float; got {type(loss).__name__}")
 
     def evaluate(latents: Any) -> float:
-        tensor_type = _torch_tensor_type()
+        tensor_type = torch_tensor_type()
         if tensor_type is not None and isinstance(latents, tensor_type):
-            with sys.modules["torch"].no_grad():
+            with torch.no_grad():
                 value = loss(latents)
         else:
             value = loss(latents)
@@ -852,9 +685,9 @@ def effective_precision_for_loss(
 
 
 def _as_float_array(x: Any, what: str) -> np.ndarray:
-    tensor_type = _torch_tensor_type()
+    tensor_type = torch_tensor_type()
     if tensor_type is not None and isinstance(x, tensor_type):
-        x = _torch_to_numpy(x.detach().cpu())
+        x = torch_to_numpy(x.detach().cpu())
     array = np.asarray(x, dtype=np.float64)
     if array.size == 0:
         raise ValueError(f"{what} is empty")
@@ -934,14 +767,14 @@ class BitAllocation:
 
 def _decoded(decode: Callable[[Any], Any], z: Any) -> np.ndarray:
     """decode(z) as a float64 numpy array (under torch.no_grad() for torch latents)."""
-    tensor_type = _torch_tensor_type()
+    tensor_type = torch_tensor_type()
     if tensor_type is not None and isinstance(z, tensor_type):
-        with sys.modules["torch"].no_grad():
+        with torch.no_grad():
             out = decode(z)
     else:
         out = decode(z)
     if tensor_type is not None and isinstance(out, tensor_type):
-        out = _torch_to_numpy(out.detach().cpu())
+        out = torch_to_numpy(out.detach().cpu())
     return np.asarray(out, dtype=np.float64)
 
 
@@ -975,18 +808,6 @@ def _codes_at(values: np.ndarray, vmax: np.ndarray, bits: np.ndarray) -> np.ndar
     return np.clip(codes, 1.0, np.ldexp(1.0, bits)).astype(np.int64)
 
 
-def _segment_entropy(codes: np.ndarray, n_samples: int) -> float:
-    """H(p) in bits of one feature from the codes of its non-zero entries (zeros: the rest)."""
-    _, counts = np.unique(codes, return_counts=True)
-    p = counts / n_samples
-    entropy = float(-(p * np.log2(p)).sum())
-    zeros = n_samples - codes.size
-    if zeros > 0:
-        p0 = zeros / n_samples
-        entropy -= p0 * math.log2(p0)
-    return entropy
-
-
 def dequantize_per_feature(z: Any, bits: Sequence[int] | np.ndarray) -> np.ndarray:
     """Latents quantised with one precision per feature, mapped back to bin centres.
 
@@ -998,7 +819,7 @@ def dequantize_per_feature(z: Any, bits: Sequence[int] | np.ndarray) -> np.ndarr
     Returns:
         dense float64 array (N, D).
     """
-    nz = _nonzeros(z, "latents")
+    nz = nonzeros(z, "latents")
     bits_D = np.asarray(bits)
     if bits_D.shape != (nz.n_features,) or bits_D.dtype.kind not in "iu":
         raise ValueError(f"bits must be integers, one per feature ({nz.n_features}); got shape {bits_D.shape}")
@@ -1086,7 +907,7 @@ def allocate_bits(
         raise ValueError(f"start_bits must be an integer in 1..30; got {start_bits!r}")
     if not (isinstance(min_bits, (int, np.integer)) and 0 <= min_bits <= start_bits):
         raise ValueError(f"min_bits must be an integer in 0..start_bits; got {min_bits!r}")
-    nz = _nonzeros(z, "latents")
+    nz = nonzeros(z, "latents")
     n, n_features = nz.n_samples, nz.n_features
     x_np = _as_float_array(x, "x")
     x_hat = _decoded(decode, z)
@@ -1429,7 +1250,7 @@ def main(argv: list[str]) -> int:
         if not args.no_code:
             codes = quantize(z, bits=args.bits, step=args.step)
             encoded = encode_latents(codes)
-            decoded = decode_latents(encoded.blob, sparse=_is_scipy_sparse(codes))
+            decoded = decode_latents(encoded.blob, sparse=is_scipy_sparse(codes))
             exact = _codes_equal(codes, decoded)
             n_dl = result.n_samples * result.dl_bits
             coded = {
@@ -1473,8 +1294,8 @@ def _ratio(value: float | None) -> str:
 
 
 def _codes_equal(a: Any, b: Any) -> bool:
-    if _is_scipy_sparse(a):
+    if is_scipy_sparse(a):
         a = a.toarray()
-    if _is_scipy_sparse(b):
+    if is_scipy_sparse(b):
         b = b.toarray()
     return bool(np.array_equal(np.asarray(a), np.asarray(b)))

@@ -39,7 +39,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -281,7 +281,7 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
         "width": opt, "dl_bits": table["mean"], "seed_std": table["seed_std"], "n_seeds": table["n_seeds"],
         "boot_ci": table["boot_ci"], "l0": float(np.mean([p["l0"] for p in per_seed])),
         "k": float(np.mean([p["k"] for p in per_seed])), "tie_set": res["tie_set"],
-        "resolved": res["resolved"],
+        "resolved": res["resolved"], "provisional": bool(res.get("provisional")),
     }
     entry["at_edge"] = opt in (reach[0], reach[-1]) or opt in (min(settings.widths), max(settings.widths))
     return entry
@@ -350,7 +350,10 @@ def fit_scan(entries: Sequence[dict[str, Any]], *, level: float = 0.95) -> dict[
             reasons.append(f"{tag}: no optimum yet")
             continue
         if not e["resolution"]["resolved"]:
-            reasons.append(f"{tag}: optimum not resolved (tie set {list(e['resolution']['tie_set'])})")
+            if e["resolution"].get("provisional") and len(e["resolution"]["tie_set"]) == 1:
+                reasons.append(f"{tag}: optimum provisional until the study is finished")
+            else:
+                reasons.append(f"{tag}: optimum not resolved (tie set {list(e['resolution']['tie_set'])})")
         if e["at_edge"]:
             reasons.append(f"{tag}: optimum at the edge of the width grid")
     seeds = sorted({s for e in entries for s in e["seed_optima"]}, key=int)
@@ -695,11 +698,14 @@ def main(argv: list[str]) -> int:
         return 1
     for e in result["entries"]:
         o = e["optimum"]
-        state = "complete" if e["complete"] else f"{e['n_remaining']} searches left"
+        state = "complete" if e["complete"] else (
+            "not run yet" if not e["n_saes_trained"] else f"{e['n_remaining']} searches left")
         if o is None:
             print(f"eps={e['epsilon']:g}: no optimum yet ({state})")
         else:
-            verdict = "resolved" if o["resolved"] else f"not resolved, tie set {list(o['tie_set'])}"
+            verdict = "resolved" if o["resolved"] else (
+                "provisional" if o.get("provisional") and len(o["tie_set"]) == 1
+                else f"not resolved, tie set {list(o['tie_set'])}")
             print(f"eps={e['epsilon']:g}: optimum width {o['width']} ({verdict}), DL* {o['dl_bits']:.2f} "
                   f"bits, L0 {o['l0']:.2f}{', at the grid edge' if e['at_edge'] else ''} ({state})")
     for q, f in result["fits"].items():

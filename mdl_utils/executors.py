@@ -33,57 +33,24 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "Executor",
     "SerialExecutor",
     "RayExecutor",
-    "TrainedPayload",
     "TaskFailedError",
     "Task",
     "Progress",
     "make_executor",
     "executor_from_args",
     "add_executor_args",
-    "train_payload",
 ]
 
 
 class TaskFailedError(RuntimeError):
     """A training failed (an error in the training itself, or a worker lost more often than
     Ray retries); the message names the configuration."""
-
-
-@dataclass
-class TrainedPayload:
-    """What a training returns to the driver: the SAE, its history, its results row and the
-    device it trained on. Everything here is plain data (picklable), so it crosses processes."""
-
-    sae: Any
-    history: Any
-    row: dict[str, Any]
-    device: str
-
-
-def train_payload(config: Any, data: Any, threads: int | None = None) -> TrainedPayload:
-    """Train ``config`` on ``data`` (a :class:`mdl_utils.sweep.SweepData`) and evaluate it,
-    writing nothing to disk. ``threads``: torch CPU threads for this training (restored)."""
-    import torch
-
-    from mdl_utils.sweep import _result_row, config_key
-    from mdl_utils.train import resolve_device, train_sae
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        sae, history = train_sae(config, data.train, data.val)
-        row = _result_row(config, config_key(config, data.fingerprint), sae, history, data)
-    finally:
-        torch.set_num_threads(previous)
-    return TrainedPayload(sae=sae.cpu(), history=history, row=row, device=str(resolve_device(config.device)))
 
 
 class Task:

@@ -127,11 +127,11 @@ def provenance(started: float) -> dict[str, Any]:
 
 def write_results(path: str | os.PathLike[str], payload: dict[str, Any], *, indent: int = 2) -> None:
     """Write a job's JSON results atomically (a reader never sees half a file)."""
-    from mdl_utils.sae import _atomic_write_text
+    from mdl_utils.io import atomic_write_text
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(target, json.dumps(payload, indent=indent))
+    atomic_write_text(target, json.dumps(payload, indent=indent))
 
 
 def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str) -> dict[str, Any]:

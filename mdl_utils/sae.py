@@ -32,7 +32,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["BatchTopKSAE", "batch_topk", "n_kept", "check_sae_shape", "SAE_FORMAT_VERSION"]
+from mdl_utils.io import atomic_write_text
+
+__all__ = ["BatchTopKSAE", "batch_topk", "n_kept", "check_sae_shape", "sorted_csr", "sparse_decode",
+           "SAE_FORMAT_VERSION"]
 
 #: Bumped whenever the saved layout or the meaning of a saved field changes.
 SAE_FORMAT_VERSION = 1
@@ -61,7 +64,7 @@ def n_kept(k: float, batch_size: int) -> int:
     return int(math.floor(k * batch_size + 0.5))
 
 
-def _csr(rows_N: Tensor, cols_N: Tensor, values_N: Tensor, shape: tuple[int, int]) -> Tensor:
+def sorted_csr(rows_N: Tensor, cols_N: Tensor, values_N: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR matrix from entries sorted by row (``rows_N`` non-decreasing)."""
     counts = torch.bincount(rows_N, minlength=shape[0])
     crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows_N.device)
@@ -76,7 +79,7 @@ def sparse_decode(rows_N: Tensor, cols_N: Tensor, values_N: Tensor, W_dec_FD: Te
     """``acts_BF @ W_dec_FD`` for a sparse ``acts_BF`` given as row-sorted entries (no bias)."""
     if rows_N.numel() == 0:
         return W_dec_FD.new_zeros(n_rows, W_dec_FD.shape[1])
-    return _csr(rows_N, cols_N, values_N, (n_rows, W_dec_FD.shape[0])) @ W_dec_FD
+    return sorted_csr(rows_N, cols_N, values_N, (n_rows, W_dec_FD.shape[0])) @ W_dec_FD
 
 
 def batch_topk(pre_BF: Tensor, k: float, *, lower_bound: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -251,7 +254,7 @@ class BatchTopKSAE(nn.Module):
             "config": self.config(),
             "metadata": self.metadata,
         }
-        _atomic_write_text(json_path, json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write_text(json_path, json.dumps(meta, indent=2, sort_keys=True))
         return weights_path, json_path
 
     @classmethod
@@ -273,17 +276,3 @@ class BatchTopKSAE(nn.Module):
         sae.load_state_dict(load_file(str(weights_path)))
         sae.metadata = meta.get("metadata", {})
         return sae.to(device)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

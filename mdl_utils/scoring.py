@@ -44,7 +44,7 @@ import torch
 
 from mdl_utils.activations import ActivationFile, open_activations
 from mdl_utils.checkpoints import FORMATS, LoadedSAE, load_sae
-from mdl_utils.dl import dl_upper_bound, n_bins
+from mdl_utils.dl import codes_in_bins, dl_upper_bound, entropies_from_counts, n_bins, widths_from_max
 from mdl_utils.protocol import REL_BAND, ContinuousPrecision, bisect_precision
 
 __all__ = ["Tolerance", "ScoreResult", "score", "parse_tolerance", "main"]
@@ -240,30 +240,16 @@ def _encode_pass(sae: LoadedSAE, acts: ActivationFile, chunk_size: int, progress
     return _Latents(chunks, feature_max, feature_count, nnz), sse, sum_x, sum_x2
 
 
-def _widths(feature_max: np.ndarray, bits: float) -> np.ndarray:
-    """Per-feature bin widths ``max_i / 2**bits``, exactly as :func:`mdl_utils.dl.bin_widths`."""
-    if float(bits).is_integer():
-        return np.ldexp(feature_max, -int(bits))
-    return feature_max * 2.0 ** -float(bits)
-
-
-def _codes(vals: np.ndarray, cols: np.ndarray, widths: np.ndarray, bits: float) -> np.ndarray:
-    """Codes >= 1 of non-zero values: bin k covers ((k-1) w, k w] (as :func:`mdl_utils.dl.quantize`)."""
-    codes = np.ceil(vals.astype(np.float64) / widths[cols])
-    np.clip(codes, 1.0, float(n_bins(bits)), out=codes)
-    return codes
-
-
 @torch.no_grad()
 def _quantised_mse(sae: LoadedSAE, acts: ActivationFile, lat: _Latents, bits: float, chunk_size: int,
                    progress: bool) -> float:
-    widths = _widths(lat.feature_max, bits)
+    widths = widths_from_max(lat.feature_max, bits)
     sse = 0.0
     with _bar(acts.n_samples, f"quantised at {bits:.3f} bits", progress) as bar:
         for start, indptr, cols, vals in lat.chunks:
             block = acts.read(start, start + len(indptr) - 1)
             x = torch.from_numpy(block)
-            centres = (_codes(vals, cols, widths, bits) - 0.5) * widths[cols]
+            centres = (codes_in_bins(vals, cols, widths, bits) - 0.5) * widths[cols]
             x_hat = sae.decode_sparse(torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)),
                                       torch.from_numpy(centres.astype(np.float32)), sae.context(x))
             sse += float((x_hat - x).pow(2).sum(dtype=torch.float64))
@@ -275,25 +261,18 @@ def _description_length(lat: _Latents, n_samples: int, width: int, bits: float) 
     """DL in bits per sample: sum over features of the entropy of their codes, zero included
     (the count of :func:`mdl_utils.dl.description_length`, accumulated chunk by chunk)."""
     radix = n_bins(bits) + 1
-    widths = _widths(lat.feature_max, bits)
+    widths = widths_from_max(lat.feature_max, bits)
     keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     for _, _, cols, vals in lat.chunks:
         if vals.size == 0:
             continue
-        k = cols.astype(np.int64) * radix + _codes(vals, cols, widths, bits).astype(np.int64)
+        k = cols.astype(np.int64) * radix + codes_in_bins(vals, cols, widths, bits)
         k_unique, k_counts = np.unique(k, return_counts=True)
         merged = np.concatenate([keys, k_unique])
         weights = np.concatenate([counts, k_counts])
         keys, inverse = np.unique(merged, return_inverse=True)
         counts = np.bincount(inverse, weights=weights).astype(np.int64)
-    feature = keys // radix
-    p = counts / n_samples
-    entropy = np.bincount(feature, weights=-p * np.log2(p), minlength=width).astype(np.float64)
-    n_zero = n_samples - lat.feature_count
-    has_zero = n_zero > 0
-    p_zero = n_zero[has_zero] / n_samples
-    entropy[has_zero] -= p_zero * np.log2(p_zero)
-    return float(entropy.sum())
+    return float(entropies_from_counts(n_samples, keys // radix, counts, lat.feature_count).sum())
 
 
 # --------------------------------------------------------------------------------------------

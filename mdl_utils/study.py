@@ -68,17 +68,16 @@ from mdl_utils.protocol import (
     resolve_optimum,
     two_part_bits,
 )
-from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
+from mdl_utils.io import atomic_write_text
+from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.executors import (
     Executor,
     Progress,
     SerialExecutor,
     Task,
     TaskFailedError,
-    TrainedPayload,
     add_executor_args,
     executor_from_args,
-    train_payload,
 )
 from mdl_utils.sweep import (
     DataSpec,
@@ -87,8 +86,10 @@ from mdl_utils.sweep import (
     load_cached,
     load_cached_sae,
     prepare_data,
+    TrainedPayload,
     store_trained,
     train_cached,
+    train_payload,
 )
 from mdl_utils.train import TrainConfig, resolve_device
 
@@ -185,7 +186,7 @@ def _write_rows(out: Path, width: int, rows: list[dict[str, Any]]) -> None:
     path = _rows_path(out, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sorted(rows, key=lambda r: (r["seed"], r["k_index"]))
-    _atomic_write_text(path, json.dumps(ordered, indent=1))
+    atomic_write_text(path, json.dumps(ordered, indent=1))
 
 
 def _sae_stem(out: Path, width: int, seed: int, *, pending: bool = False) -> Path:

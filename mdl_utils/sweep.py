@@ -75,12 +75,11 @@ from mdl_utils.executors import (
     Executor,
     SerialExecutor,
     TaskFailedError,
-    TrainedPayload,
     add_executor_args,
     executor_from_args,
-    train_payload,
 )
-from mdl_utils.sae import BatchTopKSAE, _atomic_write_text
+from mdl_utils.io import atomic_write_text
+from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.train import TrainConfig, evaluate_sae
 
 __all__ = [
@@ -97,6 +96,9 @@ __all__ = [
     "config_key",
     "train_cached",
     "store_trained",
+    "result_row",
+    "TrainedPayload",
+    "train_payload",
     "search_k_for_target",
     "run_sweep",
     "main",
@@ -343,7 +345,7 @@ def config_key(config: TrainConfig, fingerprint: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _result_row(config: TrainConfig, key: str, sae: BatchTopKSAE, history: Any, data: SweepData) -> dict[str, Any]:
+def result_row(config: TrainConfig, key: str, sae: BatchTopKSAE, history: Any, data: SweepData) -> dict[str, Any]:
     metrics = {name: evaluate_sae(sae, data.split(name), batch_size=config.eval_batch_size, name=name)
                for name in ("train", "val", "test") if name != "test" or data.test is not None}  # fmt: skip
     test = metrics.get("test")
@@ -365,6 +367,36 @@ def _result_row(config: TrainConfig, key: str, sae: BatchTopKSAE, history: Any, 
         "train_seconds": history.seconds,
         "key": key,
     }
+
+
+@dataclass
+class TrainedPayload:
+    """What a training returns to the driver: the SAE, its history, its results row and the
+    device it trained on. Everything here is plain data (picklable), so it crosses processes."""
+
+    sae: Any
+    history: Any
+    row: dict[str, Any]
+    device: str
+
+
+def train_payload(config: Any, data: Any, threads: int | None = None) -> TrainedPayload:
+    """Train ``config`` on ``data`` (a :class:`SweepData`) and evaluate it,
+    writing nothing to disk. ``threads``: torch CPU threads for this training (restored)."""
+    import torch
+
+    from mdl_utils.train import resolve_device, train_sae
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        sae, history = train_sae(config, data.train, data.val)
+        row = result_row(config, config_key(config, data.fingerprint), sae, history, data)
+    finally:
+        torch.set_num_threads(previous)
+    return TrainedPayload(sae=sae.cpu(), history=history, row=row, device=str(resolve_device(config.device)))
+
 
 
 def _check_entry(entry: dict[str, Any], config: TrainConfig, fingerprint: str, entry_dir: Path) -> None:
@@ -435,7 +467,7 @@ def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathL
     """Train ``config`` on ``data`` unless its cache entry exists; return its results row.
 
     ``trainer`` runs the training elsewhere (e.g. on a Ray worker, see
-    :mod:`mdl_utils.executors`) and returns a :class:`~mdl_utils.executors.TrainedPayload`;
+    :mod:`mdl_utils.executors`) and returns a :class:`TrainedPayload`;
     by default it runs here. Either way only this process writes the cache, with
     :func:`store_trained`.
     """
@@ -473,7 +505,7 @@ def store_trained(cache_dir: str | os.PathLike[str], config: TrainConfig, finger
             "row": row,
             "history": history.to_dict(),
         }
-        _atomic_write_text(tmp / "entry.json", json.dumps(entry, indent=2, sort_keys=True))
+        atomic_write_text(tmp / "entry.json", json.dumps(entry, indent=2, sort_keys=True))
         _fsync_dir(tmp)
         try:
             os.replace(tmp, cache_dir / key)
@@ -645,11 +677,11 @@ def _table_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def _write_tables(out_dir: Path, rows: list[dict[str, Any]], targets: list[dict[str, Any]], extra: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = RESULT_COLUMNS + [c for c in extra if c not in RESULT_COLUMNS]
-    _atomic_write_text(out_dir / "results.csv", _table_text(rows, columns))
-    _atomic_write_text(out_dir / "results.json", json.dumps(rows, indent=1))
+    atomic_write_text(out_dir / "results.csv", _table_text(rows, columns))
+    atomic_write_text(out_dir / "results.json", json.dumps(rows, indent=1))
     if targets:
-        _atomic_write_text(out_dir / "targets.csv", _table_text(targets, TARGET_COLUMNS))
-        _atomic_write_text(out_dir / "targets.json", json.dumps(targets, indent=1))
+        atomic_write_text(out_dir / "targets.csv", _table_text(targets, TARGET_COLUMNS))
+        atomic_write_text(out_dir / "targets.json", json.dumps(targets, indent=1))
 
 
 def run_sweep(config: SweepConfig, data: SweepData | None = None, *, executor: Executor | None = None) -> SweepResult:
@@ -688,12 +720,14 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None, *, executor: E
         rows.append({**row, **{n: point[n] for n in extra}})
         _write_tables(config.out_dir, rows, targets, extra)
 
-    trainer = None
+    trainer: Callable[[TrainConfig], TrainedPayload] | None = None
     if not isinstance(executor, SerialExecutor):
         data_ref = executor.put(data)
 
-        def trainer(cfg: TrainConfig) -> TrainedPayload:
+        def remote(cfg: TrainConfig) -> TrainedPayload:
             return executor.run(train_payload, cfg, data_ref)
+
+        trainer = remote
 
     try:
         previous_k: dict[Any, float] = {}

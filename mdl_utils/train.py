@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mdl_utils.sae import BatchTopKSAE, _csr, batch_topk, check_sae_shape, n_kept, sparse_decode
+from mdl_utils.sae import BatchTopKSAE, batch_topk, check_sae_shape, n_kept, sorted_csr, sparse_decode
 
 __all__ = [
     "TrainConfig",
@@ -427,14 +427,14 @@ def _sparse_backward(
     if rows.numel() == 0:
         zeros = torch.zeros_like(W_dec_FD)
         return zeros, W_dec_FD.new_zeros(width), zeros.clone(), W_dec_FD.new_zeros(W_dec_FD.shape[1])
-    pattern = _csr(rows, cols, torch.zeros_like(vals), (n_batch, width))
+    pattern = sorted_csr(rows, cols, torch.zeros_like(vals), (n_batch, width))
     # dL/dA at the kept entries: <g_b, W_dec_f>, a sampled dense-dense product.
     g_vals = torch.sparse.sampled_addmm(pattern, g_BD, W_dec_FD.T).values()
     g_vals = g_vals * (vals > 0)  # relu passes gradient only where the activation is positive
     order = torch.argsort(cols, stable=True)
     cols_sorted, rows_by_col = cols[order], rows[order]
-    dW_dec = _csr(cols_sorted, rows_by_col, vals[order], (width, n_batch)) @ g_BD
-    dW_enc = _csr(cols_sorted, rows_by_col, g_vals[order], (width, n_batch)) @ x_BD
+    dW_dec = sorted_csr(cols_sorted, rows_by_col, vals[order], (width, n_batch)) @ g_BD
+    dW_enc = sorted_csr(cols_sorted, rows_by_col, g_vals[order], (width, n_batch)) @ x_BD
     dc = torch.zeros(width, dtype=g_vals.dtype, device=g_vals.device).index_add_(0, cols_sorted, g_vals[order])
     return dW_enc, dc, dW_dec, W_dec_FD.new_zeros(W_dec_FD.shape[1])
 

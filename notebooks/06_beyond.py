@@ -170,6 +170,13 @@ plots.label(ax, title="DL of each width's selected SAEs as the tolerance varies"
             xlabel="tolerance (test MSE per pixel, log scale)", ylabel="DL (bits per test digit)")
 
 # %% [markdown]
+# These are *fixed* SAEs, each chosen (its k) to be as short as possible at $\epsilon$. Read
+# at a tighter tolerance, an SAE is pushed towards its unquantised MSE, where the precision it
+# needs, and so its DL, climbs steeply; how close each SAE sits to that wall depends on where
+# its search over k stopped. A crossing just below $\epsilon$ therefore says as much about the
+# selection as about the dictionaries. At looser tolerances every SAE has room to spare, and
+# a crossing there is a statement about the dictionaries themselves.
+#
 # At each tolerance, the difference of two widths' seed-mean DLs is compared with twice its
 # standard error over seeds. A crossing *survives* when one width is shorter by more than that
 # at one tolerance and the other width at a later one; crossings of the mean curves that do
@@ -211,7 +218,9 @@ for e in entries:
     if o is None:
         table.append([f"{e['epsilon']:g}", e["n_saes_trained"], state, None, None, None, None, None])
         continue
-    verdict = "resolved" if o["resolved"] else "tie set " + ", ".join(str(w) for w in o["tie_set"])
+    verdict = "resolved" if o["resolved"] else (
+        "provisional (study unfinished)" if o.get("provisional") and len(o["tie_set"]) == 1
+        else "tie set " + ", ".join(str(w) for w in o["tie_set"]))
     spread = "" if o["seed_std"] is None else f" +/- {o['seed_std']:.2f}"
     table.append([f"{e['epsilon']:g}", e["n_saes_trained"], state, o["width"], verdict,
                   f"{o['dl_bits']:.2f}{spread}", f"{o['l0']:.2f}", "yes" if e["at_edge"] else "no"])

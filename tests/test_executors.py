@@ -28,7 +28,7 @@ from mdl_utils.executors import (
     executor_from_args,
     make_executor,
 )
-from mdl_utils.study import StudySettings, load_rows, run_study
+from mdl_utils.study import load_rows, run_study
 from mdl_utils.sweep import DataSpec, SweepConfig, SweepData, TargetSpec, run_sweep
 from test_study import SETTINGS as STUDY_SETTINGS
 from test_study import _data as study_data
