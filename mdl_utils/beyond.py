@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from mdl_utils.protocol import optimum_index
+
 __all__ = [
     "CURVE_BITS",
     "EPSILONS",
@@ -315,7 +317,7 @@ def epsilon_optimum(payload: dict[str, Any]) -> dict[str, Any] | None:
     measured = _measured(payload)
     if not measured:
         return None
-    best = min(measured, key=lambda r: (r["dl_bits"], r["width"]))
+    best = measured[optimum_index([r["dl_bits"] for r in measured], [r["width"] for r in measured])]  # type: ignore[index]
     widths = [r["width"] for r in measured]
     swept = sorted(r["width"] for r in payload["rows"])
     return {

@@ -70,6 +70,7 @@ from mdl_utils.models import (
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
+from mdl_utils.protocol import optimum_index
 from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.sweep import DataSpec, SweepData, load_cached_sae, prepare_data, train_cached
 from mdl_utils.train import TrainConfig
@@ -487,8 +488,8 @@ def _save_compact(sae: BatchTopKSAE, path: Path) -> BatchTopKSAE:
 
 
 def _optimum(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    measured = [r for r in rows if r.get("dl_bits") is not None]
-    return min(measured, key=lambda r: (r["dl_bits"], r["width"])) if measured else None
+    best = optimum_index([r.get("dl_bits") for r in rows], [r["width"] for r in rows])
+    return None if best is None else rows[best]
 
 
 def run_downstream(

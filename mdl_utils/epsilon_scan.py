@@ -51,6 +51,7 @@ from mdl_utils.protocol import (
     continuous_precision,
     index_of_k,
     k_of_index,
+    optimum_index,
     reconstruction_mse,
     sparse_latents,
 )
@@ -243,7 +244,7 @@ def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, 
                 cands.append((s["dl_bits"], entry["width"], s))
         if not cands:
             continue
-        dl, width, s = min(cands, key=lambda c: (c[0], c[1]))
+        dl, width, s = cands[optimum_index([c[0] for c in cands], [c[1] for c in cands])]  # type: ignore[index]
         reach = sorted(c[1] for c in cands)
         out[str(seed)] = {"width": width, "dl_bits": dl, "l0": s["l0"], "k": s["k"],
                           "at_edge": width in (reach[0], reach[-1]) or width in (min(settings.widths),
@@ -678,6 +679,11 @@ def main(argv: list[str]) -> int:
         ref = cache_dir() / "mnist-mdl" / "quick"
     eps = args.epsilons or (EPSILONS if args.profile == "full" else QUICK_EPSILONS)
     seeds = None if args.profile == "full" else QUICK_SEEDS
+    import torch
+
+    # One thread by default, as the study's jobs: float sums then do not depend on the core
+    # count, so the curves and allocations reproduce exactly on another machine.
+    torch.set_num_threads(args.threads)
     try:
         if args.summary_only:
             result = summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mdl_utils.mdl import evaluate_mdl, regime_points
+from mdl_utils.protocol import optimum_index
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
 from mdl_utils.sae import BatchTopKSAE
@@ -168,7 +169,8 @@ def run_mnist_sweep(
             stored = evaluate_mdl(reloaded, x_test, epsilon=settings.epsilon)
             points[name] = {"width": width, "path": f"saes/{name}", "stored": stored.to_dict()}
 
-    optimum = min(measured, key=lambda r: (r["dl_bits"], r["width"])) if measured else None
+    best = optimum_index([r["dl_bits"] for r in measured], [r["width"] for r in measured])
+    optimum = None if best is None else measured[best]
     payload = {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": asdict(settings),

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mdl_utils.dl import description_length, effective_precision
+from mdl_utils.protocol import optimum_index
 from mdl_utils.sae import BatchTopKSAE
 
 __all__ = [
@@ -129,10 +130,11 @@ def mdl_optimal(evaluations: Sequence[MDLEvaluation]) -> int:
     Raises:
         ValueError: no evaluation has ``mse_quantised <= epsilon``.
     """
-    within = [i for i, e in enumerate(evaluations) if e.mse_quantised <= e.epsilon]
-    if not within:
+    best = optimum_index([e.dl_bits if e.mse_quantised <= e.epsilon else None for e in evaluations],
+                         [e.width for e in evaluations])
+    if best is None:
         raise ValueError("no SAE reaches the tolerance: there is no epsilon-MDL-optimal SAE")
-    return min(within, key=lambda i: (evaluations[i].dl_bits, evaluations[i].width))
+    return best
 
 
 def regime_points(widths: Sequence[int], dl_bits: Sequence[float]) -> dict[str, int]:
@@ -145,7 +147,8 @@ def regime_points(widths: Sequence[int], dl_bits: Sequence[float]) -> dict[str, 
     if len(widths) != len(dl_bits) or not widths:
         raise ValueError("widths and dl_bits must be non-empty and of the same length")
     order = sorted(range(len(widths)), key=lambda i: widths[i])
-    b = min(order, key=lambda i: (dl_bits[i], widths[i]))
+    b = optimum_index(dl_bits, widths)
+    assert b is not None
     narrow = order[: order.index(b) + 1]  # from the narrowest up to B
     d = narrow[0]
     target = 0.5 * (np.log2(widths[d]) + np.log2(widths[b]))

@@ -61,6 +61,7 @@ __all__ = [
     "WidthSummary",
     "Resolution",
     "resolve_optimum",
+    "optimum_index",
 ]
 
 #: Every compared SAE's quantised MSE lies in ``[(1 - REL_BAND) * eps, eps]``.
@@ -582,6 +583,18 @@ class Resolution:
         return out
 
 
+def optimum_index(dl_bits: Sequence[float | None], widths: Sequence[int]) -> int | None:
+    """The epsilon-MDL rule, written once: the index of the smallest DL, ties to the narrower
+    width, among the entries that have a DL (None: the SAE misses the tolerance).
+
+    Returns None when no entry has a DL. Every selection in the library goes through it.
+    """
+    if len(dl_bits) != len(widths):
+        raise ValueError(f"dl_bits and widths differ in length ({len(dl_bits)} and {len(widths)})")
+    have = [i for i, v in enumerate(dl_bits) if v is not None]
+    return min(have, key=lambda i: (dl_bits[i], widths[i])) if have else None
+
+
 def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Resolution:
     """Decide whether the width with the smallest mean DL* is distinguishable from the rest.
 
@@ -605,7 +618,7 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
             raise ValueError(f"width {s.width} has no measured seed")
     rel = [s.seed_std / s.mean for s in summaries if s.seed_std is not None and s.mean > 0]
     pooled = float(np.sqrt(np.mean(np.square(rel)))) if rel else None
-    best = min(summaries, key=lambda s: (s.mean, s.width))
+    best = summaries[optimum_index([s.mean for s in summaries], [s.width for s in summaries])]  # type: ignore[index]
 
     def seed_var(s: WidthSummary) -> float:
         std = s.seed_std

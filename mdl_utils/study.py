@@ -65,6 +65,7 @@ from mdl_utils.protocol import (
     k_of_index,
     measure_sae,
     next_k_index,
+    optimum_index,
     resolve_optimum,
     two_part_bits,
 )
@@ -304,7 +305,8 @@ def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> lis
             dl_star[w] = _search_state(rows, w, seed)[best]
     if not dl_star:
         return []
-    opt = min(dl_star, key=lambda w: (dl_star[w], w))
+    widths = sorted(dl_star)
+    opt = widths[optimum_index([dl_star[w] for w in widths], widths)]  # type: ignore[index]
     fills = []
     for w in (int(round(opt / math.sqrt(2))), int(round(opt * math.sqrt(2)))):
         if min(settings.widths) < w < max(settings.widths) and w not in settings.widths:

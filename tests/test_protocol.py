@@ -212,3 +212,13 @@ def test_measure_sae_on_the_identity_sae(identity_sae):
     # A tighter tolerance costs more bits, a looser one fewer.
     assert m.dl_at["9.8e-05"] > m.dl_bits > m.dl_at["0.0002"]
     assert len(m.boot) == 5
+
+
+def test_optimum_rule_is_smallest_dl_then_narrowest_and_skips_misses():
+    from mdl_utils.protocol import optimum_index
+
+    assert optimum_index([5.0, None, 3.0, 3.0], [8, 4, 32, 16]) == 3  # tie at 3.0: width 16 < 32
+    assert optimum_index([None, None], [8, 16]) is None
+    assert optimum_index([], []) is None
+    with pytest.raises(ValueError, match="differ in length"):
+        optimum_index([1.0], [8, 16])
