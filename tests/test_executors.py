@@ -218,3 +218,24 @@ def test_the_serial_executor_runs_at_submit_and_hands_back_errors():
     with pytest.raises(ZeroDivisionError):
         ex.result(failing)
     assert ex.capacity == 1 and ex.run(max, 3, 7) == 7
+
+
+def test_an_epsilon_scan_runs_its_tolerances_side_by_side_and_writes_the_serial_rows(tmp_path, ray2):
+    from mdl_utils.epsilon_scan import run_epsilon_scan
+
+    data = _data()
+    kwargs = dict(epsilons=(SMALL.epsilon, 2 * SMALL.epsilon), progress=False, data=data, curves=False)
+    serial = run_epsilon_scan(SMALL, tmp_path / "serial", cache=tmp_path / "cache-serial", **kwargs)
+    parallel = run_epsilon_scan(SMALL, tmp_path / "ray", cache=tmp_path / "cache-ray", executor=ray2, **kwargs)
+    folders = sorted(p.name for p in (tmp_path / "serial").glob("eps-*"))
+    assert len(folders) == 2 and folders == sorted(p.name for p in (tmp_path / "ray").glob("eps-*"))
+    for folder in folders:
+        for path in sorted((tmp_path / "serial" / folder / "rows").glob("*.json")):
+            other = tmp_path / "ray" / folder / "rows" / path.name
+            assert _without_times(json.loads(path.read_text())) == _without_times(json.loads(other.read_text()))
+    for a, b in zip(serial["entries"], parallel["entries"]):
+        a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+        for e in (a, b):
+            e.pop("training_time_s")
+        assert a == b
+    assert serial["fits"] == parallel["fits"]
