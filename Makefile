@@ -76,7 +76,9 @@ html: chapters
 book: html
 	@echo "The book is in _build/html/index.html"
 
+# pyflakes first: unused imports, undefined names and redefinitions fail the build.
 unit: $(INSTALLED)
+	python -m pyflakes mdl_utils tests benchmarks book/_ext
 	python -m pytest tests
 
 # nbval re-executes the committed references (tests/reference/, the quick-profile chapters with
