@@ -88,9 +88,9 @@ __all__ = [
 RESULTS_FORMAT_VERSION = 1
 #: Tolerances of the full scan (test MSE per pixel).
 EPSILONS: tuple[float, ...] = (0.008, 0.010, 0.0125, 0.015, 0.020, 0.030, 0.050)
-#: Tolerances of the quick profile (minutes): chapter 3's quick study and one looser tolerance,
-#: where only the first seed is trained (:data:`QUICK_SEEDS`).
+#: Tolerances of the quick profile (minutes): chapter 3's quick study and one looser tolerance.
 QUICK_EPSILONS: tuple[float, ...] = (0.015, 0.025)
+#: Seeds of the quick profile at the tolerances other than chapter 3's (one, to stay within minutes).
 QUICK_SEEDS: tuple[int, ...] = (0,)
 #: The smallest k any search may try (grid index -16).
 K_MIN = 2.0**-4
