@@ -4,7 +4,7 @@ Three questions that the discussion of Ayonrinde, Pearce and Sharkey (2024) leav
 (section 8 of the paper brief), answered on the SAEs of the chapter-3 MNIST sweep
 (:mod:`mdl_utils.experiments`):
 
-1. **Per-feature precision.** :func:`mdl_utils.dl.allocate_bits` gives each feature its own
+1. **Per-feature precision.** :func:`mdl_utils.allocation.allocate_bits` gives each feature its own
    bits; :func:`value_entropy` says how many bits a feature's values carry once it is known
    to be on (0 for a binary feature).
 2. **Rate-distortion curves.** :func:`rate_distortion_curve` measures test MSE and DL of one
@@ -74,14 +74,15 @@ def rate_distortion_curve(
     """Test MSE and DL of one SAE at each uniform precision: its rate-distortion curve.
 
     For each B in ``bits`` the latents are quantised with B bits per non-zero value
-    (:func:`mdl_utils.dl.quantize`), decoded at the bin centres, and both the reconstruction
-    MSE (per entry) and the DL (bits per sample, :func:`mdl_utils.dl.description_length`) are
+    (:func:`mdl_utils.quantize.quantize`), decoded at the bin centres, and both the reconstruction
+    MSE (per entry) and the DL (bits per sample, :func:`mdl_utils.entropy.description_length`) are
     measured.
 
     Returns:
         ``{"bits": [...], "mse": [...], "dl_bits": [...]}``, one entry per precision.
     """
-    from mdl_utils.dl import bin_widths, dequantize, description_length, quantize
+    from mdl_utils.entropy import description_length
+    from mdl_utils.quantize import bin_widths, dequantize, quantize
 
     x_np = np.asarray(x, dtype=np.float64)
     out: dict[str, list[float]] = {"bits": [], "mse": [], "dl_bits": []}
@@ -191,7 +192,7 @@ def crossing_counts(
 def value_entropy(feature_bits: Any, firing: Any) -> np.ndarray:
     """Bits a feature's value carries once it is known to be on: H(value | active).
 
-    From H(p_i) = H_b(f_i) + f_i * H(value | active) (see :func:`mdl_utils.dl.feature_entropies`),
+    From H(p_i) = H_b(f_i) + f_i * H(value | active) (see :func:`mdl_utils.entropy.feature_entropies`),
     with f_i the firing rate. 0 for a binary feature (one value); NaN for a dead one.
     """
     h = np.asarray(feature_bits, dtype=float)
@@ -261,7 +262,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
 
 
 def _allocation_summary(sae: Any, x_test: np.ndarray, epsilon: float, row: dict[str, Any]) -> dict[str, Any]:
-    from mdl_utils.dl import allocate_bits
+    from mdl_utils.allocation import allocate_bits
     from mdl_utils.mdl import decoder_fn, latents
 
     z = latents(sae, x_test)

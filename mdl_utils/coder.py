@@ -133,7 +133,7 @@ def encode_latents(codes: Any) -> EncodedLatents:
 
     Args:
         codes: (N samples, D features) non-negative integer codes, e.g. from
-            :func:`mdl_utils.dl.quantize`; dense numpy/torch or sparse.
+            :func:`mdl_utils.quantize.quantize`; dense numpy/torch or sparse.
 
     Returns:
         :class:`EncodedLatents`: the blob and the sizes of its payload, tables and header.

@@ -1,4 +1,4 @@
-"""The epsilon-MDL protocol with a downstream tolerance: SAEs judged by the model's own loss.
+"""Chapter 7: the epsilon-MDL protocol with the classifier's own loss as the tolerance.
 
 Section 4 of the paper brief, step 1, allows two tolerances. Chapter 3 uses the first
 (reconstruction MSE); this module implements the second on MNIST: the SAEs reconstruct the
@@ -6,59 +6,60 @@ first hidden layer of a small classifier (:mod:`mdl_utils.models`), and the loss
 increase of the classifier's test cross-entropy, in nats per sample, when the SAE's
 reconstruction replaces the real activations (:func:`mdl_utils.models.splice_loss`).
 
-The protocol, per tolerance epsilon, with a share ``q`` of it (default a tenth) set aside for
-quantisation:
+The protocol is chapter 3's (:mod:`mdl_utils.study`), with only the loss changed:
 
-1. for each width, :func:`search_k` trains BatchTopK SAEs (cached, through
-   :func:`mdl_utils.sweep.train_cached`) until one's unquantised test loss lands in
-   ``[band_low * (1 - q) * epsilon, (1 - q) * epsilon]``;
-2. the selected SAE's effective precision is the coarsest quantisation of its latents that
-   raises its loss by at most ``q * epsilon``, so the quantised loss stays within epsilon
-   (:func:`mdl_utils.dl.effective_precision_for_loss` for the downstream loss,
-   :func:`mdl_utils.dl.effective_precision` for MSE), and its DL is measured there;
-3. the epsilon-MDL-optimal SAE is the width with the smallest DL.
+1. for each width and seed, BatchTopK SAEs are trained to convergence on the grid
+   ``k = 2**(j/4)`` until DL against k has a bracketed minimum;
+2. each SAE's precision is the continuous one at which its *quantised* loss sits at the
+   tolerance (within :data:`mdl_utils.protocol.REL_BAND` below it), found by bisection; the
+   DL is measured there. So the quantisation reserve is the one chapter 3 uses: whatever the
+   unquantised SAE leaves of the tolerance;
+3. DL* of a (width, seed) is the minimum over k; the optimum is the width with the smallest
+   mean DL*, called resolved only when every other width is longer by more than the combined
+   uncertainty (seeds and test-digit bootstrap, :func:`mdl_utils.protocol.resolve_optimum`).
 
-Why a fixed quantisation budget rather than "quantised loss <= epsilon": an SAE that lands at
-the top of the search band would otherwise have almost no room for quantisation and one at the
-bottom a lot, so the effective precision, and with it the DL, would depend on where in the
-band the search happened to stop. The cross-entropy increase is noisy enough (a few
-thousandths of a nat between SAEs trained at neighbouring k) that this decides the optimum.
+It runs twice on the same activations: under the cross-entropy tolerance ``epsilon_ce``,
+and under an MSE tolerance *calibrated to be equally strict*: ``epsilon_mse`` is the median,
+over widths, of the quantised test MSE of the SAEs the cross-entropy protocol selected for
+the first seed. The rule is fixed here; the value is computed once, written to
+``calibration.json`` and never recomputed, so later seeds cannot move it. Each SAE is
+measured under both losses (:class:`DownstreamMeasure`), so the chapter can show the harm an
+MSE-selected SAE does to the classifier. An SAE trained for one arm is reused by the other
+from the cache when the search asks for the same (width, k, seed).
 
-:func:`run_downstream` does this under the cross-entropy tolerance and, on the same
-activations, under an MSE tolerance *calibrated to be equally strict*: ``(1 - q) * epsilon_MSE``
-is the median test MSE of the SAEs the cross-entropy search selected. The two selections then demand
-the same fidelity in the typical case, and differ only in which errors they count.
+Work is ordered so that a partial run is the most useful part of the whole: the first seed
+under cross-entropy, the calibration, the first seed under MSE, then the other seeds of each.
 
 Command line (resumable: rerun after an interruption; progress on stderr)::
 
-    python -m mdl_utils.downstream --profile full [--out results/full/downstream] [--threads 1]
+    python -m mdl_utils downstream --profile full [--out results/full/downstream]
+        [--budget-hours H] [--workers N | --ray-address HOST:PORT] [--summary-only]
 
-Output folder: ``downstream.json`` (settings, provenance, the classifier's metrics, one row
-per width and tolerance, the optima), ``classifier.safetensors`` + ``.json`` (float32), and
-``saes/<tolerance>.safetensors`` + ``.json`` (float16) for the two optima, whose rows
-``stored`` are measured again from the saved weights so that a test can reproduce them.
+Output folder: ``downstream.json`` (settings, classifier metrics, calibration, both arms'
+summaries, the verdicts, provenance), ``classifier.safetensors`` + ``.json`` (float32),
+``calibration.json``, and for each arm ``ce/`` and ``mse/`` a study folder (``rows/``,
+``saes/`` with every (width, seed)'s DL-optimal SAE in float16, ``summary.json``).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mdl_utils.dl import description_length, effective_precision, effective_precision_for_loss
-from mdl_utils.mdl import MDLEvaluation, decoder_fn, evaluate_mdl, latents
+from mdl_utils.entropy import description_length
+from mdl_utils.executors import Executor, SerialExecutor, add_executor_args, executor_from_args
+from mdl_utils.io import atomic_write_text
 from mdl_utils.models import (
     ClassifierConfig,
     MLPClassifier,
@@ -70,49 +71,65 @@ from mdl_utils.models import (
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
-from mdl_utils.protocol import optimum_index
+from mdl_utils.protocol import (
+    REL_BAND,
+    ContinuousPrecision,
+    bisect_precision,
+    bootstrap_dl,
+    sparse_decode,
+    measure_sae,
+    quantised_latents,
+    saebench_dl,
+    sparse_latents,
+)
 from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.sweep import DataSpec, SweepData, load_cached_sae, prepare_data, train_cached
-from mdl_utils.train import TrainConfig
+from mdl_utils.study import RECIPE, StudySettings, load_rows, load_selected_sae, run_study, summarise
+from mdl_utils.sweep import DataSpec, SweepData, prepare_data
+from mdl_utils import verdicts as V
 
 __all__ = [
     "DownstreamSettings",
-    "DownstreamEvaluation",
+    "DownstreamMeasure",
     "settings_for",
     "activation_data",
-    "search_k",
-    "sae_reconstruction",
-    "evaluate_downstream",
-    "evaluate_mse",
+    "measure_downstream",
     "precision_curve",
+    "calibrate_epsilon_mse",
+    "downstream_verdicts",
     "run_downstream",
+    "summarise_downstream",
     "load_downstream",
+    "load_arm_sae",
     "main",
+    "RESULTS_FORMAT_VERSION",
+    "ARMS",
+    "EXTRA_FIELDS",
 ]
 
-RESULTS_FORMAT_VERSION = 1
+RESULTS_FORMAT_VERSION = 2
+
+#: The two arms: the tolerance on the classifier's cross-entropy, and the calibrated MSE one.
+ARMS: tuple[str, ...] = ("ce", "mse")
+
+#: Cross-entropy readings copied from each selected SAE's row into the arm's summary.
+EXTRA_FIELDS: tuple[str, ...] = ("ce_increase", "ce_increase_quantised", "mse_quantised", "accuracy_spliced",
+                                 "ce_clean")
 
 
 @dataclass(frozen=True)
 class DownstreamSettings:
-    """What the downstream-tolerance experiment trains and how it selects SAEs.
+    """What the downstream-tolerance study trains and how it selects SAEs.
 
     Attributes:
-        classifier: the MNIST classifier whose first hidden layer the SAEs reconstruct.
         n_train: training digits whose activations train the SAEs (first n; ``None`` = all
             60,000); a tenth is held out as the validation split for early stopping.
         n_test: test digits on which losses and DL are measured (``None`` = all 10,000).
-        widths: SAE widths, narrow to wide.
-        epsilon_ce: the downstream tolerance, increase of test cross-entropy (nats per sample).
-        quantisation_share: the share q of each tolerance set aside for quantising the latents:
-            the search aims the unquantised loss at ``(1 - q) * eps`` and the effective
-            precision may add at most ``q * eps``.
-        band_low: a search hits when the unquantised loss lies in ``[band_low, 1] * (1 - q) * eps``.
-        max_epochs, patience, batch_size: SAE training (epochs, early-stopping patience, samples).
-        max_trials: trainings per width and tolerance in the search over k.
-        k_start: the first k tried at the narrowest width (later widths start at the previous
-            width's result).
-        seed: SAE training seed.
+        widths: the doubling grid of SAE widths.
+        classifier: the MNIST classifier whose first hidden layer the SAEs reconstruct
+            (trained on all 60,000 training digits in every profile).
+        epsilon_ce: the downstream tolerance, increase of test cross-entropy (nats per digit).
+        seeds, k_start, fill_widths, n_boot, reread, max_trainings_per_search, train: as in
+            :class:`mdl_utils.study.StudySettings` (the same protocol and recipe).
     """
 
     n_train: int | None
@@ -120,84 +137,53 @@ class DownstreamSettings:
     widths: tuple[int, ...]
     classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=10))
     epsilon_ce: float = 0.03
-    quantisation_share: float = 0.1
-    band_low: float = 0.9
-    max_epochs: int = 20
-    patience: int = 3
-    batch_size: int = 256
-    max_trials: int = 6
-    k_start: float = 24.0
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    k_start: float = 16.0
+    fill_widths: bool = True
+    n_boot: int = 200
+    reread: tuple[float, ...] = (0.98, 1.02)
+    max_trainings_per_search: int = 12
+    train: dict[str, Any] = field(default_factory=lambda: dict(RECIPE))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
         if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive integers, got {self.widths!r}")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one training seed")
         if not (self.epsilon_ce > 0 and math.isfinite(self.epsilon_ce)):
-            raise ValueError(f"epsilon_ce must be positive, got {self.epsilon_ce!r}")
-        if not 0 < self.band_low < 1:
-            raise ValueError(f"band_low must lie in (0, 1), got {self.band_low!r}")
-        if not 0 < self.quantisation_share < 1:
-            raise ValueError(f"quantisation_share must lie in (0, 1), got {self.quantisation_share!r}")
+            raise ValueError(f"epsilon_ce must be positive and finite, got {self.epsilon_ce!r}")
+
+    def study(self, epsilon: float, seeds: Sequence[int] | None = None) -> StudySettings:
+        """Chapter 3's study settings for one arm at tolerance ``epsilon`` (only ``seeds``,
+        when given: the job runs the first seed of both arms before the others)."""
+        return StudySettings(
+            n_train=self.n_train, n_test=self.n_test, widths=self.widths, fill_widths=self.fill_widths,
+            epsilon=epsilon, reread=self.reread, seeds=tuple(seeds) if seeds is not None else self.seeds,
+            k_start=self.k_start, n_boot=self.n_boot, max_trainings_per_search=self.max_trainings_per_search,
+            train=dict(self.train),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["classifier"] = self.classifier.to_dict()
-        d["widths"] = list(self.widths)
+        d["widths"], d["seeds"], d["reread"] = list(self.widths), list(self.seeds), list(self.reread)
         return d
 
 
 def settings_for(profile: str) -> DownstreamSettings:
-    """Settings for a run profile: ``quick`` (about two minutes here) or ``full`` (about a quarter of an hour)."""
+    """Settings for a run profile: ``quick`` (minutes, CI) or ``full`` (paper scale: hours on a CPU)."""
     return choose(
         profile,
         quick=DownstreamSettings(
-            n_train=20_000, n_test=2_000, widths=(16, 64, 256, 1024),
-            max_epochs=10, patience=3, batch_size=128, max_trials=5,
+            n_train=10_000, n_test=2_000, widths=(32, 128, 512), seeds=(0, 1), fill_widths=False,
+            n_boot=100,
+            train={**RECIPE, "batch_size": 256, "max_epochs": 150, "patience": 3, "lr_reductions": 2,
+                   "min_rel_improvement": 2e-3, "resample_every": 5, "resample_until": 10},
         ),
-        full=DownstreamSettings(
-            n_train=None, n_test=None, widths=(16, 32, 64, 128, 256, 512, 1024),
-            max_epochs=20, patience=3, batch_size=256, max_trials=6,
-        ),
+        full=DownstreamSettings(n_train=None, n_test=None, widths=(16, 32, 64, 128, 256, 512, 1024)),
     )
-
-
-@dataclass(frozen=True)
-class DownstreamEvaluation:
-    """One SAE measured under the downstream (cross-entropy) tolerance on held-out data.
-
-    Attributes:
-        width, k: the SAE's width and training k.
-        ce_increase: increase of test cross-entropy with the unquantised reconstruction
-            spliced in (nats per sample).
-        mse: reconstruction MSE per hidden unit (unquantised).
-        bits: effective precision (bits per non-zero latent) under the tolerance.
-        ce_increase_quantised: the increase with latents quantised at ``bits``.
-        ceiling: the largest ``ce_increase_quantised`` allowed (nats per sample).
-        accuracy_spliced: test accuracy with the quantised reconstruction spliced in.
-        dl_bits: description length at ``bits`` (bits per sample).
-        l0: mean active features per sample.
-        upper_bound_bits: L0 * (bits + log2 width).
-        dead_fraction: features that never fire on the test samples.
-        epsilon: the tolerance (nats per sample).
-    """
-
-    width: int
-    k: float
-    ce_increase: float
-    mse: float
-    bits: int
-    ce_increase_quantised: float
-    ceiling: float
-    accuracy_spliced: float
-    dl_bits: float
-    l0: float
-    upper_bound_bits: float
-    dead_fraction: float
-    epsilon: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +194,7 @@ class DownstreamEvaluation:
 def activation_data(
     model: MLPClassifier, n_train: int | None, n_test: int | None, folder: str | os.PathLike[str]
 ) -> tuple[SweepData, np.ndarray]:
-    """The hidden activations of the first ``n_train`` / ``n_test`` MNIST digits, ready to sweep.
+    """The hidden activations of the first ``n_train`` / ``n_test`` MNIST digits, ready to train on.
 
     Writes them as ``train.npy`` / ``test.npy`` in ``folder`` and loads them through
     :func:`mdl_utils.sweep.prepare_data` (source ``"npy"``), which carves the validation split
@@ -235,261 +221,213 @@ def activation_data(
 
 
 # --------------------------------------------------------------------------------------------
-# The target-loss search over k, for any loss
+# One SAE measured under both losses
 # --------------------------------------------------------------------------------------------
 
 
-def search_k(
-    loss_at: Callable[[float], float],
+def _ce_of(model: MLPClassifier, sae: BatchTopKSAE, z: Any, h_ND: torch.Tensor, y: np.ndarray) -> tuple[float, float, float]:
+    """(cross-entropy increase, spliced accuracy, clean cross-entropy) for the latents ``z``."""
+    with torch.no_grad():
+        result = splice_loss(model, h_ND, sparse_decode(sae, z), y)
+    return result.ce_increase, result.accuracy_spliced, result.ce_clean
+
+
+def measure_downstream(
+    sae: BatchTopKSAE,
+    model: MLPClassifier,
+    h: Any,
+    y: Any,
     *,
-    width: int,
+    loss: str,
     epsilon: float,
-    band_low: float = 0.9,
-    k_start: float | None = None,
-    k_min: float = 1.0,
-    max_trials: int = 6,
-    k_digits: int = 3,
+    other_tolerances: Sequence[float] = (),
+    boot_weights: np.ndarray | None = None,
+    rel_band: float = REL_BAND,
 ) -> dict[str, Any]:
-    """Search k so that ``loss_at(k)`` lies in ``[band_low * epsilon, epsilon]``.
+    """Measure ``sae`` on held-out activations ``h`` (labels ``y``) under one arm's tolerance.
 
-    The generalisation of :func:`mdl_utils.sweep.search_k_for_target` to any loss that falls
-    as k rises (MSE, or the downstream cross-entropy increase, which may be <= 0): a secant
-    step in log-log space, kept inside the bracket once a k above and a k below the band are
-    known (bisection in log k when the step is poor or a bracket end has a loss <= 0),
-    unbracketed steps capped at a factor 4.
+    ``loss="mse"``: :func:`mdl_utils.protocol.measure_sae` (chapter 3's measurement), plus
+    the classifier's readings at the SAE's precision. ``loss="ce"``: the same measurement with
+    the cross-entropy increase in place of the MSE: feasible when the unquantised increase is
+    at most ``epsilon``; the continuous precision is the coarsest at which the quantised
+    increase meets ``epsilon`` (:func:`mdl_utils.protocol.bisect_precision`; the
+    ``precision`` entry's ``mse`` fields then hold the cross-entropy increase, as do
+    ``whole_mse_quantised`` and the rereads ``dl_at``).
 
-    Args:
-        loss_at: trains (or loads) the SAE of this width at k and returns its test loss.
-        width: the SAE width (k is searched in ``[k_min, width]``).
-        k_start: the first k (default ``min(width, 16)``).
-        k_digits: significant digits k is rounded to (so trials share cache entries).
-
-    Returns:
-        ``{"width", "status", "k", "loss", "n_trials", "tried"}``. ``status``: ``"hit"``;
-        ``"unreachable"`` (loss above epsilon even at k = width); ``"below_band"`` (below the
-        band even at k_min; then k = k_min); or ``"not_converged"`` (trials ran out; then k is
-        the smallest tried k meeting epsilon, if any). ``tried``: ``[k, loss]`` in search order.
+    Returns a dict with the keys of :meth:`mdl_utils.protocol.SAEMeasurement.to_dict` (so the
+    study selects and summarises it as it does chapter 3's), and: ``loss`` (the arm),
+    ``ce_clean`` (nats per digit), ``ce_increase`` (unquantised), ``ce_increase_quantised``,
+    ``mse_quantised`` (per hidden unit) and ``accuracy_spliced``, all at the SAE's precision
+    (None when it misses the tolerance).
     """
-    if not (epsilon > 0 and math.isfinite(epsilon)):
-        raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    if not 0 < band_low < 1:
-        raise ValueError(f"band_low must lie in (0, 1), got {band_low!r}")
-    if k_min < 1 or k_min > width:
-        raise ValueError(f"k_min={k_min} must lie in [1, width={width}]")
-    if max_trials < 1:
-        raise ValueError(f"max_trials must be at least 1, got {max_trials!r}")
-    low, k_max = band_low * epsilon, float(width)
-    aim = math.log(0.5 * (low + epsilon))
-    floor = 1e-3 * low  # losses at or below 0 are "far below the band" for the log-log steps
+    if loss not in ARMS:
+        raise ValueError(f"loss must be one of {ARMS}, got {loss!r}")
+    y_np = np.asarray(y)
+    h_ND = torch.from_numpy(np.array(h, dtype=np.float32))
+    if h_ND.ndim != 2 or len(y_np) != len(h_ND):
+        raise ValueError(f"h has shape {tuple(h_ND.shape)} and y {y_np.shape}: need (N, d) and (N,)")
+    z = sparse_latents(sae, h_ND)
+    ce_raw, _, ce_clean = _ce_of(model, sae, z, h_ND, y_np)
 
-    def clip(k: float) -> float:
-        rounded = float(f"{k:.{k_digits}g}")
-        return min(k_max, max(k_min, rounded))
+    def readings(bits: float | None) -> dict[str, Any]:
+        if bits is None:
+            return {"ce_increase_quantised": None, "mse_quantised": None, "accuracy_spliced": None}
+        zq = quantised_latents(z, bits)
+        ce_q, acc, _ = _ce_of(model, sae, zq, h_ND, y_np)
+        mse_q = float((sparse_decode(sae, zq) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel()
+        return {"ce_increase_quantised": ce_q, "mse_quantised": mse_q, "accuracy_spliced": acc}
 
-    def log_loss(value: float) -> float:
-        return math.log(max(value, floor))
+    if loss == "mse":
+        out = measure_sae(sae, h_ND, epsilon=epsilon, other_tolerances=other_tolerances,
+                          boot_weights=boot_weights, rel_band=rel_band).to_dict()
+        bits = None if out["precision"] is None else out["precision"]["bits"]
+        out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **readings(bits))
+        return out
 
-    tried: dict[float, float] = {}
-    k = clip(k_start if k_start is not None else min(width, 16.0))
-    status = "not_converged"
-    for _ in range(max_trials):
-        loss = float(loss_at(k))
-        tried[k] = loss
-        if low <= loss <= epsilon:
-            status = "hit"
-            break
-        if loss > epsilon and k >= k_max:
-            status = "unreachable"
-            break
-        if loss < low and k <= k_min:
-            status = "below_band"
-            break
-        above = [kk for kk, v in tried.items() if v > epsilon]  # k too small
-        below = [kk for kk, v in tried.items() if v < low]  # k too large
-        k_lo = max(above) if above else None
-        k_hi = min(below) if below else None
-        bracketed = k_lo is not None and k_hi is not None and k_lo < k_hi
-        if bracketed:
-            points = [(k_lo, tried[k_lo]), (k_hi, tried[k_hi])]
-        else:
-            points = sorted(tried.items(), key=lambda item: abs(log_loss(item[1]) - aim))[:2]
-        slope = -0.5  # a prior for d log(loss) / d log(k) until two points are known
-        if len(points) == 2 and points[0][0] != points[1][0]:
-            (ka, la), (kb, lb) = points
-            fitted = (log_loss(la) - log_loss(lb)) / (math.log(ka) - math.log(kb))
-            if fitted < -1e-3:
-                slope = fitted
-        ref_k, ref_loss = points[0] if bracketed else (k, loss)
-        proposal = math.exp(math.log(ref_k) + (aim - log_loss(ref_loss)) / slope)
-        if bracketed:
-            lo_l, hi_l = math.log(k_lo), math.log(k_hi)  # type: ignore[arg-type]
-            margin = 0.1 * (hi_l - lo_l)
-            p_l = math.log(proposal)
-            # A loss at or below zero has no logarithm: the secant through the floor is
-            # meaningless there, so bisect instead.
-            floored = min(tried[k_lo], tried[k_hi]) <= floor  # type: ignore[index]
-            if floored or not lo_l + margin <= p_l <= hi_l - margin:
-                p_l = 0.5 * (lo_l + hi_l)
-            proposal = math.exp(p_l)
-        else:
-            proposal = min(max(proposal, k / 4), k * 4)
-        new_k = clip(proposal)
-        if new_k in tried:
-            new_k = clip(math.sqrt((k_lo or k_min) * (k_hi or k_max)))
-            if new_k in tried:
-                if k_lo is None and k_max not in tried:
-                    new_k = k_max
-                elif k_hi is None and k_min not in tried:
-                    new_k = k_min
-                else:
-                    break  # the rounding grid is exhausted inside the bracket
-        k = new_k
-    if status == "hit":
-        chosen: float | None = k
-    elif status == "below_band":
-        chosen = k_min
-    else:
-        meeting = [kk for kk, v in tried.items() if v <= epsilon]
-        chosen = min(meeting) if meeting else None
+    mse_raw = float((sparse_decode(sae, z) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel()
+
+    def ce_at(bits: float) -> float:
+        return _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)[0]
+
+    def precision_for(eps: float) -> ContinuousPrecision | None:
+        if ce_raw > eps:
+            return None
+        if z.nnz == 0:
+            return ContinuousPrecision(0.05, ce_raw, ce_raw, eps, "coarsest", 0)
+        return bisect_precision(ce_at, ce_raw, epsilon=eps, rel_band=rel_band)
+
+    precision = precision_for(epsilon)
+    dl_bits = bound = whole_bits = whole_ce = whole_dl = sb = None
+    boot: list[float] = []
+    if precision is not None:
+        dl = description_length(z, bits=precision.bits)
+        dl_bits, bound = dl.dl_bits, dl.upper_bound_bits
+        for b in range(1, 25):
+            value = ce_at(b)
+            if value <= epsilon:
+                whole_bits, whole_ce = b, value
+                break
+        if whole_bits is not None:
+            whole_dl = description_length(z, bits=whole_bits).dl_bits
+            sb = saebench_dl(z, num_bins=2**whole_bits)
+        if boot_weights is not None:
+            boot = [round(float(v), 4) for v in bootstrap_dl(z, precision.bits, boot_weights)]
+    dl_at: dict[str, float | None] = {}
+    for tol in other_tolerances:
+        p = precision_for(tol)
+        dl_at[f"{tol:.6g}"] = None if p is None else description_length(z, bits=p.bits).dl_bits
+    n_live = int(np.unique(z.indices).size)
     return {
-        "width": width,
-        "status": status,
-        "k": chosen,
-        "loss": None if chosen is None else tried[chosen],
-        "n_trials": len(tried),
-        "tried": [[kk, v] for kk, v in tried.items()],
+        "width": sae.width, "k": sae.k, "epsilon": epsilon, "mse": mse_raw, "feasible": precision is not None,
+        "l0": z.nnz / z.shape[0], "n_live": n_live, "dead_fraction": 1.0 - n_live / sae.width,
+        "precision": None if precision is None else precision.to_dict(),
+        "dl_bits": dl_bits, "upper_bound_bits": bound, "whole_bits": whole_bits,
+        "whole_mse_quantised": whole_ce, "whole_dl_bits": whole_dl, "dl_at": dl_at, "boot": boot,
+        "saebench_bits": sb, "loss": "ce", "ce_clean": ce_clean, "ce_increase": ce_raw,
+        **readings(None if precision is None else precision.bits),
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Measuring an SAE under the downstream tolerance
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DownstreamMeasure:
+    """The study's measure for one arm (see :class:`mdl_utils.study.MSEMeasure`): the
+    classifier and the test labels travel with it to Ray workers."""
 
+    model: MLPClassifier
+    y_test: np.ndarray
+    loss: str
+    epsilon: float
+    other_tolerances: tuple[float, ...] = ()
 
-def sae_reconstruction(sae: BatchTopKSAE, h: Any) -> np.ndarray:
-    """The SAE's inference reconstruction of activations ``h`` (N, d_in), as numpy."""
-    return sae.decode(torch.from_numpy(latents(sae, h))).detach().numpy()
-
-
-def evaluate_downstream(
-    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, *, epsilon: float,
-    budget: float | None = None,
-) -> DownstreamEvaluation:
-    """Effective precision and DL of ``sae`` under the cross-entropy tolerance ``epsilon``.
-
-    The precision is the fewest bits per non-zero latent (2**bits bins over each feature's
-    range) for which the classifier's cross-entropy on ``(h, y)``, with the reconstruction from
-    the quantised latents spliced in, exceeds the clean cross-entropy by at most ``epsilon``
-    nats per sample (``budget=None``), or exceeds the unquantised reconstruction's by at most
-    ``budget`` nats (a fixed quantisation budget; see the module docstring); the DL is the sum
-    of the features' entropies there (bits per sample).
-
-    Raises:
-        ValueError: the unquantised reconstruction already costs more than ``epsilon``.
-    """
-    h_np = np.asarray(h, dtype=np.float32)
-    z = latents(sae, h_np)
-
-    @torch.no_grad()
-    def ce_increase(z_q: Any) -> float:
-        h_hat = sae.decode(torch.as_tensor(np.asarray(z_q), dtype=torch.float32))
-        return splice_loss(model, h_np, h_hat, y).ce_increase
-
-    if budget is None:
-        precision = effective_precision_for_loss(z, ce_increase, tolerance=epsilon, mode="absolute")
-    else:
-        precision = effective_precision_for_loss(z, ce_increase, tolerance=budget, mode="increase")
-        if precision.loss_unquantised > epsilon:
-            raise ValueError(f"the unquantised reconstruction already costs {precision.loss_unquantised:.6g} "
-                             f"nats, above the tolerance {epsilon:.6g}")
-    dl = description_length(z, bits=precision.bits)
-    z_q = _quantised(z, int(precision.bits))  # type: ignore[arg-type]
-    with torch.no_grad():
-        spliced = splice_loss(model, h_np, sae.decode(torch.from_numpy(z_q)), y)
-        mse = float(np.mean((sae_reconstruction(sae, h_np).astype(np.float64) - h_np) ** 2))
-    return DownstreamEvaluation(
-        width=sae.width,
-        k=sae.k,
-        ce_increase=precision.loss_unquantised,
-        mse=mse,
-        bits=int(precision.bits),  # type: ignore[arg-type]
-        ce_increase_quantised=precision.loss,
-        ceiling=precision.loss_ceiling,
-        accuracy_spliced=spliced.accuracy_spliced,
-        dl_bits=dl.dl_bits,
-        l0=dl.l0,
-        upper_bound_bits=dl.upper_bound_bits,
-        dead_fraction=float(np.mean(~(z > 0).any(axis=0))),
-        epsilon=epsilon,
-    )
-
-
-def evaluate_mse(sae: BatchTopKSAE, h: Any, *, epsilon: float, budget: float | None = None) -> MDLEvaluation:
-    """:func:`mdl_utils.mdl.evaluate_mdl` (MSE tolerance ``epsilon``), optionally with a fixed
-    quantisation budget: the precision may raise the MSE by at most ``budget`` over the
-    unquantised MSE, which must itself be at most ``epsilon``."""
-    if budget is None:
-        return evaluate_mdl(sae, h, epsilon=epsilon)
-    h_np = np.asarray(h, dtype=np.float32)
-    z = latents(sae, h_np)
-    precision = effective_precision(z, decoder_fn(sae), h_np, tolerance=budget, mode="increase")
-    if precision.mse_unquantised > epsilon:
-        raise ValueError(f"the unquantised MSE {precision.mse_unquantised:.6g} is above the tolerance {epsilon:.6g}")
-    dl = description_length(z, bits=precision.bits)
-    return MDLEvaluation(
-        width=sae.width, k=sae.k, mse=precision.mse_unquantised, bits=int(precision.bits),  # type: ignore[arg-type]
-        mse_quantised=precision.mse, dl_bits=dl.dl_bits, l0=dl.l0, upper_bound_bits=dl.upper_bound_bits,
-        dead_fraction=float(np.mean(~(z > 0).any(axis=0))), epsilon=epsilon,
-    )
+    def __call__(self, sae: BatchTopKSAE, x_test: Any, boot_weights: np.ndarray | None = None) -> dict[str, Any]:
+        return measure_downstream(sae, self.model, x_test, self.y_test, loss=self.loss, epsilon=self.epsilon,
+                                  other_tolerances=self.other_tolerances, boot_weights=boot_weights)
 
 
 def precision_curve(
-    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, bits: Sequence[int] = tuple(range(1, 11))
+    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, bits: Sequence[float] = tuple(np.arange(1.0, 10.5, 0.5))
 ) -> dict[str, list[float]]:
-    """Both losses of ``sae`` with its latents quantised at each of ``bits`` (bits per non-zero value).
+    """Both losses and the DL of ``sae`` with its latents quantised at each of ``bits``.
 
-    Returns ``{"bits", "ce_increase" (nats per sample), "mse" (per hidden unit), "dl_bits"}``,
-    one entry per precision: the data behind both effective precisions, for a figure.
+    Returns ``{"bits", "ce_increase" (nats per digit), "mse" (per hidden unit), "dl_bits"}``,
+    one entry per precision (fractional bits allowed), for a figure.
     """
-    h_np = np.asarray(h, dtype=np.float32)
-    z = latents(sae, h_np)
+    h_ND = torch.from_numpy(np.array(h, dtype=np.float32))
+    y_np = np.asarray(y)
+    z = sparse_latents(sae, h_ND)
     curve: dict[str, list[float]] = {"bits": [], "ce_increase": [], "mse": [], "dl_bits": []}
     for b in bits:
-        with torch.no_grad():
-            h_hat = sae.decode(torch.from_numpy(_quantised(z, int(b))))
-        result = splice_loss(model, h_np, h_hat, y)
-        curve["bits"].append(int(b))
-        curve["ce_increase"].append(result.ce_increase)
-        curve["mse"].append(result.mse)
-        curve["dl_bits"].append(description_length(z, bits=int(b)).dl_bits)
+        zq = quantised_latents(z, float(b))
+        curve["bits"].append(float(b))
+        curve["ce_increase"].append(_ce_of(model, sae, zq, h_ND, y_np)[0])
+        curve["mse"].append(float((sparse_decode(sae, zq) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel())
+        curve["dl_bits"].append(description_length(z, bits=float(b)).dl_bits)
     return curve
 
 
-def _quantised(z: np.ndarray, bits: int) -> np.ndarray:
-    from mdl_utils.dl import bin_widths, dequantize, quantize
-
-    return np.asarray(dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits)), dtype=np.float32)
-
-
 # --------------------------------------------------------------------------------------------
-# The experiment
+# Calibration and verdicts
 # --------------------------------------------------------------------------------------------
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def calibrate_epsilon_mse(ce_summary: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The MSE tolerance as strict as the cross-entropy one in the typical case.
+
+    Rule (fixed before any data are read): the median, over the widths whose ``seed`` search
+    under cross-entropy has finished and reached the tolerance, of the selected SAE's
+    quantised test MSE (``mse_quantised``, at its cross-entropy precision), rounded to three
+    significant digits.
+
+    Raises:
+        ValueError: no width has a finished, reachable search for ``seed``.
+    """
+    per_width = {}
+    for entry in ce_summary["widths"]:
+        s = entry["seeds"].get(str(seed), {})
+        if s.get("complete") and s.get("reachable"):
+            per_width[str(entry["width"])] = s["mse_quantised"]
+    if not per_width:
+        raise ValueError(f"no width has a finished search reaching the cross-entropy tolerance for seed {seed}")
+    value = float(f"{float(np.median(list(per_width.values()))):.3g}")
+    return {"rule": "median over widths of the quantised test MSE of the cross-entropy selections "
+                    f"(seed {seed}), 3 significant digits",
+            "seed": seed, "per_width": per_width, "epsilon_mse": value}
 
 
-def _save_compact(sae: BatchTopKSAE, path: Path) -> BatchTopKSAE:
-    compact = copy.deepcopy(sae).half()
-    compact.save(path)
-    return BatchTopKSAE.load(path)
+def _by_width(summary: dict[str, Any], field_name: str, *, complete_only: bool = True) -> dict[int, dict[int, float]]:
+    """``{width: {seed: value}}`` of one field of the selected SAEs (finished searches only)."""
+    out: dict[int, dict[int, float]] = {}
+    for entry in summary["widths"]:
+        for seed, s in entry["seeds"].items():
+            if s.get("reachable") and (s.get("complete") or not complete_only) and s.get(field_name) is not None:
+                out.setdefault(int(entry["width"]), {})[int(seed)] = float(s[field_name])
+    return out
 
 
-def _optimum(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    best = optimum_index([r.get("dl_bits") for r in rows], [r["width"] for r in rows])
-    return None if best is None else rows[best]
+def downstream_verdicts(ce: dict[str, Any] | None, mse: dict[str, Any] | None, epsilon_ce: float) -> list[V.Verdict]:
+    """Chapter 7's claims, each judged by a rule of :mod:`mdl_utils.verdicts` (see there)."""
+    res_ce = None if ce is None else ce["resolution"]
+    res_mse = None if mse is None else mse["resolution"]
+    out = [V.optimum_resolved("cross-entropy", res_ce), V.optimum_resolved("MSE", res_mse),
+           V.optimum_moves(res_ce, res_mse)]
+    if ce is not None and mse is not None:
+        out.append(V.shorter_description(_by_width(ce, "dl_bits"), _by_width(mse, "dl_bits")))
+        harm = _by_width(mse, "ce_increase_quantised")
+        out.append(V.unequal_harm(harm, epsilon_ce))
+        widths = sorted(harm)
+        out.append(V.harm_rises_with_width(widths, [float(np.mean(list(harm[w].values()))) for w in widths]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+def _activation_folder(cache_path: Path, settings: DownstreamSettings) -> Path:
+    key = hashlib.sha256(json.dumps([settings.classifier.key(), settings.n_train, settings.n_test])
+                         .encode()).hexdigest()[:16]
+    return cache_path / f"activations-{key}"
 
 
 def run_downstream(
@@ -497,140 +435,121 @@ def run_downstream(
     out_dir: str | os.PathLike[str],
     *,
     cache: str | os.PathLike[str] | None = None,
+    budget_hours: float | None = None,
+    device: str = "auto",
     progress: bool = True,
+    threads: int | None = 1,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume, from the cache) the experiment; write ``out_dir/downstream.json``.
+    """Run (or resume) the study of both arms; write ``out_dir/downstream.json`` and return it.
 
-    Trains (or loads) the classifier, searches k per width under the cross-entropy tolerance,
-    calibrates the MSE tolerance to the median MSE of those SAEs (divided by ``1 - q``, so that
-    the MSE search aims at that median), searches again under it,
-    measures every selected SAE under both its own tolerance and the other's loss, and saves
-    the classifier and the two optimal SAEs. Returns the contents of ``downstream.json``.
+    Args:
+        settings: what to train (:func:`settings_for`).
+        out_dir: the output folder (see the module docstring).
+        cache: trained models (default :func:`mdl_utils.profiles.cache_dir`).
+        budget_hours: stop starting new trainings after this much wall time (resumable).
+        device, progress, threads, executor: as in :func:`mdl_utils.study.run_study`.
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
-    model, clf_meta = train_or_load_classifier(settings.classifier, cache_path)
-    _log(progress, f"classifier: test accuracy {clf_meta['test_accuracy']:.4f}, CE {clf_meta['test_ce']:.4f}")
-    act_key = hashlib.sha256(json.dumps([settings.classifier.key(), settings.n_train, settings.n_test])
-                             .encode()).hexdigest()[:16]
-    data, y_test = activation_data(model, settings.n_train, settings.n_test, cache_path / f"activations-{act_key}")
-    h_test = data.split("test")
-    sae_cache = cache_path / "downstream-saes"
-    base = {"max_epochs": settings.max_epochs, "patience": settings.patience,
-            "batch_size": settings.batch_size, "seed": settings.seed, "progress": False}
-    trained: dict[str, dict[str, Any]] = {}
+    deadline = None if budget_hours is None else started + 3600 * budget_hours
+    if (out / "classifier.json").is_file():
+        # The rows were measured with this classifier: a resumed run (or a fresh clone of the
+        # committed results) must use it, not one trained again.
+        model, clf_meta = load_classifier(out / "classifier")
+        if clf_meta.get("config") != settings.classifier.to_dict():
+            raise ValueError(f"{out / 'classifier.json'} holds a classifier trained with {clf_meta.get('config')}, "
+                             f"but the settings ask for {settings.classifier.to_dict()}: use another output folder")
+    else:
+        model, clf_meta = train_or_load_classifier(settings.classifier, cache_path)
+        save_classifier(model, out / "classifier", metadata=clf_meta)
+    data, y_test = activation_data(model, settings.n_train, settings.n_test, _activation_folder(cache_path, settings))
+    executor = executor if executor is not None else SerialExecutor()
+    first = settings.seeds[0]
 
-    def train_at(width: int, k: float) -> tuple[dict[str, Any], BatchTopKSAE]:
-        row = train_cached(TrainConfig(**{**base, "width": width, "k": k}), data, sae_cache)
-        trained[row["key"]] = row
-        return row, load_cached_sae(sae_cache, row["key"])
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, (deadline - time.time()) / 3600)
 
-    def ce_at(width: int, k: float) -> float:
-        row, sae = train_at(width, k)
-        value = splice_loss(model, h_test, sae_reconstruction(sae, h_test), y_test).ce_increase
-        _log(progress, f"  width {width} k {k}: CE increase {value:.4f} nats, MSE {row['mse_test']:.4f}")
-        return value
+    def run_arm(arm: str, epsilon: float, seeds: Sequence[int]) -> dict[str, Any]:
+        study = settings.study(epsilon, seeds)
+        measure = DownstreamMeasure(model, y_test, arm, epsilon, tuple(epsilon * r for r in settings.reread))
+        return run_study(study, out / arm, cache=cache_path, budget_hours=left(), device=device,
+                         progress=progress, data=data, threads=threads, executor=executor, measure=measure,
+                         name=f"downstream-{arm}", extra_fields=EXTRA_FIELDS)
 
-    def mse_at(width: int, k: float) -> float:
-        row, _ = train_at(width, k)
-        _log(progress, f"  width {width} k {k}: MSE {row['mse_test']:.4f}")
-        return float(row["mse_test"])
+    calibration_path = out / "calibration.json"
+    stopped = False
+    summary = run_arm("ce", settings.epsilon_ce, [first])
+    if summary["complete"] and not calibration_path.is_file():
+        atomic_write_text(calibration_path, json.dumps(calibrate_epsilon_mse(summary, first), indent=2))
+    if calibration_path.is_file():
+        eps_mse = json.loads(calibration_path.read_text())["epsilon_mse"]
+        phases = [("mse", eps_mse, [first]), ("ce", settings.epsilon_ce, settings.seeds), ("mse", eps_mse, settings.seeds)]
+        for arm, eps, seeds in phases:
+            if deadline is not None and time.time() > deadline:
+                stopped = True
+                break
+            summary = run_arm(arm, eps, seeds)
+            stopped = stopped or bool(summary.get("stopped_by_budget"))
+    else:
+        stopped = True
+    payload = summarise_downstream(settings, out, data=data)
+    payload.update(provenance(started))
+    payload["stopped_by_budget"] = stopped or bool(summary.get("stopped_by_budget"))
+    payload["executor"] = executor.describe()
+    write_results(out / "downstream.json", payload)
+    return json.loads(json.dumps(payload))  # as a reader of the file sees it (lists, not tuples)
 
-    q = settings.quantisation_share
 
-    def sweep(loss: Callable[[int, float], float], epsilon: float, name: str) -> list[dict[str, Any]]:
-        results, k_prev = [], settings.k_start
-        for width in settings.widths:
-            _log(progress, f"{name} tolerance {epsilon:.5g} (search target {(1 - q) * epsilon:.5g}): width {width}")
-            found = search_k(lambda k, w=width: loss(w, k), width=width, epsilon=(1 - q) * epsilon,
-                             band_low=settings.band_low, k_start=min(k_prev, width),
-                             max_trials=settings.max_trials)
-            if found["k"] is not None:
-                k_prev = found["k"]
-            results.append(found)
-        return results
-
-    # 1. The downstream tolerance.
-    ce_search = sweep(ce_at, settings.epsilon_ce, "cross-entropy")
-    ce_rows: list[dict[str, Any]] = []
-    saes: dict[tuple[str, int], BatchTopKSAE] = {}
-    for found in ce_search:
-        row = {key: found[key] for key in ("width", "status", "k", "n_trials", "tried")}
-        if found["k"] is not None and found["loss"] <= (1 - q) * settings.epsilon_ce:
-            _, sae = train_at(found["width"], found["k"])
-            saes[("ce", found["width"])] = sae
-            row.update(evaluate_downstream(sae, model, h_test, y_test, epsilon=settings.epsilon_ce,
-                                           budget=q * settings.epsilon_ce).to_dict())
-            # For comparison, the protocol without the reserve: quantised loss <= epsilon.
-            plain = evaluate_downstream(sae, model, h_test, y_test, epsilon=settings.epsilon_ce)
-            row.update(bits_without_reserve=plain.bits, dl_bits_without_reserve=plain.dl_bits)
-        else:
-            row.update(dl_bits=None)
-        ce_rows.append(row)
-    mses = [r["mse"] for r in ce_rows if r.get("dl_bits") is not None]
-    if not mses:
-        raise RuntimeError(f"no width reaches the cross-entropy tolerance {settings.epsilon_ce}")
-    epsilon_mse = float(f"{float(np.median(mses)) / (1 - q):.3g}")
-
-    # 2. The MSE tolerance, equally strict in the median, on the same activations.
-    mse_search = sweep(mse_at, epsilon_mse, "MSE")
-    mse_rows: list[dict[str, Any]] = []
-    for found in mse_search:
-        row = {key: found[key] for key in ("width", "status", "k", "n_trials", "tried")}
-        if found["k"] is not None and found["loss"] <= (1 - q) * epsilon_mse:
-            _, sae = train_at(found["width"], found["k"])
-            saes[("mse", found["width"])] = sae
-            row.update(evaluate_mse(sae, h_test, epsilon=epsilon_mse, budget=q * epsilon_mse).to_dict())
-            spliced = splice_loss(model, h_test, sae_reconstruction(sae, h_test), y_test)
-            row.update(ce_increase=spliced.ce_increase, accuracy_spliced_unquantised=spliced.accuracy_spliced)
-        else:
-            row.update(dl_bits=None)
-        mse_rows.append(row)
-
-    # 3. Optima, saved compactly and measured again from the saved weights.
-    optima: dict[str, Any] = {}
-    (out / "saes").mkdir(parents=True, exist_ok=True)
-    for name, rows in (("ce", ce_rows), ("mse", mse_rows)):
-        best = _optimum(rows)
-        if best is None:
+def summarise_downstream(settings: DownstreamSettings, out_dir: str | os.PathLike[str], *,
+                         data: SweepData | None = None) -> dict[str, Any]:
+    """``downstream.json``'s contents from the rows on disk: both arms summarised with every
+    seed (each arm's ``summary.json`` is rewritten so), the calibration and the verdicts.
+    ``data`` (the activations) only adds the activations' variance; without it that entry
+    is read from an existing ``downstream.json`` when there is one."""
+    out = Path(out_dir)
+    calibration = json.loads((out / "calibration.json").read_text()) if (out / "calibration.json").is_file() else None
+    eps = {"ce": settings.epsilon_ce, "mse": None if calibration is None else calibration["epsilon_mse"]}
+    arms: dict[str, Any] = {}
+    d_in = settings.classifier.hidden[0]
+    trained: dict[str, float] = {}
+    for arm in ARMS:
+        rows = load_rows(out / arm) if (out / arm / "rows").is_dir() else []
+        trained.update({r["key"]: r["train"]["train_seconds"] or 0.0 for r in rows})
+        if eps[arm] is None or not rows:
+            arms[arm] = None
             continue
-        reloaded = _save_compact(saes[(name, best["width"])], out / "saes" / name)
-        if name == "ce":
-            stored = evaluate_downstream(reloaded, model, h_test, y_test, epsilon=settings.epsilon_ce,
-                                         budget=q * settings.epsilon_ce).to_dict()
-        else:
-            stored = evaluate_mse(reloaded, h_test, epsilon=epsilon_mse, budget=q * epsilon_mse).to_dict()
-            stored["ce_increase"] = splice_loss(model, h_test, sae_reconstruction(reloaded, h_test),
-                                                y_test).ce_increase
-        optima[name] = {"width": best["width"], "k": best["k"], "dl_bits": best["dl_bits"],
-                        "path": f"saes/{name}", "stored": stored}
-    save_classifier(model, out / "classifier", metadata=clf_meta)
-
-    trained_rows = list(trained.values())
-    payload = {
+        arms[arm] = summarise(settings.study(eps[arm]), rows, d_in=d_in, extra_fields=EXTRA_FIELDS)
+        write_results(out / arm / "summary.json", {**arms[arm], "name": f"downstream-{arm}"})
+    meta = json.loads((out / "classifier.json").read_text()).get("metadata", {})
+    if data is not None:
+        variance = float(data.split("test").var(axis=0).mean())
+    else:
+        old = out / "downstream.json"
+        variance = json.loads(old.read_text()).get("activation_variance") if old.is_file() else None
+    return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": settings.to_dict(),
-        "classifier": {"path": "classifier", "test_accuracy": clf_meta["test_accuracy"],
-                       "test_ce": clf_meta["test_ce"], "train_seconds": clf_meta["train_seconds"]},
-        "epsilon_ce": settings.epsilon_ce,
-        "epsilon_mse": epsilon_mse,
-        "activation_variance": float(h_test.var(axis=0).mean()),
-        "ce_rows": ce_rows,
-        "mse_rows": mse_rows,
-        "optima": optima,
-        **provenance(started),
-        "training_time_s": round(sum(r["train_seconds"] for r in trained_rows), 1),
-        "n_saes_trained": len(trained_rows),
+        "classifier": {"path": "classifier", "test_accuracy": meta.get("test_accuracy"),
+                       "test_ce": meta.get("test_ce"), "train_seconds": meta.get("train_seconds")},
+        "epsilon_ce": eps["ce"],
+        "epsilon_mse": eps["mse"],
+        "calibration": calibration,
+        "activation_variance": variance,
+        "ce": arms["ce"],
+        "mse": arms["mse"],
+        "verdicts": [v.to_dict() for v in downstream_verdicts(arms["ce"], arms["mse"], settings.epsilon_ce)],
+        "complete": all(a is not None and a["complete"] for a in arms.values()),
+        # An SAE both arms asked for is trained once (the cache): count each configuration once.
+        "n_saes_trained": len(trained),
+        "training_time_s": round(sum(trained.values()), 1),
     }
-    write_results(out / "downstream.json", payload)
-    return payload
 
 
-def load_downstream(
-    out_dir: str | os.PathLike[str],
-) -> tuple[dict[str, Any], MLPClassifier, dict[str, BatchTopKSAE]]:
-    """Read a finished run: ``downstream.json``, the classifier, and the two optimal SAEs.
+def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], MLPClassifier]:
+    """Read a (finished or partial) run: ``downstream.json`` and the classifier.
 
     Raises:
         FileNotFoundError: ``out_dir`` holds no ``downstream.json`` (the message says how to make it).
@@ -639,25 +558,67 @@ def load_downstream(
     out = Path(out_dir)
     payload = read_results(
         out / "downstream.json", version=RESULTS_FORMAT_VERSION,
-        how_to_make=f"run `python -m mdl_utils.downstream --profile full --out {out}` (or the "
+        how_to_make=f"run `python -m mdl_utils downstream --profile full --out {out}` (or the "
                     "chapter with retrain=True) to compute it",
     )
     model, _ = load_classifier(out / payload["classifier"]["path"])
-    saes = {name: BatchTopKSAE.load(out / o["path"]) for name, o in payload["optima"].items()}
-    return payload, model, saes
+    return payload, model
+
+
+def load_arm_sae(out_dir: str | os.PathLike[str], arm: str, width: int, seed: int) -> BatchTopKSAE:
+    """The stored DL-optimal SAE of ``(width, seed)`` under one arm (``"ce"`` or ``"mse"``)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    return load_selected_sae(Path(out_dir) / arm, width, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mdl_utils.downstream``: run or resume the downstream-tolerance experiment."""
-    args = parse_job_args(argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream")
-    out = args.out
+    """``python -m mdl_utils downstream``: run or resume the downstream-tolerance study."""
+
+    def extra(parser: Any) -> None:
+        parser.add_argument("--budget-hours", type=float, default=None,
+                            help="stop starting new trainings after this many hours (resumable)")
+        parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
+        parser.add_argument("--summary-only", action="store_true",
+                            help="only rewrite downstream.json from the rows on disk (no training)")
+        add_executor_args(parser)
+
+    args = parse_job_args(argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream",
+                          extra=extra)
+    out = Path(args.out)
+    settings = settings_for(args.profile)
+    if args.summary_only:
+        started = time.time()
+        try:
+            payload = summarise_downstream(settings, out)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        payload.update(provenance(started))
+        payload["stopped_by_budget"] = False
+        write_results(out / "downstream.json", payload)
+        print(f"wrote {out / 'downstream.json'} from {payload['n_saes_trained']} rows")
+        return 0
+    threads = args.threads if args.threads is not None else 1
     try:
-        payload = run_downstream(settings_for(args.profile), out, cache=args.cache, progress=not args.no_progress)
+        executor = executor_from_args(args, device=args.device, threads=threads)
+    except (ValueError, ConnectionError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        with executor:
+            payload = run_downstream(settings, out, cache=args.cache, budget_hours=args.budget_hours,
+                                     device=args.device, progress=not args.no_progress, threads=threads,
+                                     executor=executor)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    optima = ", ".join(f"{name}: width {o['width']}" for name, o in payload["optima"].items())
-    print(f"wrote {out / 'downstream.json'}: optima {optima}; wall time {payload['wall_time_s']:.0f} s")
+    optima = ", ".join(
+        f"{arm}: width {payload[arm]['resolution']['optimum']}"
+        + ("" if payload[arm]["resolution"]["resolved"] else f" (tie set {payload[arm]['resolution']['tie_set']})")
+        for arm in ARMS if payload[arm] is not None and payload[arm]["resolution"] is not None)
+    print(f"wrote {out / 'downstream.json'}: optima {optima or 'none yet'}; "
+          f"{'complete' if payload['complete'] else 'not complete (rerun to continue)'}")
     return 0
 
 

@@ -432,7 +432,7 @@ def rate_distortion_curves(
         One dict per SAE: ``width``, ``seed``, ``k``, ``mse`` (unquantised), ``tolerances``,
         ``dl_bits`` (list aligned with ``tolerances``), ``bits``, ``sae_sha256``.
     """
-    from mdl_utils.dl import description_length
+    from mdl_utils.entropy import description_length
 
     tol = [float(t) for t in (tolerances if tolerances is not None
                               else [settings.epsilon * r for r in MSE_RATIOS])]
@@ -502,11 +502,14 @@ def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySet
     return out
 
 
-def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, z: float = 2.0) -> list[dict[str, Any]]:
+def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, coverage: float = 0.95) -> list[dict[str, Any]]:
     """For each pair of widths, which is shorter at each tolerance, and whether that flips.
 
     At each tolerance where both widths have at least two seeds with a DL, the difference of
-    seed-mean DLs is compared with ``z`` times its standard error (``s_a**2/n_a + s_b**2/n_b``).
+    seed-mean DLs is compared with the half-width of its two-sided ``coverage`` t interval:
+    the t quantile (degrees of freedom: the smaller seed count minus one, conservative for
+    Welch's test) times the standard error ``sqrt(s_a**2/n_a + s_b**2/n_b)``. With three
+    seeds the quantile is 4.30, not the normal 1.96: few seeds give wide intervals.
     The sign there is ``"a"`` (width a shorter by more than that), ``"b"``, or ``"tie"``
     (also where a width has fewer than two seeds: its spread is unknown).
 
@@ -540,7 +543,8 @@ def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, z: float = 
                     order.append("tie")
                     continue
                 se = math.sqrt(np.var(va, ddof=1) / len(va) + np.var(vb, ddof=1) / len(vb))
-                order.append("a" if d > z * se else "b" if d < -z * se else "tie")
+                half = float(stats.t.ppf(0.5 + coverage / 2, min(len(va), len(vb)) - 1)) * se
+                order.append("a" if d > half else "b" if d < -half else "tie")
             raw = []
             known = [(t_i, d) for t_i, d in enumerate(diffs) if d is not None and d != 0]
             for (t0, d0), (t1, d1) in zip(known, known[1:]):

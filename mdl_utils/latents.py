@@ -26,6 +26,8 @@ __all__ = [
     "is_scipy_sparse",
     "torch_tensor_type",
     "torch_to_numpy",
+    "like_latents",
+    "finite_float_array",
 ]
 
 
@@ -230,3 +232,30 @@ def scatter(nz: NonZeros, values: np.ndarray, dtype: Any) -> Any:
     out = np.zeros((nz.n_samples, nz.n_features), dtype=dtype)
     out[nz.rows, nz.cols] = values
     return out
+
+
+def like_latents(values: np.ndarray, z: Any) -> Any:
+    """Dense float64 latents converted to the kind of ``z``: torch (same dtype, device and
+    layout), scipy.sparse CSR, or numpy (same float dtype)."""
+    tensor_type = torch_tensor_type()
+    if tensor_type is not None and isinstance(z, tensor_type):
+        dtype = z.dtype if z.dtype.is_floating_point else torch.float32
+        out = torch.as_tensor(values, dtype=dtype, device=z.device)
+        return out.to_sparse() if z.layout != torch.strided else out
+    if is_scipy_sparse(z):
+        return scipy_sparse.csr_array(values.astype(z.dtype if z.dtype.kind == "f" else np.float64))
+    return values.astype(z.dtype if np.asarray(z).dtype.kind == "f" else np.float64)
+
+
+def finite_float_array(x: Any, what: str) -> np.ndarray:
+    """``x`` (numpy or torch) as a float64 array; ValueError naming ``what`` when it is empty or
+    holds NaN or infinite values."""
+    tensor_type = torch_tensor_type()
+    if tensor_type is not None and isinstance(x, tensor_type):
+        x = torch_to_numpy(x.detach().cpu())
+    array = np.asarray(x, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError(f"{what} is empty")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return array

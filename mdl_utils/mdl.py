@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdl_utils.dl import description_length, effective_precision
+from mdl_utils.entropy import description_length
+from mdl_utils.precision import effective_precision
 from mdl_utils.protocol import optimum_index
 from mdl_utils.sae import BatchTopKSAE
 
@@ -99,7 +100,7 @@ def evaluate_mdl(sae: BatchTopKSAE, x: Any, *, epsilon: float) -> MDLEvaluation:
 
     Implements steps 3 and 4 of the protocol: the precision is the smallest number of bits
     per non-zero value (2**bits bins over each feature's range, see
-    :func:`mdl_utils.dl.quantize`) whose quantised reconstruction MSE is at most ``epsilon``;
+    :func:`mdl_utils.quantize.quantize`) whose quantised reconstruction MSE is at most ``epsilon``;
     the DL is the sum of the features' entropies at that precision, bits per sample.
 
     Raises:

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -113,12 +112,12 @@ def provenance(started: float) -> dict[str, Any]:
     Args:
         started: ``time.time()`` when the job began; ``wall_time_s`` is measured from it.
     """
+    import torch  # a hard dependency; imported here so that the profiles load without it
+
     machine = (f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-               f"Python {platform.python_version()}")
-    if "torch" in sys.modules:
-        machine += f", torch threads {sys.modules['torch'].get_num_threads()}"
+               f"Python {platform.python_version()}, torch threads {torch.get_num_threads()})")
     return {
-        "machine": machine + ")",
+        "machine": machine,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": round(time.time() - started, 1),
         "code_version": code_version(),

@@ -7,7 +7,7 @@ an artefact of the measurement rather than of the SAEs; this module removes each
 - **Precision on a continuous scale** (:func:`continuous_precision`). With whole bits per
   value, one SAE may land just under epsilon at 3 bits while another is charged a fourth bit
   for missing it by 0.5%: a jump of several bits of DL. Here the bits are real-valued (bin
-  width ``max_i / 2**b``, see :func:`mdl_utils.dl.n_bins`) and found by bisection, so that
+  width ``max_i / 2**b``, see :func:`mdl_utils.quantize.n_bins`) and found by bisection, so that
   every compared SAE's quantised MSE sits *at* the tolerance, within ``rel_band`` (0.1%)
   below it. Whole bits are still reported beside, as the paper's "B bits" reading.
 - **A minimum over k, not a first hit** (:func:`next_k_index`). For a fixed width, lowering
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from mdl_utils.dl import bin_widths, dequantize, description_length, quantize
+from mdl_utils.entropy import description_length
+from mdl_utils.quantize import bin_widths, dequantize, quantize
 from mdl_utils.sae import BatchTopKSAE
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "index_of_k",
     "next_k_index",
     "sparse_latents",
+    "sparse_decode",
+    "quantised_latents",
     "quantised_mse",
     "reconstruction_mse",
     "continuous_precision",
@@ -162,8 +165,9 @@ def _x_tensor(x: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
-def _decode_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor) -> float:
-    """MSE per element of ``decode(z)`` against ``x_ND``, with a sparse decoder."""
+def sparse_decode(sae: BatchTopKSAE, z: sparse.csr_array) -> torch.Tensor:
+    """The SAE's decoding of the sparse latents ``z`` (N, width) with a sparse product:
+    ``z @ W_dec + b_dec`` as a float32 tensor (N, d_in)."""
     z = sparse.csr_array(z)
     crow = torch.from_numpy(z.indptr.astype(np.int64))
     col = torch.from_numpy(z.indices.astype(np.int64))
@@ -177,7 +181,19 @@ def _decode_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor) -> f
         x_hat = (z_t @ W) + sae.b_dec_D.detach().float().cpu()
     else:
         x_hat = sae.b_dec_D.detach().float().cpu().expand(z.shape[0], -1)
+    return x_hat
+
+
+def _decode_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor) -> float:
+    """MSE per element of ``decode(z)`` against ``x_ND``, with a sparse decoder."""
+    x_hat = sparse_decode(sae, z)
     return float((x_hat - x_ND).pow(2).sum(dtype=torch.float64)) / x_ND.numel()
+
+
+def quantised_latents(z: sparse.csr_array, bits: float) -> sparse.csr_array:
+    """``z`` quantised at ``bits`` and read back at the bin centres (the round trip every
+    precision search uses)."""
+    return dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits))
 
 
 def reconstruction_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any) -> float:
@@ -187,13 +203,13 @@ def reconstruction_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any) -> float:
 
 def quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any, bits: float) -> float:
     """Test MSE per element when the latents ``z`` are quantised at ``bits`` (whole or
-    fractional; :func:`mdl_utils.dl.quantize`) and decoded from the bin centres."""
+    fractional; :func:`mdl_utils.quantize.quantize`) and decoded from the bin centres."""
     return _quantised_mse(sae, z, _x_tensor(x), bits)
 
 
 def _quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, bits: float) -> float:
     """The one quantise -> bin centres -> decode round trip every precision search uses."""
-    return _decode_mse(sae, dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits)), x_ND)
+    return _decode_mse(sae, quantised_latents(z, bits), x_ND)
 
 
 @dataclass(frozen=True)
@@ -202,7 +218,9 @@ class ContinuousPrecision:
 
     Attributes:
         bits: fractional bits per non-zero value (bin width ``max_i / 2**bits``).
-        mse_quantised: test MSE with the latents quantised at ``bits``.
+        mse_quantised: test MSE with the latents quantised at ``bits``. Under another loss
+            (chapter 7's cross-entropy increase, :mod:`mdl_utils.downstream`) the two ``mse``
+            fields hold that loss: they are whatever the tolerance counts.
         mse: test MSE with the latents as they are.
         epsilon: the tolerance.
         status: ``"in_band"`` (``mse_quantised`` in ``[(1 - rel_band) eps, eps]``),
@@ -480,7 +498,7 @@ def saebench_dl(z: Any, *, num_bins: int, max_floor: float = 100.0) -> float:
     ``num_bins`` equal bins over ``[0, max_i]``, where ``max_i`` is the feature's largest
     activation but never less than ``max_floor`` (the running maximum starts at 100), and the
     histogram counts *all* samples, zeros included (they fall in the first bin). Ours
-    (:func:`mdl_utils.dl.description_length`) bins only the non-zero values, over each
+    (:func:`mdl_utils.entropy.description_length`) bins only the non-zero values, over each
     feature's own range.
     """
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:

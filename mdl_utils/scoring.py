@@ -14,9 +14,9 @@ What is measured, on the given activations (all of them, read in chunks):
   fraction;
 - the effective precision on the continuous scale (:func:`mdl_utils.protocol.bisect_precision`):
   the coarsest ``b`` bits per non-zero value (``ceil(2**b)`` bins of width ``max_i / 2**b`` per
-  feature, as :func:`mdl_utils.dl.quantize`) whose quantised reconstruction meets the
+  feature, as :func:`mdl_utils.quantize.quantize`) whose quantised reconstruction meets the
   tolerance, and the paper's whole-bit reading ``B``;
-- the description length DL (bits per sample, :func:`mdl_utils.dl.description_length`'s
+- the description length DL (bits per sample, :func:`mdl_utils.entropy.description_length`'s
   count), its bound ``L0 (b + log2 D)``, and the decoder's own cost: ``(D + 1) d`` float16
   numbers, reported in total and shared over the N samples scored (the two-part code).
 
@@ -44,7 +44,8 @@ import torch
 
 from mdl_utils.activations import ActivationFile, open_activations
 from mdl_utils.checkpoints import FORMATS, LoadedSAE, load_sae
-from mdl_utils.dl import codes_in_bins, dl_upper_bound, entropies_from_counts, n_bins, widths_from_max
+from mdl_utils.entropy import dl_upper_bound, entropies_from_counts
+from mdl_utils.quantize import codes_in_bins, n_bins, widths_from_max
 from mdl_utils.protocol import REL_BAND, ContinuousPrecision, bisect_precision
 
 __all__ = ["Tolerance", "ScoreResult", "score", "parse_tolerance", "main"]
@@ -259,7 +260,7 @@ def _quantised_mse(sae: LoadedSAE, acts: ActivationFile, lat: _Latents, bits: fl
 
 def _description_length(lat: _Latents, n_samples: int, width: int, bits: float) -> float:
     """DL in bits per sample: sum over features of the entropy of their codes, zero included
-    (the count of :func:`mdl_utils.dl.description_length`, accumulated chunk by chunk)."""
+    (the count of :func:`mdl_utils.entropy.description_length`, accumulated chunk by chunk)."""
     radix = n_bins(bits) + 1
     widths = widths_from_max(lat.feature_max, bits)
     keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)

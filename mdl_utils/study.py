@@ -95,7 +95,7 @@ from mdl_utils.sweep import (
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
-    "StudySettings", "study_settings", "run_study", "plan", "summarise", "load_rows", "load_study",
+    "StudySettings", "study_settings", "MSEMeasure", "run_study", "plan", "summarise", "load_rows", "load_study",
     "load_selected_sae", "main", "RESULTS_FORMAT_VERSION",
 ]
 
@@ -166,6 +166,38 @@ def study_settings(profile: str) -> StudySettings:
     )
 
 
+@dataclass(frozen=True)
+class MSEMeasure:
+    """How the study measures a trained SAE by default: chapter 3's MSE tolerance.
+
+    A *measure* is any picklable callable ``measure(sae, x_test, boot_weights) -> dict`` whose
+    dict has the keys of :meth:`mdl_utils.protocol.SAEMeasurement.to_dict` (the study selects
+    on ``dl_bits``, None when the SAE misses the tolerance); chapter 7 passes one that holds
+    the classifier's cross-entropy to the tolerance instead
+    (:class:`mdl_utils.downstream.DownstreamMeasure`). Ray workers receive it with each
+    training, so it must pickle.
+
+    Attributes:
+        epsilon: the tolerance, test MSE per element.
+        other_tolerances: tolerances at which the DL is also read (``dl_at``).
+    """
+
+    epsilon: float
+    other_tolerances: tuple[float, ...] = ()
+
+    def __call__(self, sae: BatchTopKSAE, x_test: Any, boot_weights: np.ndarray | None = None) -> dict[str, Any]:
+        return measure_sae(sae, x_test, epsilon=self.epsilon, other_tolerances=self.other_tolerances,
+                           boot_weights=boot_weights).to_dict()
+
+
+Measure = Callable[[BatchTopKSAE, Any, "np.ndarray | None"], dict[str, Any]]
+
+
+def default_measure(settings: StudySettings) -> MSEMeasure:
+    """The study's MSE measure: ``settings.epsilon``, reread at ``settings.reread``."""
+    return MSEMeasure(settings.epsilon, tuple(settings.epsilon * r for r in settings.reread))
+
+
 # --------------------------------------------------------------------------------------------
 # Rows on disk
 # --------------------------------------------------------------------------------------------
@@ -197,7 +229,8 @@ def _sae_stem(out: Path, width: int, seed: int, *, pending: bool = False) -> Pat
 
 
 def _finalise_selected(settings: StudySettings, out: Path, rows: Sequence[dict[str, Any]], width: int,
-                       seed: int, *, data: SweepData, cache_path: Path, device: str) -> None:
+                       seed: int, *, data: SweepData, cache_path: Path, device: str,
+                       measure: Measure | None = None) -> None:
     """Store the DL-optimal SAE of a finished (width, seed) search under ``saes/``.
 
     It is normally the pending copy the job saved when that row was trained. When the pending
@@ -219,7 +252,8 @@ def _finalise_selected(settings: StudySettings, out: Path, rows: Sequence[dict[s
     config = settings.train_config(width, best["k"], seed, device=device)
     train_cached(config, data, cache_path)
     sae = _compact(load_cached_sae(cache_path, config_key(config, data.fingerprint)))
-    again = measure_sae(sae, data.split("test"), epsilon=settings.epsilon).dl_bits
+    measure = measure if measure is not None else default_measure(settings)
+    again = measure(sae, data.split("test"), None)["dl_bits"]
     if again is None or not math.isclose(again, best["measure"]["dl_bits"], rel_tol=1e-9):
         raise ValueError(
             f"retraining width {width} seed {seed} at k={best['k']} gives DL {again}, but its row "
@@ -366,6 +400,9 @@ def run_study(
     log: Callable[[str], None] | None = None,
     threads: int | None = 1,
     executor: Executor | None = None,
+    measure: Measure | None = None,
+    name: str = "mnist-mdl",
+    extra_fields: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run (or resume) the study and write its rows, stored SAEs and ``summary.json``.
 
@@ -390,6 +427,10 @@ def run_study(
             search runs side by side (widths and seeds are independent; one search's trainings
             stay in order). This process alone measures the SAEs and writes rows, SAEs and
             the summary, which are the same as a serial run's.
+        measure: how each trained SAE is measured on the test split (default:
+            :func:`default_measure`, chapter 3's MSE tolerance; see :class:`MSEMeasure`).
+        name: the job's name in progress lines.
+        extra_fields: further measurement keys the summary copies (see :func:`summarise`).
 
     Returns:
         The summary (also written to ``out_dir/summary.json``).
@@ -400,7 +441,7 @@ def run_study(
     try:
         return _run_study(settings, Path(out_dir), cache=cache, budget_hours=budget_hours,
                           shard=shard, device=device, progress=progress, data=data, log=log,
-                          executor=executor)
+                          executor=executor, measure=measure, name=name, extra_fields=extra_fields)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -408,7 +449,8 @@ def run_study(
 def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[str] | None,
                budget_hours: float | None, shard: tuple[int, int], device: str, progress: bool,
                data: SweepData | None, log: Callable[[str], None] | None,
-               executor: Executor | None = None) -> dict[str, Any]:
+               executor: Executor | None = None, measure: Measure | None = None,
+               name: str = "mnist-mdl", extra_fields: Sequence[str] = ()) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
@@ -417,7 +459,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         data = prepare_data(DataSpec(source="mnist", n_train=settings.n_train, n_test=settings.n_test))
     x_test = data.split("test")
     weights = bootstrap_weights(len(x_test), settings.n_boot, seed=0)
-    tolerances = [settings.epsilon * r for r in settings.reread]
+    measure = measure if measure is not None else default_measure(settings)
     shard_i, shard_n = shard
     if not (shard_n >= 1 and 0 <= shard_i < shard_n):
         raise ValueError(f"shard must be I/N with 0 <= I < N, got {shard_i}/{shard_n}")
@@ -425,7 +467,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     serial = isinstance(executor, SerialExecutor)
     # Parallel runs show one progress display for the whole job (searches done / total,
     # trainings running, failed, time left), with the per-SAE lines printed above it.
-    display = Progress(0, desc="mnist-mdl", unit="search", enabled=progress and log is None and not serial)
+    display = Progress(0, desc=name, unit="search", enabled=progress and log is None and not serial)
     if log is not None:
         say = log
     elif progress:
@@ -448,8 +490,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         key = config_key(config, data.fingerprint)
         sae = _compact(load_cached_sae(cache_path, key))
         if measured is None:
-            measured = measure_sae(sae, x_test, epsilon=settings.epsilon, other_tolerances=tolerances,
-                                   boot_weights=weights).to_dict()
+            measured = measure(sae, x_test, weights)
         m = measured
         history = json.loads((cache_path / key / "entry.json").read_text()).get("history", {})
         row = _row(config, key, trained, m, j, trained_on)
@@ -463,7 +504,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         if _best_index(new_state) == j:
             _save_compact(sae, _sae_stem(out, width, seed, pending=True))
         dl = "misses eps" if m["dl_bits"] is None else f"DL {m['dl_bits']:.2f} bits"
-        say(f"[mnist-mdl] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
+        say(f"[{name}] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
             f"L0 {m['l0']:.2f}, live {m['n_live']}/{width}, epochs {trained['epochs']} "
             f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s")
 
@@ -492,7 +533,8 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
             done = [(w, s) for (w, s) in tasks
                     if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
             for w, s in done:
-                _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device)
+                _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device,
+                                   measure=measure)
             todo = [t for t in tasks if t not in done]
             display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed,
                            trained=len(rows))
@@ -515,7 +557,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                                  j_min=_j_min(settings))
                 assert j is not None
                 config = settings.train_config(width, k_of_index(j), seed, device=device)
-                say(f"[mnist-mdl] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
+                say(f"[{name}] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
                 t0 = time.time()
                 cached = load_cached(cache_path, config, data.fingerprint)
                 if cached is not None:
@@ -525,8 +567,8 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                 if serial:
                     task = executor.submit(train_payload, config, data_ref, tag=(width, seed, config.k))
                 else:  # the worker also measures the SAE, so the driver is never the bottleneck
-                    task = executor.submit(_train_and_measure, config, data_ref, settings.epsilon,
-                                           tolerances, settings.n_boot, tag=(width, seed, config.k))
+                    task = executor.submit(_train_and_measure, config, data_ref, measure, settings.n_boot,
+                                           tag=(width, seed, config.k))
                 in_flight[(width, seed)] = (task, config, j, t0)
                 if serial:
                     break  # serial: one training, then plan again (as the job always did)
@@ -543,7 +585,7 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     finally:
         display.close()
 
-    summary = summarise(settings, load_rows(out))
+    summary = summarise(settings, load_rows(out), d_in=int(x_test.shape[1]), extra_fields=extra_fields)
     summary.update(provenance(started))
     summary["stopped_by_budget"] = stopped_by_budget
     summary["executor"] = executor.describe()
@@ -551,15 +593,13 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     return summary
 
 
-def _train_and_measure(config: TrainConfig, data: SweepData, epsilon: float, tolerances: Sequence[float],
+def _train_and_measure(config: TrainConfig, data: SweepData, measure: Measure,
                        n_boot: int) -> tuple[TrainedPayload, dict[str, Any]]:
     """A worker's task: train, then measure the float16-rounded SAE on the test split exactly
     as the driver would (same bootstrap replicates), so the rows do not depend on who measured."""
     payload = train_payload(config, data)
     x_test = data.split("test")
-    m = measure_sae(_compact(payload.sae), x_test, epsilon=epsilon, other_tolerances=tolerances,
-                    boot_weights=bootstrap_weights(len(x_test), n_boot, seed=0))
-    return payload, m.to_dict()
+    return payload, measure(_compact(payload.sae), x_test, bootstrap_weights(len(x_test), n_boot, seed=0))
 
 
 def _unpack(value: Any) -> tuple[TrainedPayload, dict[str, Any] | None]:
@@ -603,8 +643,14 @@ def _width_summaries(settings: StudySettings, rows: Sequence[dict[str, Any]],
     return out
 
 
-def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Everything the chapter reads, computed from the rows alone (see the module docstring)."""
+def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]], *, d_in: int = 784,
+              extra_fields: Sequence[str] = ()) -> dict[str, Any]:
+    """Everything the chapter reads, computed from the rows alone (see the module docstring).
+
+    ``d_in`` is the data's dimension (784 for MNIST pixels), which the two-part total needs;
+    ``extra_fields`` are further keys of the selected rows' measurements copied into each
+    (width, seed) entry (chapter 7 adds its cross-entropy readings).
+    """
     seed0 = settings.seeds[0]
     widths = sorted({r["width"] for r in rows})
     per_width = []
@@ -629,11 +675,12 @@ def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[s
                     whole_dl_bits=m["whole_dl_bits"], l0=m["l0"], n_live=m["n_live"],
                     dead_fraction=m["dead_fraction"], upper_bound_bits=m["upper_bound_bits"],
                     saebench_bits=m["saebench_bits"],
-                    two_part_bits=two_part_bits(m["dl_bits"], width, 784),
+                    two_part_bits=two_part_bits(m["dl_bits"], width, d_in),
                     epochs=sel["train"]["epochs"], best_epoch=sel["train"]["best_epoch"],
                     stop_reason=sel["train"]["stop_reason"],
                     bracketed=_bracketed(mine, sel["k_index"], width, _j_min(settings)),
                 )
+                seed_entry.update({f: m.get(f) for f in extra_fields})
             entry["seeds"][str(seed)] = seed_entry
         per_width.append(entry)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mdl_utils.dl import feature_entropies, quantize
+from mdl_utils.entropy import feature_entropies
+from mdl_utils.quantize import quantize
 from mdl_utils.sae import n_kept
 
 __all__ = [
@@ -328,7 +329,7 @@ class TreeDescriptionLength:
         parent_bits: H(p_i) of each parent, shape (P,).
         child_bits: each child's conditional cost (already weighted), shape (P*C,).
         flat_dl_bits: the same quantised latents coded flat, every feature on its own
-            (:func:`mdl_utils.dl.description_length`'s count), for comparison.
+            (:func:`mdl_utils.entropy.description_length`'s count), for comparison.
         l0: mean number of active features per sample (parents and children).
     """
 
@@ -343,7 +344,7 @@ def tree_description_length(acts_NF: Any, n_parents: int, children_per_parent: i
                             bits: int | None = None, step: float | None = None) -> TreeDescriptionLength:
     """DL of latents of a two-level tree, each child counted conditionally on its parent.
 
-    The latents are quantised once with :func:`mdl_utils.dl.quantize` (``bits`` or ``step``,
+    The latents are quantised once with :func:`mdl_utils.quantize.quantize` (``bits`` or ``step``,
     as there). A parent costs its entropy H(p_i). A child is sent only where its parent is
     active, so it costs P(parent active) * H(child's codes | parent active); where the parent is
     off the receiver already knows the child is 0. A child that fires without its parent
@@ -353,7 +354,7 @@ def tree_description_length(acts_NF: Any, n_parents: int, children_per_parent: i
         acts_NF: latents (N samples, P + P*C features: parents first, then each parent's
             children in order), non-negative.
         n_parents, children_per_parent: P and C.
-        bits, step: the quantisation, exactly one of them (see :func:`mdl_utils.dl.quantize`).
+        bits, step: the quantisation, exactly one of them (see :func:`mdl_utils.quantize.quantize`).
 
     Returns:
         :class:`TreeDescriptionLength`.

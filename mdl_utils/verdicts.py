@@ -1,4 +1,4 @@
-"""The paper's claims about the MNIST sweep as directional tests with fixed thresholds.
+"""The paper's claims (chapter 3) and chapter 7's, as directional tests with fixed thresholds.
 
 Each function takes measurements and returns a :class:`Verdict`: ``"yes"``, ``"no"`` or
 ``"not resolved"``, the rule (threshold and baseline, fixed here before any data are read),
@@ -30,6 +30,16 @@ __all__ = [
     "l0_falls_with_width",
     "dead_rise_near_turn",
     "spearman",
+    "HARM_SPREAD",
+    "RANK_P",
+    "INTERVAL",
+    "t_interval",
+    "optimum_resolved",
+    "optimum_moves",
+    "shorter_description",
+    "unequal_harm",
+    "harm_rises_with_width",
+    "spearman_p_increasing",
 ]
 
 #: A's features are "memorised digits" when at least this usage-weighted fraction of them is as
@@ -45,6 +55,13 @@ FRAGMENT_RATIO = 0.9
 L0_SPEARMAN = -0.8
 #: A width's dictionary "has dead features" when more than this fraction never fires on test data.
 DEAD_RISE = 0.05
+#: Chapter 7: "equal MSE is not equal harm" when the MSE-selected SAEs' cross-entropy increases
+#: differ between two widths by more than this fraction of the cross-entropy tolerance.
+HARM_SPREAD = 0.25
+#: Chapter 7: a rank trend counts when its exact one-sided permutation p-value is below this.
+RANK_P = 0.05
+#: Two-sided coverage of the t intervals over seeds used by chapter 7's rules.
+INTERVAL = 0.95
 
 
 @dataclass(frozen=True)
@@ -171,3 +188,149 @@ def dead_rise_near_turn(widths: Sequence[int], dead_fraction: Sequence[float], o
     near = abs(math.log2(rise / optimum)) <= 1.0
     evidence = f"dead fraction first above {DEAD_RISE:.0%} at width {rise}; optimum at width {optimum}"
     return Verdict(claim, "yes" if near else "no", rule, evidence)
+
+
+# --------------------------------------------------------------------------------------------
+# Chapter 7: the downstream tolerance against the MSE tolerance
+# --------------------------------------------------------------------------------------------
+
+
+def t_interval(values: Sequence[float], coverage: float = INTERVAL) -> tuple[float, float] | None:
+    """The two-sided t interval of the mean of ``values`` (None with fewer than two values)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return None
+    half = float(t.ppf(0.5 + coverage / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+def optimum_resolved(name: str, resolution: Mapping[str, Any] | None) -> Verdict:
+    """The optimum under one tolerance is resolved (see :func:`mdl_utils.protocol.resolve_optimum`)."""
+    claim = f"the {name} optimum is resolved"
+    rule = ("yes when every other width's mean DL* exceeds the optimum's by more than the combined "
+            "uncertainty (seeds and test-digit bootstrap) and every search has finished")
+    if resolution is None:
+        return Verdict(claim, "not resolved", rule, "no finished search yet")
+    evidence = f"optimum width {resolution['optimum']}, tie set {list(resolution['tie_set'])}"
+    if resolution.get("provisional"):
+        evidence += " (searches still to run)"
+    return Verdict(claim, "yes" if resolution["resolved"] else "no", rule, evidence)
+
+
+def optimum_moves(res_ce: Mapping[str, Any] | None, res_mse: Mapping[str, Any] | None) -> Verdict:
+    """The epsilon-MDL-optimal width differs between the two tolerances."""
+    claim = "the optimal width moves when the tolerance is the classifier's loss"
+    rule = ("yes when the two tie sets share no width; no when both optima are resolved and equal; "
+            "not resolved otherwise (the tie sets overlap)")
+    if res_ce is None or res_mse is None:
+        return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
+    ce, mse = set(res_ce["tie_set"]), set(res_mse["tie_set"])
+    evidence = f"cross-entropy tie set {sorted(ce)}, MSE tie set {sorted(mse)}"
+    if not ce & mse:
+        return Verdict(claim, "yes", rule, evidence)
+    if res_ce["resolved"] and res_mse["resolved"] and res_ce["optimum"] == res_mse["optimum"]:
+        return Verdict(claim, "no", rule, evidence)
+    return Verdict(claim, "not resolved", rule, evidence)
+
+
+def shorter_description(dl_ce: Mapping[int, Mapping[int, float]], dl_mse: Mapping[int, Mapping[int, float]]) -> Verdict:
+    """At equal typical strictness, the downstream tolerance gives a shorter description.
+
+    ``dl_ce[width][seed]`` and ``dl_mse[width][seed]`` are DL* per width and seed. At each
+    width measured under both with at least two common seeds, the paired difference (same
+    seed) gets a t interval (:data:`INTERVAL`): shorter when it lies below zero, longer when
+    above, unresolved otherwise.
+    """
+    claim = "at equal typical strictness, the cross-entropy tolerance gives a shorter description at every width"
+    rule = (f"per width, the {INTERVAL:.0%} t interval of DL*(CE) - DL*(MSE) over paired seeds; yes when it lies "
+            "below zero at every width; no when it lies above zero at some width; not resolved otherwise")
+    shorter, longer, unresolved = [], [], []
+    for w in sorted(set(dl_ce) & set(dl_mse)):
+        seeds = sorted(set(dl_ce[w]) & set(dl_mse[w]))
+        ci = t_interval([dl_ce[w][s] - dl_mse[w][s] for s in seeds])
+        if ci is None:
+            unresolved.append(w)
+        elif ci[1] < 0:
+            shorter.append(w)
+        elif ci[0] > 0:
+            longer.append(w)
+        else:
+            unresolved.append(w)
+    evidence = f"shorter at widths {shorter}, longer at {longer}, not resolved at {unresolved}"
+    if longer:
+        return Verdict(claim, "no", rule, evidence)
+    if shorter and not unresolved:
+        return Verdict(claim, "yes", rule, evidence)
+    return Verdict(claim, "not resolved", rule, evidence)
+
+
+def unequal_harm(harm: Mapping[int, Mapping[int, float]], epsilon_ce: float) -> Verdict:
+    """Equal MSE is not equal harm: SAEs selected under the MSE tolerance differ in the
+    cross-entropy increase they cause by more than :data:`HARM_SPREAD` of ``epsilon_ce``.
+
+    ``harm[width][seed]`` is the cross-entropy increase of the MSE-selected SAE (at its
+    precision). The widths with the largest and smallest mean harm are compared; the
+    difference's t interval (Welch standard error, the smaller sample's degrees of freedom)
+    decides.
+    """
+    from scipy.stats import t
+
+    claim = "equal MSE is not equal harm (MSE-selected SAEs differ in the classifier's loss)"
+    bar = HARM_SPREAD * epsilon_ce
+    rule = (f"yes when the {INTERVAL:.0%} interval of the difference between the most and the least harmful "
+            f"width's mean cross-entropy increase lies above {HARM_SPREAD} epsilon_CE = {bar:.4g} nats; no when "
+            "it lies below; not resolved otherwise or with fewer than two seeds at either width")
+    means = {w: float(np.mean(list(v.values()))) for w, v in harm.items() if v}
+    if len(means) < 2:
+        return Verdict(claim, "not resolved", rule, f"{len(means)} widths measured")
+    hi, lo = max(means, key=means.get), min(means, key=means.get)  # type: ignore[arg-type]
+    diff = means[hi] - means[lo]
+    a, b = list(harm[hi].values()), list(harm[lo].values())
+    evidence = f"width {hi}: {means[hi]:.4f} nats, width {lo}: {means[lo]:.4f} nats (difference {diff:.4f})"
+    if min(len(a), len(b)) < 2:
+        return Verdict(claim, "not resolved", rule, evidence + "; one seed")
+    se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    half = float(t.ppf(0.5 + INTERVAL / 2, min(len(a), len(b)) - 1)) * se
+    evidence += f" +/- {half:.4f}"
+    if diff - half > bar:
+        return Verdict(claim, "yes", rule, evidence)
+    if diff + half < bar:
+        return Verdict(claim, "no", rule, evidence)
+    return Verdict(claim, "not resolved", rule, evidence)
+
+
+def spearman_p_increasing(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Spearman's rho of ``y`` against ``x`` and its exact one-sided p-value for an increasing
+    trend: the share of the ``n!`` orderings of ``y`` whose rho is at least the observed one
+    (n at most 8; beyond that 20,000 random orderings with a fixed seed)."""
+    import itertools
+
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError("need two sequences of the same length, at least 3")
+    rho = spearman(x, y)
+    y = list(y)
+    if len(y) <= 8:
+        perms = itertools.permutations(y)
+        values = [spearman(x, list(p)) for p in perms]
+    else:
+        rng = np.random.default_rng(0)
+        values = [spearman(x, list(rng.permutation(y))) for _ in range(20_000)]
+    p = float(np.mean(np.asarray(values) >= rho - 1e-12))
+    return rho, p
+
+
+def harm_rises_with_width(widths: Sequence[int], harm: Sequence[float]) -> Verdict:
+    """At equal MSE, wider SAEs harm the classifier more."""
+    claim = "at equal MSE, wider SAEs harm the classifier more"
+    rule = (f"yes when the Spearman correlation of the mean cross-entropy increase with width is positive with an "
+            f"exact one-sided permutation p-value below {RANK_P}; no when it is zero or negative; not resolved "
+            "otherwise")
+    if len(widths) < 3:
+        return Verdict(claim, "not resolved", rule, f"{len(widths)} widths")
+    rho, p = spearman_p_increasing([float(w) for w in widths], harm)
+    evidence = f"Spearman {rho:.2f} over {len(widths)} widths, one-sided p = {p:.3f}"
+    if rho <= 0:
+        return Verdict(claim, "no", rule, evidence)
+    return Verdict(claim, "yes" if p < RANK_P else "not resolved", rule, evidence)

@@ -81,7 +81,7 @@ entries = scan["entries"]
 #
 # Chapter 2's code gives every feature the same precision. Some features are close to on/off
 # switches and others carry a graded intensity, so a precision per feature might say the same
-# thing in fewer bits. {py:func}`mdl_utils.dl.allocate_bits` finds one greedily: starting from
+# thing in fewer bits. {py:func}`mdl_utils.allocation.allocate_bits` finds one greedily: starting from
 # generous whole-bit precisions (and, separately, from the best uniform whole-bit precision),
 # it keeps taking bits from the feature whose loss raises the MSE least per bit of DL saved,
 # until no removal fits under $\epsilon$. The greedy only removes bits, so it can stop where
@@ -177,8 +177,9 @@ plots.label(ax, title="DL of each width's selected SAEs as the tolerance varies"
 # selection as about the dictionaries. At looser tolerances every SAE has room to spare, and
 # a crossing there is a statement about the dictionaries themselves.
 #
-# At each tolerance, the difference of two widths' seed-mean DLs is compared with twice its
-# standard error over seeds. A crossing *survives* when one width is shorter by more than that
+# At each tolerance, the difference of two widths' seed-mean DLs is compared with the
+# half-width of its 95% t interval over seeds (with three seeds, 4.3 standard errors rather
+# than the normal 2). A crossing *survives* when one width is shorter by more than that
 # at one tolerance and the other width at a later one; crossings of the mean curves that do
 # not survive are listed as "raw" (what one seed per width would have shown).
 

@@ -32,34 +32,9 @@ def test_headline_says_not_yet_computed_without_committed_results(tmp_path):
     assert not re.search(r"\d", sentence), "no number may be shown when nothing was computed"
 
 
-def test_headline_reports_the_sae_with_the_smallest_description_length(tmp_path):
-    rows = [
-        {"width": 16, "k": 12, "test_mse": 0.0149, "dl_bits": 95.25, "l0": 12.0},
-        {"width": 128, "k": 9, "test_mse": 0.0147, "dl_bits": 61.04, "l0": 8.97},
-        {"width": 4096, "k": 3, "test_mse": 0.0150, "dl_bits": 88.5, "l0": 3.0},
-    ]
-    (tmp_path / "sweep.json").write_text(json.dumps(
-        {"epsilon": 0.015, "machine": "2-core CPU", "date": "2026-11-27", "rows": rows}))
-    sentence, found = mdl_book.headline(tmp_path)
-    assert found
-    # The optimum is the second row (61.04 < 88.5 < 95.25), inside the range 16 ... 4096.
-    assert "**128 latents**" in sentence and "**61.0 bits**" in sentence
-    assert "0.0147" in sentence and "8.97" not in sentence and "9.0 active" in sentence
-    assert "3 SAEs" in sentence and "widths 16 to 4096" in sentence
-    assert "strictly inside" in sentence
-    assert "sweep.json" in sentence and "2-core CPU" in sentence
-
-
-def test_headline_reads_a_bare_list_and_flags_an_optimum_at_the_edge(tmp_path):
-    rows = [{"n_latents": 32, "dl": 50.0}, {"n_latents": 64, "dl": 70.0}]
-    (tmp_path / "table.json").write_text(json.dumps(rows))
-    sentence, found = mdl_book.headline(tmp_path)
-    assert found and "**32 latents**" in sentence and "at an end of the range" in sentence
-
-
 def _study_summary(resolved, tie, complete):
     return {
-        "epsilon": 0.015, "n_saes_trained": 40, "complete": complete,
+        "format_version": 2, "epsilon": 0.015, "n_saes_trained": 40, "complete": complete,
         "remaining": [] if complete else [[1024, 0], [128, 1]],
         "machine": "2-core CPU", "date": "2026-12-02", "code_version": "abc",
         "widths": [{"width": w, "seeds": {"0": {"complete": True}}} for w in (64, 128, 256)],
@@ -74,7 +49,7 @@ def test_headline_from_the_study_states_the_resolution_and_what_remains(tmp_path
     path = tmp_path / "mnist-mdl" / "summary.json"
     path.parent.mkdir()
     path.write_text(json.dumps(_study_summary(False, [128, 256], False)))
-    # The study wins over any older results file beside it.
+    # Other results files beside it are not read.
     (tmp_path / "sweep.json").write_text(json.dumps({"rows": [{"width": 16, "dl_bits": 1.0}]}))
     sentence, found = mdl_book.headline(tmp_path)
     assert found and "**70.2 bits per test digit** at width 128" in sentence
@@ -93,10 +68,16 @@ def test_headline_from_the_study_states_the_resolution_and_what_remains(tmp_path
     assert "not resolved" not in sentence
 
 
-def test_headline_refuses_results_it_cannot_read(tmp_path):
-    (tmp_path / "meta.json").write_text(json.dumps({"machine": "x", "rows": [{"width": 8}]}))
-    with pytest.raises(ValueError, match="meta.json"):
+def test_headline_refuses_a_study_summary_in_another_format(tmp_path):
+    path = tmp_path / "mnist-mdl" / "summary.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**_study_summary(True, [128], True), "format_version": 1}))
+    with pytest.raises(ValueError, match="results format 1"):
         mdl_book.headline(tmp_path)
+    # Results other than the study's do not make a headline.
+    path.unlink()
+    (tmp_path / "meta.json").write_text(json.dumps({"machine": "x", "rows": [{"width": 8, "dl_bits": 3.0}]}))
+    assert mdl_book.headline(tmp_path)[1] is False
 
 
 def test_build_record_sums_papermill_durations_and_names_the_profile(tmp_path):

@@ -233,6 +233,16 @@ def test_a_crossing_counts_only_when_each_side_beats_the_seed_spread():
     assert pair["raw_crossings"] == [[2.0, 4.0]]
 
 
+def test_the_spread_is_judged_with_the_t_quantile_of_the_few_seeds_not_the_normal_one():
+    # Three seeds, sd 1 each: se = sqrt(2/3) = 0.816; t(2, 0.975) = 4.303, so the bar is 3.51 bits.
+    a = [[40, 40], [41, 41], [39, 39]]
+    b = [[43, 37], [44, 36], [42, 38]]  # differences +3 and -3: beyond 2 se (1.63), inside t
+    (pair,) = curve_crossings_with_spread(_curves(a, b, tol=(1.0, 2.0)))
+    assert pair["order"] == ["tie", "tie"] and pair["crossings"] == []
+    (loose,) = curve_crossings_with_spread(_curves(a, b, tol=(1.0, 2.0)), coverage=0.5)  # t(2, 0.75) = 0.816
+    assert loose["order"] == ["a", "b"] and loose["crossings"] == [[1.0, 2.0]]
+
+
 def test_a_crossing_inside_the_noise_is_reported_raw_but_does_not_count():
     a = [[40, 40, 40, 40], [50, 50, 50, 50], [30, 30, 30, 30]]
     b = [[41, 40, 39, 38], [51, 50, 49, 48], [31, 30, 29, 28]]  # spread 10 bits, differences <= 2

@@ -68,3 +68,65 @@ def test_dead_rise_near_turn():
     assert verdicts.dead_rise_near_turn(widths, [0, 0, 0.1, 0.3, 0.5], optimum=128).answer == "yes"
     assert verdicts.dead_rise_near_turn(widths, [0, 0, 0, 0, 0.2], optimum=128).answer == "no"
     assert verdicts.dead_rise_near_turn(widths, [0.0] * 5, optimum=128).answer == "no"
+
+
+# --- chapter 7 --------------------------------------------------------------------------------
+
+
+def _res(optimum, tie, resolved, provisional=False):
+    return {"optimum": optimum, "tie_set": list(tie), "resolved": resolved, "provisional": provisional}
+
+
+def test_t_interval_matches_the_formula_by_hand():
+    from scipy.stats import t
+
+    lo, hi = verdicts.t_interval([1.0, 2.0, 4.0])
+    half = t.ppf(0.975, 2) * np.std([1.0, 2.0, 4.0], ddof=1) / np.sqrt(3)
+    assert (lo, hi) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    assert verdicts.t_interval([1.0]) is None
+
+
+def test_optimum_resolved_and_optimum_moves_answer_each_way():
+    assert verdicts.optimum_resolved("MSE", _res(64, [64], True)).answer == "yes"
+    assert verdicts.optimum_resolved("MSE", _res(64, [64, 128], False)).answer == "no"
+    assert verdicts.optimum_resolved("MSE", None).answer == "not resolved"
+    assert verdicts.optimum_moves(_res(32, [32], True), _res(128, [128, 256], False)).answer == "yes"
+    assert verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True)).answer == "no"
+    # Overlapping tie sets: the data cannot say, even when the point optima differ.
+    assert verdicts.optimum_moves(_res(64, [64, 128], False), _res(128, [128], True)).answer == "not resolved"
+    assert verdicts.optimum_moves(None, _res(128, [128], True)).answer == "not resolved"
+
+
+def test_shorter_description_needs_every_width_below_zero_and_fails_on_one_above():
+    mse = {16: {0: 50.0, 1: 51.0, 2: 50.5}, 64: {0: 60.0, 1: 60.5, 2: 61.0}}
+    shorter = {16: {0: 40.0, 1: 41.2, 2: 40.4}, 64: {0: 55.0, 1: 55.4, 2: 56.1}}
+    assert verdicts.shorter_description(shorter, mse).answer == "yes"
+    longer_at_64 = {16: shorter[16], 64: {0: 65.0, 1: 65.6, 2: 66.2}}
+    assert verdicts.shorter_description(longer_at_64, mse).answer == "no"
+    noisy = {16: shorter[16], 64: {0: 50.0, 1: 70.0, 2: 58.0}}  # differences -10, +9.5, -3
+    assert verdicts.shorter_description(noisy, mse).answer == "not resolved"
+    one_seed = {w: {0: v[0]} for w, v in shorter.items()}
+    assert verdicts.shorter_description(one_seed, mse).answer == "not resolved"
+
+
+def test_unequal_harm_compares_the_extreme_widths_against_a_quarter_of_epsilon():
+    eps = 0.04  # bar: 0.01 nats
+    apart = {16: {0: 0.010, 1: 0.011, 2: 0.012}, 64: {0: 0.030, 1: 0.031, 2: 0.029}}
+    assert verdicts.unequal_harm(apart, eps).answer == "yes"
+    close = {16: {0: 0.020, 1: 0.021, 2: 0.0205}, 64: {0: 0.022, 1: 0.0215, 2: 0.0222}}
+    assert verdicts.unequal_harm(close, eps).answer == "no"
+    noisy = {16: {0: 0.00, 1: 0.02, 2: 0.01}, 64: {0: 0.01, 1: 0.04, 2: 0.025}}
+    assert verdicts.unequal_harm(noisy, eps).answer == "not resolved"
+    assert verdicts.unequal_harm({16: {0: 0.0}, 64: {0: 1.0}}, eps).answer == "not resolved"
+
+
+def test_spearman_permutation_p_value_by_enumeration_and_the_harm_trend():
+    rho, p = verdicts.spearman_p_increasing([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 24)  # only the identity ordering
+    rho, p = verdicts.spearman_p_increasing([1, 2, 3], [3.0, 2.0, 1.0])
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(1.0)
+    widths = [16, 32, 64, 128, 256]
+    assert verdicts.harm_rises_with_width(widths, [0.01, 0.02, 0.03, 0.04, 0.05]).answer == "yes"  # p = 1/120
+    assert verdicts.harm_rises_with_width(widths, [0.05, 0.04, 0.03, 0.02, 0.01]).answer == "no"
+    assert verdicts.harm_rises_with_width(widths[:3], [0.01, 0.02, 0.03]).answer == "not resolved"  # p = 1/6
+    assert verdicts.harm_rises_with_width(widths[:2], [0.01, 0.02]).answer == "not resolved"

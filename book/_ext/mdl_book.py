@@ -3,9 +3,9 @@
 Its jobs, each driven by what is in the repository rather than by typed-in text:
 
 - the landing page's headline result, read at build time from the committed chapter-3 study
-  (``results/full/mnist-mdl/summary.json``) or else the paper-scale results in
-  ``results/full/*.json`` (substitution ``{{ headline }}``), or a plain
-  "not yet computed" when there are none;
+  (``results/full/mnist-mdl/summary.json``, through the study's own reader, so a summary in
+  another format fails the build) (substitution ``{{ headline }}``), or a plain
+  "not yet computed" when there is none;
 - how long this build's chapters took to execute, and with which profile, read from the
   executed notebooks (substitution ``{{ build_timing }}``);
 - links derived from the one ``repository.url`` setting in _config.yml (substitutions
@@ -26,7 +26,6 @@ inline scripts that throw on page load, and napoleon's reading of prose attribut
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -48,39 +47,6 @@ NOT_COMPUTED = (
     "below are built with the `{profile}` profile and compute their own numbers as they run."
 )
 
-# Accepted spellings of the fields in one per-SAE record of the sweep.
-_WIDTH_KEYS = ("width", "n_latents", "d_sae", "dict_size", "n_features")
-_DL_KEYS = ("dl_bits", "dl_bits_per_sample", "description_length_bits", "dl")
-_MSE_KEYS = ("test_mse", "mse")
-_L0_KEYS = ("l0", "test_l0")
-_ROW_KEYS = ("rows", "records", "results", "saes", "sweep")
-
-
-def _first(record: dict, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if key in record and record[key] is not None:
-            return record[key]
-    return None
-
-
-def _records(payload: Any) -> list[dict]:
-    """The per-SAE records in one results file: a list of dicts, or such a list under a key."""
-    if isinstance(payload, dict):
-        for key in _ROW_KEYS:
-            if isinstance(payload.get(key), list):
-                payload = payload[key]
-                break
-    if not isinstance(payload, list):
-        return []
-    return [
-        row for row in payload
-        if isinstance(row, dict)
-        and isinstance(_first(row, _WIDTH_KEYS), (int, float))
-        and isinstance(_first(row, _DL_KEYS), (int, float))
-        and math.isfinite(_first(row, _DL_KEYS))
-    ]
-
-
 #: The chapter-3 study under the resolved protocol (mdl_utils.study), relative to RESULTS_DIR.
 STUDY_SUMMARY = Path("mnist-mdl") / "summary.json"
 
@@ -91,7 +57,12 @@ def study_headline(summary_path: Path) -> str:
     States the optimum as the study's resolution rule gives it: one width when resolved, else
     the set of widths it cannot tell apart, and how much of the study the committed rows cover.
     """
-    summary = json.loads(summary_path.read_text())
+    from mdl_utils.profiles import read_results
+    from mdl_utils.study import RESULTS_FORMAT_VERSION
+
+    # The study's own reader: a summary in another format stops the strict build here.
+    summary = read_results(summary_path, version=RESULTS_FORMAT_VERSION,
+                           how_to_make="run `python -m mdl_utils mnist-sweep --profile full --summary-only`")
     res = summary.get("resolution")
     done = sum(1 for w in summary["widths"] for s in w["seeds"].values() if s["complete"])
     status = ("the study is complete" if summary.get("complete") else
@@ -126,63 +97,13 @@ def study_headline(summary_path: Path) -> str:
 def headline(results_dir: Path, profile: str = "quick") -> tuple[str, bool]:
     """The landing page's headline sentence (MyST Markdown) and whether results were found.
 
-    Reads every ``*.json`` in ``results_dir``; the sweep's file holds one record per trained
-    SAE (a list, or a list under one of ``rows``/``records``/``results``/``saes``/``sweep``),
-    each with a width (``width``, ``n_latents``, ``d_sae``, ...) and a description length in
-    bits per sample (``dl_bits``, ...), and optionally ``test_mse`` and ``l0``. The record with
-    the smallest description length is the MDL-optimal SAE. Metadata at the top level of the
-    file (``machine``, ``date``, ``wall_time_s``, ``code_version``, ``epsilon``) is quoted
-    when present. Raises ValueError when JSON files exist but none holds such records, so a
-    change of format is caught by the strict build instead of silently hiding the result.
+    The headline is the chapter-3 study's (:func:`study_headline`), read from
+    ``results_dir/mnist-mdl/summary.json``; without that file the page says the paper-scale
+    results are not computed yet.
     """
     if (results_dir / STUDY_SUMMARY).is_file():
         return study_headline(results_dir / STUDY_SUMMARY), True
-    files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    if not files:
-        return NOT_COMPUTED.format(profile=profile), False
-    for path in files:
-        payload = json.loads(path.read_text())
-        rows = _records(payload)
-        if not rows:
-            continue
-        meta = payload if isinstance(payload, dict) else {}
-        best = min(rows, key=lambda row: _first(row, _DL_KEYS))
-        widths = sorted({_first(row, _WIDTH_KEYS) for row in rows})
-        parts = [
-            f"Among the {len(rows)} SAEs of the paper-scale sweep that reach the tolerance "
-            f"(widths {widths[0]:g} to {widths[-1]:g}), the one with the shortest description has "
-            f"**{_first(best, _WIDTH_KEYS):g} latents** and describes each MNIST test digit in "
-            f"**{_first(best, _DL_KEYS):.1f} bits**"
-        ]
-        mse = _first(best, _MSE_KEYS)
-        if isinstance(mse, (int, float)):
-            parts.append(f", at a test MSE of {mse:.4f} per pixel")
-            epsilon = meta.get("epsilon")
-            if isinstance(epsilon, (int, float)):
-                parts.append(f" (tolerance {epsilon:g})")
-        l0 = _first(best, _L0_KEYS)
-        if isinstance(l0, (int, float)):
-            parts.append(f" and an L0 of {l0:.1f} active latents per digit")
-        parts.append(".")
-        if widths[0] < _first(best, _WIDTH_KEYS) < widths[-1]:
-            parts.append(" The optimum lies strictly inside the range of widths swept.")
-        else:
-            parts.append(" The optimum lies at an end of the range of widths swept.")
-        provenance = [
-            f"{label} {meta[key]}" for key, label in (
-                ("machine", "machine:"), ("date", "date:"),
-                ("wall_time_s", "wall time (s):"), ("code_version", "code version:"),
-            ) if key in meta
-        ]
-        source = f" (read from `{(RESULTS_DIR / path.name).as_posix()}`" + (
-            "; " + ", ".join(provenance) if provenance else "") + ".)"
-        return "".join(parts) + source, True
-    names = ", ".join(p.name for p in files)
-    raise ValueError(
-        f"{results_dir}/ holds {names} but none has per-SAE records with a width "
-        f"({', '.join(_WIDTH_KEYS)}) and a description length ({', '.join(_DL_KEYS)}): "
-        "update book/_ext/mdl_book.py:headline to the results format"
-    )
+    return NOT_COMPUTED.format(profile=profile), False
 
 
 def build_record(chapters_dir: Path) -> tuple[str, str]:
