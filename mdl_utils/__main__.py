@@ -8,8 +8,6 @@ Commands:
     mnist-sweep
             the chapter-3 MNIST MDL study under the resolved protocol, resumable
             (see ``mdl_utils.study``)
-    beyond  chapter 6 (first version): per-feature precision, rate-distortion curves, the
-            epsilon scan on whole bits (see ``mdl_utils.beyond``)
     epsilon-scan
             chapter 6 under the resolved protocol: chapter 3's study at several tolerances,
             power laws with intervals, rate-distortion curves per seed (resumable; see
@@ -25,7 +23,7 @@ import importlib
 import sys
 
 _COMMANDS = {"dl": "mdl_utils.dl", "score": "mdl_utils.scoring", "sweep": "mdl_utils.sweep",
-             "mnist-sweep": "mdl_utils.study", "beyond": "mdl_utils.beyond",
+             "mnist-sweep": "mdl_utils.study",
              "epsilon-scan": "mdl_utils.epsilon_scan",
              "downstream": "mdl_utils.downstream"}
 

@@ -72,6 +72,8 @@ __all__ = [
     "QUICK_SEEDS",
     "RESULTS_FORMAT_VERSION",
     "ExponentInterval",
+    "PowerLawFit",
+    "fit_power_law",
     "allocation_comparisons",
     "curve_crossings_with_spread",
     "fit_scan",
@@ -329,10 +331,57 @@ class ExponentInterval:
 
 def _fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
     """Least-squares exponent of ``y = c * x**alpha``: (alpha, its standard error, n)."""
-    from mdl_utils.beyond import fit_power_law
 
     fit = fit_power_law(x, y)
     return fit.exponent, fit.exponent_stderr, fit.n_points
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """y = prefactor * x**exponent, fitted by least squares on log y against log x.
+
+    Attributes:
+        exponent: the power alpha.
+        prefactor: c.
+        exponent_stderr: standard error of alpha (NaN with fewer than 3 points).
+        r_squared: R^2 of the log-log fit (NaN when log y does not vary).
+        n_points: points used.
+    """
+
+    exponent: float
+    prefactor: float
+    exponent_stderr: float
+    r_squared: float
+    n_points: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLawFit:
+    """Fit y = c * x**alpha: ordinary least squares of log y on log x.
+
+    Raises:
+        ValueError: fewer than 2 points, non-positive values, or x all equal.
+    """
+    x_a, y_a = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x_a.shape != y_a.shape or x_a.ndim != 1 or x_a.size < 2:
+        raise ValueError("need at least 2 (x, y) pairs of the same length")
+    if np.any(x_a <= 0) or np.any(y_a <= 0) or not np.all(np.isfinite(x_a * y_a)):
+        raise ValueError("a power law needs finite, positive x and y")
+    lx, ly = np.log(x_a), np.log(y_a)
+    sxx = float(np.sum((lx - lx.mean()) ** 2))
+    if sxx == 0:
+        raise ValueError("x must take at least two different values")
+    alpha = float(np.sum((lx - lx.mean()) * (ly - ly.mean())) / sxx)
+    intercept = float(ly.mean() - alpha * lx.mean())
+    resid = ly - (intercept + alpha * lx)
+    sst = float(np.sum((ly - ly.mean()) ** 2))
+    sse = float(np.sum(resid**2))
+    r2 = 1.0 - sse / sst if np.ptp(ly) > 0 else math.nan
+    n = x_a.size
+    stderr = math.sqrt(sse / (n - 2) / sxx) if n > 2 else math.nan
+    return PowerLawFit(alpha, math.exp(intercept), stderr, r2, n)
 
 
 def fit_scan(entries: Sequence[dict[str, Any]], *, level: float = 0.95) -> dict[str, dict[str, Any]]:

@@ -58,7 +58,7 @@ def parse_job_args(
     threads: int | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """Parse the options shared by the long resumable jobs (``mnist-sweep``, ``beyond``, ``downstream``).
+    """Parse the options shared by the long resumable jobs (``mnist-sweep``, ``epsilon-scan``, ``downstream``).
 
     Options: ``--profile`` (default full), ``--out`` (default ``results/<profile>/<out_subdir>``,
     filled in), ``--cache``, ``--no-progress`` and ``--threads`` (applied to torch here;

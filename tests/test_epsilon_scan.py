@@ -18,6 +18,7 @@ from scipy import stats
 from mdl_utils.epsilon_scan import (
     K_MIN,
     curve_crossings_with_spread,
+    fit_power_law,
     fit_scan,
     rate_distortion_curves,
     run_epsilon_scan,
@@ -318,3 +319,23 @@ def _recheck_full_scan(stored, base):
     assert numbers(redo["greedy"]) == pytest.approx(numbers(alloc["greedy"]), rel=1e-6)
     assert redo["greedy"]["started_from"] == alloc["greedy"]["started_from"]
     assert redo["swap_saving"] == pytest.approx(alloc["swap_saving"], rel=1e-6)
+
+
+def test_power_law_fit_recovers_exponent_from_exact_and_noisy_data():
+    eps = np.array([0.01, 0.015, 0.02, 0.03, 0.05])
+    exact = fit_power_law(eps, 3.0 * eps**-1.5)
+    assert exact.exponent == pytest.approx(-1.5)
+    assert exact.prefactor == pytest.approx(3.0)
+    assert exact.r_squared == pytest.approx(1.0)
+    assert exact.exponent_stderr == pytest.approx(0.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    x = np.geomspace(0.005, 0.1, 40)
+    noisy = fit_power_law(x, 2.0 * x**0.7 * np.exp(rng.normal(0, 0.05, x.size)))
+    assert abs(noisy.exponent - 0.7) < 4 * noisy.exponent_stderr
+    assert 0.9 < noisy.r_squared < 1.0
+    flat = fit_power_law(eps, np.full(eps.size, 7.0))  # no trend: exponent 0, R^2 undefined
+    assert flat.exponent == pytest.approx(0.0) and math.isnan(flat.r_squared)
+    with pytest.raises(ValueError):
+        fit_power_law([0.01, 0.01], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        fit_power_law([0.01, 0.02], [0.0, 2.0])
