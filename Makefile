@@ -76,9 +76,11 @@ html: chapters
 book: html
 	@echo "The book is in _build/html/index.html"
 
-# pyflakes first: unused imports, undefined names and redefinitions fail the build.
+# Static checks first (ruff, configured in pyproject.toml): lint over the package, tests,
+# benchmarks and book extension (unused imports, undefined names, ...), format over the package.
 unit: $(INSTALLED)
-	python -m pyflakes mdl_utils tests benchmarks book/_ext
+	python -m ruff check mdl_utils tests benchmarks book/_ext
+	python -m ruff format --check mdl_utils
 	python -m pytest tests
 
 # nbval re-executes the committed references (tests/reference/, the quick-profile chapters with

@@ -22,10 +22,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-_COMMANDS = {"dl": "mdl_utils.dl", "score": "mdl_utils.scoring", "sweep": "mdl_utils.sweep",
-             "mnist-sweep": "mdl_utils.study",
-             "epsilon-scan": "mdl_utils.epsilon_scan",
-             "downstream": "mdl_utils.downstream"}
+_COMMANDS = {
+    "dl": "mdl_utils.dl",
+    "score": "mdl_utils.scoring",
+    "sweep": "mdl_utils.sweep",
+    "mnist-sweep": "mdl_utils.study",
+    "epsilon-scan": "mdl_utils.epsilon_scan",
+    "downstream": "mdl_utils.downstream",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,14 +57,15 @@ class ActivationFile:
                 block = self._source[start:stop].to(torch.float32).numpy()
             else:  # a safetensors slice
                 part = self._source[start:stop]
-                block = np.asarray(part.float().numpy() if isinstance(part, torch.Tensor) else part,
-                                   dtype=np.float32)
+                block = np.asarray(part.float().numpy() if isinstance(part, torch.Tensor) else part, dtype=np.float32)
         except (OSError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{self.path}: could not read rows {start}-{stop} "
-                             f"(truncated or corrupt file?): {err}") from err
+            raise ValueError(
+                f"{self.path}: could not read rows {start}-{stop} (truncated or corrupt file?): {err}"
+            ) from err
         if block.shape != (stop - start, self.d):
-            raise ValueError(f"{self.path}: rows {start}-{stop} came back with shape {block.shape} "
-                             "(truncated or corrupt file?)")
+            raise ValueError(
+                f"{self.path}: rows {start}-{stop} came back with shape {block.shape} (truncated or corrupt file?)"
+            )
         finite = np.isfinite(block)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite.all(axis=1))[0])
@@ -85,8 +86,10 @@ def _pick(tensors: dict[str, Any], key: str | None, path: Path) -> tuple[str | N
             raise ValueError(f"{path}: no tensor named {key!r}; it holds {sorted(tensors)[:10]}")
         return key, tensors[key]
     if len(tensors) != 1:
-        raise ValueError(f"{path}: holds {len(tensors)} tensors {sorted(tensors)[:10]}; name the "
-                         "activations with key= (--key on the command line)")
+        raise ValueError(
+            f"{path}: holds {len(tensors)} tensors {sorted(tensors)[:10]}; name the "
+            "activations with key= (--key on the command line)"
+        )
     return next(iter(tensors.items()))
 
 
@@ -101,8 +104,7 @@ def open_activations(path: str | Path, *, key: str | None = None) -> ActivationF
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(f"{path}: unknown activation file type {suffix!r}; expected one of "
-                         f"{', '.join(_SUFFIXES)}")
+        raise ValueError(f"{path}: unknown activation file type {suffix!r}; expected one of {', '.join(_SUFFIXES)}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
@@ -129,8 +131,9 @@ def open_activations(path: str | Path, *, key: str | None = None) -> ActivationF
     except Exception as err:  # every reader raises its own types for a damaged file
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise  # already says what is wrong with which file
-        raise ValueError(f"{path}: not a readable {suffix} file (truncated or corrupt?): "
-                         f"{type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"{path}: not a readable {suffix} file (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
     dtype = str(source.dtype).removeprefix("torch.")
     return _checked(ActivationFile(path, key, _shape2(tuple(source.shape), path), dtype, source))
 

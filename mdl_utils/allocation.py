@@ -33,8 +33,14 @@ from mdl_utils.entropy import entropies_from_counts, entropies_of_nonzeros
 from mdl_utils.latents import finite_float_array, like_latents, nonzeros, torch_tensor_type, torch_to_numpy
 from mdl_utils.quantize import MAX_BITS, codes_in_bins
 
-__all__ = ["BitAllocation", "allocate_bits", "dequantize_per_feature", "SwapResult", "swap_refine",
-           "compare_at_equal_mse"]
+__all__ = [
+    "BitAllocation",
+    "allocate_bits",
+    "dequantize_per_feature",
+    "SwapResult",
+    "swap_refine",
+    "compare_at_equal_mse",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,9 +247,7 @@ def allocate_bits(
     if start not in ("best", "generous", "uniform"):
         raise ValueError(f"start must be 'best', 'generous' or 'uniform'; got {start!r}")
     if not math.isfinite(tolerance) or tolerance < 0 or (mode == "absolute" and tolerance == 0):
-        raise ValueError(
-            f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}"
-        )
+        raise ValueError(f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}")
     if not (isinstance(start_bits, (int, np.integer)) and 1 <= start_bits <= 30):
         raise ValueError(f"start_bits must be an integer in 1..30; got {start_bits!r}")
     if not (isinstance(min_bits, (int, np.integer)) and 0 <= min_bits <= start_bits):
@@ -258,8 +262,7 @@ def allocate_bits(
     if mode == "absolute":
         if mse_raw > tolerance:
             raise ValueError(
-                f"the unquantised latents already have MSE {mse_raw:.6g}, above the absolute "
-                f"tolerance {tolerance:.6g}"
+                f"the unquantised latents already have MSE {mse_raw:.6g}, above the absolute tolerance {tolerance:.6g}"
             )
         ceiling = float(tolerance)
     else:
@@ -301,9 +304,7 @@ def allocate_bits(
     h_levels = np.empty((n_features, int(start_bits) + 1))
     for level in range(int(start_bits) + 1):
         shift = int(start_bits) - level
-        h_levels[:, level] = entropies_of_nonzeros(
-            n, n_features, cols, (codes_top + (1 << shift) - 1) >> shift
-        )
+        h_levels[:, level] = entropies_of_nonzeros(n, n_features, cols, (codes_top + (1 << shift) - 1) >> shift)
 
     def decoded_mse(level_of: np.ndarray) -> float:
         """The MSE through ``decode`` itself with feature i at ``level_of[i]`` bits."""
@@ -443,9 +444,7 @@ def allocate_bits(
         if best is None or float(run_bits.sum()) < float(best[1].sum()) - 1e-12:
             best = (name, run_bits, run)
     started_from, feature_bits, (bits, codes, history, path_h, path_mse, mse) = best
-    uniform_entropy = (
-        None if uniform_level is None else float(h_levels[:, uniform_level][live].sum())
-    )
+    uniform_entropy = None if uniform_level is None else float(h_levels[:, uniform_level][live].sum())
     per_feature = int(math.ceil(math.log2(start_bits - min_bits + 1)))
     table = float(per_feature * int(live.sum()))
     entropy = float(feature_bits.sum())
@@ -527,8 +526,9 @@ def _centres(codes: np.ndarray, vmax: float, level: int) -> np.ndarray:
 def _entropy(codes: np.ndarray, n_samples: int) -> float:
     """H(p) of one feature, bits per sample: its codes, and zero on the other samples."""
     _, counts = np.unique(codes, return_counts=True)
-    return float(entropies_from_counts(n_samples, np.zeros(counts.size, dtype=np.int64), counts,
-                                       np.array([codes.size]))[0])
+    return float(
+        entropies_from_counts(n_samples, np.zeros(counts.size, dtype=np.int64), counts, np.array([codes.size]))[0]
+    )
 
 
 def swap_refine(
@@ -645,13 +645,18 @@ def swap_refine(
             r_dot = residual[rows[s]] @ W[i]
             if level[i] < max_bits:
                 d = centres(i, int(level[i]) + 1) - current[s]
-                up[i] = (d, norm2[i] * float(d @ d) - 2.0 * float(d @ r_dot), h(i, int(level[i]) + 1) - h(i, int(level[i])))
+                up[i] = (
+                    d,
+                    norm2[i] * float(d @ d) - 2.0 * float(d @ r_dot),
+                    h(i, int(level[i]) + 1) - h(i, int(level[i])),
+                )
             lv = coarser_level(i)
             if lv >= 0:
                 d = centres(i, lv) - current[s]
                 down[i] = (d, norm2[i] * float(d @ d) - 2.0 * float(d @ r_dot), h(i, lv) - h(i, int(level[i])), lv)
-        ups = sorted((i for i in up if up[i][1] < 0),
-                     key=lambda i: (up[i][2] / -up[i][1], i))[:n_candidates]  # DL paid per SSE removed
+        ups = sorted((i for i in up if up[i][1] < 0), key=lambda i: (up[i][2] / -up[i][1], i))[
+            :n_candidates
+        ]  # DL paid per SSE removed
         downs = sorted(down, key=lambda j: (max(down[j][1], 0.0) / -down[j][2], j))[:n_candidates]
         best: tuple[float, float, int | None, int] | None = None  # (dH, dSSE, i, j)
         for j in downs:
@@ -695,13 +700,21 @@ def swap_refine(
         sse = new_sse
         n_swaps += 1
     h_after = float(sum(h(int(i), int(level[i])) for i in live))
-    return SwapResult(bits=level, entropy_bits=h_after, entropy_bits_before=h_before, mse=sse / n_entries,
-                      mse_before=sse_before / n_entries, ceiling=float(ceiling), n_swaps=n_swaps,
-                      n_pairs_evaluated=n_evaluated)
+    return SwapResult(
+        bits=level,
+        entropy_bits=h_after,
+        entropy_bits_before=h_before,
+        mse=sse / n_entries,
+        mse_before=sse_before / n_entries,
+        ceiling=float(ceiling),
+        n_swaps=n_swaps,
+        n_pairs_evaluated=n_evaluated,
+    )
 
 
-def compare_at_equal_mse(sae: Any, x: Any, *, epsilon: float, swaps: bool = True,
-                         rel_band: float = 1e-4, **swap_options: Any) -> dict[str, Any]:
+def compare_at_equal_mse(
+    sae: Any, x: Any, *, epsilon: float, swaps: bool = True, rel_band: float = 1e-4, **swap_options: Any
+) -> dict[str, Any]:
     """Per-feature precision (greedy, then swaps) against uniform precision at the same MSE.
 
     For the SAE's latents on ``x``: the uniform continuous precision at ``epsilon`` (the
@@ -726,25 +739,48 @@ def compare_at_equal_mse(sae: Any, x: Any, *, epsilon: float, swaps: bool = True
         p = continuous_precision(sae, z, x_np, epsilon=at, rel_band=rel_band)
         # status "in_band": MSE within rel_band below ``at``; "band_missed": the quantised MSE
         # jumps across the band (few samples), and the uniform code sits a little lower.
-        return {"bits": p.bits, "mse": p.mse_quantised, "status": p.status,
-                "dl_bits": description_length(z, bits=p.bits).dl_bits}
+        return {
+            "bits": p.bits,
+            "mse": p.mse_quantised,
+            "status": p.status,
+            "dl_bits": description_length(z, bits=p.bits).dl_bits,
+        }
 
     at_eps = uniform(epsilon)
     alloc = allocate_bits(z.toarray(), decoder_fn(sae), x_np, tolerance=epsilon)
-    greedy = {"entropy_bits": alloc.entropy_bits, "dl_bits": alloc.dl_bits, "mse": alloc.mse,
-              "table_bits_per_sample": alloc.table_bits / alloc.n_samples, "started_from": alloc.started_from}
+    greedy = {
+        "entropy_bits": alloc.entropy_bits,
+        "dl_bits": alloc.dl_bits,
+        "mse": alloc.mse,
+        "table_bits_per_sample": alloc.table_bits / alloc.n_samples,
+        "started_from": alloc.started_from,
+    }
     same = uniform(alloc.mse)
     out: dict[str, Any] = {
-        "width": int(sae.width), "epsilon": float(epsilon), "uniform_at_epsilon": at_eps, "greedy": greedy,
+        "width": int(sae.width),
+        "epsilon": float(epsilon),
+        "uniform_at_epsilon": at_eps,
+        "greedy": greedy,
         "uniform_at_greedy_mse": same,
         "greedy_saving": 1.0 - alloc.entropy_bits / same["dl_bits"],
-        "swaps": None, "uniform_at_swap_mse": None, "swap_saving": None,
+        "swaps": None,
+        "uniform_at_swap_mse": None,
+        "swap_saving": None,
     }
     if swaps:
         W = sae.W_dec_FD.detach().double().cpu().numpy()
         b = sae.b_dec_D.detach().double().cpu().numpy()
-        res = swap_refine(z, W, b, x_np, alloc.bits, ceiling=epsilon, min_bits=alloc.min_bits,
-                          max_bits=alloc.start_bits, **swap_options)
+        res = swap_refine(
+            z,
+            W,
+            b,
+            x_np,
+            alloc.bits,
+            ceiling=epsilon,
+            min_bits=alloc.min_bits,
+            max_bits=alloc.start_bits,
+            **swap_options,
+        )
         out["swaps"] = {k: v for k, v in res.to_dict().items() if k != "bits"}
         after = uniform(res.mse)
         out["uniform_at_swap_mse"] = after

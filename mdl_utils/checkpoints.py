@@ -110,11 +110,15 @@ class LoadedSAE:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"{self.path}: architecture {self.architecture!r} is not covered; "
-                             f"this protocol covers {', '.join(ARCHITECTURES)}")
+            raise ValueError(
+                f"{self.path}: architecture {self.architecture!r} is not covered; "
+                f"this protocol covers {', '.join(ARCHITECTURES)}"
+            )
         if self.normalisation not in NORMALISATIONS:
-            raise ValueError(f"{self.path}: activation normalisation {self.normalisation!r} is not "
-                             f"supported; supported: {', '.join(NORMALISATIONS)}")
+            raise ValueError(
+                f"{self.path}: activation normalisation {self.normalisation!r} is not "
+                f"supported; supported: {', '.join(NORMALISATIONS)}"
+            )
         d_in, width = self.W_enc.shape
         expected = {"W_enc": (d_in, width), "b_enc": (width,), "W_dec": (width, d_in), "b_dec": (d_in,)}
         if self.threshold is not None:
@@ -126,14 +130,17 @@ class LoadedSAE:
         for name, shape in expected.items():
             t = getattr(self, name)
             if tuple(t.shape) != shape:
-                raise ValueError(f"{self.path}: {name} has shape {tuple(t.shape)}, expected {shape} "
-                                 f"for d_in {d_in} and width {width}")
+                raise ValueError(
+                    f"{self.path}: {name} has shape {tuple(t.shape)}, expected {shape} "
+                    f"for d_in {d_in} and width {width}"
+                )
             if not torch.isfinite(t).all():
                 raise ValueError(f"{self.path}: {name} contains NaN or inf")
         if self.architecture == "topk":
             if self.k is None or not (1 <= self.k <= width) or float(self.k) != int(self.k):
-                raise ValueError(f"{self.path}: a TopK SAE needs a whole k between 1 and the width "
-                                 f"{width}, got {self.k!r}")
+                raise ValueError(
+                    f"{self.path}: a TopK SAE needs a whole k between 1 and the width {width}, got {self.k!r}"
+                )
         if self.architecture in ("jumprelu", "batchtopk") and self.threshold is None:
             raise ValueError(f"{self.path}: a {self.architecture} SAE needs a threshold")
 
@@ -147,10 +154,17 @@ class LoadedSAE:
 
     def describe(self) -> dict[str, Any]:
         """Where the SAE came from and its shape, for reports."""
-        return {"path": self.path, "format": self.source_format, "architecture": self.architecture,
-                "d_in": self.d_in, "width": self.width, "k": self.k,
-                "subtract_b_dec": self.subtract_b_dec, "normalisation": self.normalisation,
-                "notes": list(self.notes)}
+        return {
+            "path": self.path,
+            "format": self.source_format,
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "width": self.width,
+            "k": self.k,
+            "subtract_b_dec": self.subtract_b_dec,
+            "normalisation": self.normalisation,
+            "notes": list(self.notes),
+        }
 
     def context(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
         """The per-sample normalisation of ``x`` (None when there is none)."""
@@ -194,10 +208,8 @@ class LoadedSAE:
             y = y / ctx[0] + ctx[1]
         return y
 
-
     @torch.no_grad()
-    def decode_sparse(self, indptr: Tensor, cols: Tensor, values: Tensor,
-                      ctx: tuple[Tensor, Tensor] | None) -> Tensor:
+    def decode_sparse(self, indptr: Tensor, cols: Tensor, values: Tensor, ctx: tuple[Tensor, Tensor] | None) -> Tensor:
         """:meth:`decode` for latents given as CSR pieces (row pointers, feature indices,
         values): the sum runs over the active features only."""
         n = int(indptr.numel()) - 1
@@ -228,15 +240,19 @@ def detect_format(path: str | Path) -> str:
             return "saelens"
         if (path / "ae.pt").is_file() and (path / "config.json").is_file():
             return "dictionary_learning"
-        raise ValueError(f"{path}: not a SAELens folder (cfg.json + sae_weights.safetensors) nor a "
-                         "dictionary_learning folder (ae.pt + config.json)")
+        raise ValueError(
+            f"{path}: not a SAELens folder (cfg.json + sae_weights.safetensors) nor a "
+            "dictionary_learning folder (ae.pt + config.json)"
+        )
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     if stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file():
         return "mdl_utils"
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
-    raise ValueError(f"{path}: not a recognised SAE checkpoint (a SAELens or dictionary_learning "
-                     "folder, or this book's NAME.safetensors + NAME.json)")
+    raise ValueError(
+        f"{path}: not a recognised SAE checkpoint (a SAELens or dictionary_learning "
+        "folder, or this book's NAME.safetensors + NAME.json)"
+    )
 
 
 def load_sae(path: str | Path, *, sae_format: str = "auto") -> LoadedSAE:
@@ -333,8 +349,9 @@ def _load_saelens(folder: Path) -> LoadedSAE:
     notes = []
     if arch == "standard":
         if act not in ("relu",):
-            raise ValueError(f"{cfg_path}: activation function {act!r} is not covered (ReLU, TopK, "
-                             "JumpReLU and BatchTopK are)")
+            raise ValueError(
+                f"{cfg_path}: activation function {act!r} is not covered (ReLU, TopK, JumpReLU and BatchTopK are)"
+            )
         architecture = "relu"
     elif arch == "topk":
         architecture = "topk"
@@ -346,20 +363,26 @@ def _load_saelens(folder: Path) -> LoadedSAE:
         if details in ("batchtopk", "matryoshka_batchtopk"):
             notes.append(f"trained as {details}, saved by SAELens as JumpReLU with its threshold")
     else:
-        raise ValueError(f"{cfg_path}: SAELens architecture {arch!r} is not covered; this protocol "
-                         "covers standard (ReLU), topk, jumprelu, and BatchTopK saved as jumprelu")
+        raise ValueError(
+            f"{cfg_path}: SAELens architecture {arch!r} is not covered; this protocol "
+            "covers standard (ReLU), topk, jumprelu, and BatchTopK saved as jumprelu"
+        )
     norm = cfg.get("normalize_activations")
     if norm is True:
         norm = "expected_average_only_in"
     if norm in (None, False, "none"):
         norm = "none"
     if norm == "expected_average_only_in":
-        notes.append("normalize_activations=expected_average_only_in is a no-op at inference (SAELens "
-                     "folds the factor into the weights); the activations are used as given")
+        notes.append(
+            "normalize_activations=expected_average_only_in is a no-op at inference (SAELens "
+            "folds the factor into the weights); the activations are used as given"
+        )
         norm = "none"
     if norm not in NORMALISATIONS:
-        raise ValueError(f"{cfg_path}: normalize_activations {norm!r} is not supported "
-                         f"({', '.join(NORMALISATIONS)} and expected_average_only_in are)")
+        raise ValueError(
+            f"{cfg_path}: normalize_activations {norm!r} is not supported "
+            f"({', '.join(NORMALISATIONS)} and expected_average_only_in are)"
+        )
     threshold = None
     if architecture == "jumprelu":
         if "threshold" in tensors:
@@ -380,20 +403,37 @@ def _load_saelens(folder: Path) -> LoadedSAE:
         topk_scale = norms
         latent_scale = 1.0 / norms if latent_scale is None else latent_scale / norms
     sae = LoadedSAE(
-        path=str(folder), source_format="saelens", architecture=architecture,
-        W_enc=_tensor(tensors, "W_enc", weights), b_enc=_tensor(tensors, "b_enc", weights),
-        W_dec=W_dec, b_dec=_tensor(tensors, "b_dec", weights), threshold=threshold,
-        k=None if k is None else float(k), subtract_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
-        normalisation=str(norm), topk_scale=topk_scale, latent_scale=latent_scale, notes=notes,
+        path=str(folder),
+        source_format="saelens",
+        architecture=architecture,
+        W_enc=_tensor(tensors, "W_enc", weights),
+        b_enc=_tensor(tensors, "b_enc", weights),
+        W_dec=W_dec,
+        b_dec=_tensor(tensors, "b_dec", weights),
+        threshold=threshold,
+        k=None if k is None else float(k),
+        subtract_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
+        normalisation=str(norm),
+        topk_scale=topk_scale,
+        latent_scale=latent_scale,
+        notes=notes,
     )
     if (sae.d_in, sae.width) != (d_in, d_sae):
-        raise ValueError(f"{weights}: weights are for d_in {sae.d_in}, width {sae.width}, but cfg.json "
-                         f"says d_in {d_in}, d_sae {d_sae}")
+        raise ValueError(
+            f"{weights}: weights are for d_in {sae.d_in}, width {sae.width}, but cfg.json "
+            f"says d_in {d_in}, d_sae {d_sae}"
+        )
     return sae
 
 
-_DL_CLASSES = ("AutoEncoder", "AutoEncoderNew", "AutoEncoderTopK", "BatchTopKSAE",
-               "MatryoshkaBatchTopKSAE", "JumpReluAutoEncoder")
+_DL_CLASSES = (
+    "AutoEncoder",
+    "AutoEncoderNew",
+    "AutoEncoderTopK",
+    "BatchTopKSAE",
+    "MatryoshkaBatchTopKSAE",
+    "JumpReluAutoEncoder",
+)
 
 
 def _load_dictionary_learning(folder: Path) -> LoadedSAE:
@@ -404,8 +444,10 @@ def _load_dictionary_learning(folder: Path) -> LoadedSAE:
         raise ValueError(f"{cfg_path}: the config has no 'trainer' object")
     cls = str(_need(trainer, "dict_class", cfg_path))
     if cls not in _DL_CLASSES:
-        raise ValueError(f"{cfg_path}: dictionary_learning class {cls!r} is not covered; this "
-                         f"protocol covers {', '.join(_DL_CLASSES)}")
+        raise ValueError(
+            f"{cfg_path}: dictionary_learning class {cls!r} is not covered; this "
+            f"protocol covers {', '.join(_DL_CLASSES)}"
+        )
     d_in, width = int(_need(trainer, "activation_dim", cfg_path)), int(_need(trainer, "dict_size", cfg_path))
     ae_path = folder / "ae.pt"
     if not ae_path.is_file():
@@ -425,16 +467,34 @@ def _load_dictionary_learning(folder: Path) -> LoadedSAE:
         k = int(state["k"])
     threshold = None
     if cls == "AutoEncoder":
-        arch, W_enc, b_enc, W_dec, b_dec, centre = ("relu", t("encoder.weight").T, t("encoder.bias"),
-                                                    t("decoder.weight").T, t("bias"), True)
+        arch, W_enc, b_enc, W_dec, b_dec, centre = (
+            "relu",
+            t("encoder.weight").T,
+            t("encoder.bias"),
+            t("decoder.weight").T,
+            t("bias"),
+            True,
+        )
     elif cls == "AutoEncoderNew":
-        arch, W_enc, b_enc, W_dec, b_dec, centre = ("relu", t("encoder.weight").T, t("encoder.bias"),
-                                                    t("decoder.weight").T, t("decoder.bias"), False)
+        arch, W_enc, b_enc, W_dec, b_dec, centre = (
+            "relu",
+            t("encoder.weight").T,
+            t("encoder.bias"),
+            t("decoder.weight").T,
+            t("decoder.bias"),
+            False,
+        )
     elif cls == "AutoEncoderTopK":
         if k is None:
             raise ValueError(f"{cfg_path}: a TopK SAE needs k (in the state dict or trainer.k)")
-        arch, W_enc, b_enc, W_dec, b_dec, centre = ("topk", t("encoder.weight").T, t("encoder.bias"),
-                                                    t("decoder.weight").T, t("b_dec"), True)
+        arch, W_enc, b_enc, W_dec, b_dec, centre = (
+            "topk",
+            t("encoder.weight").T,
+            t("encoder.bias"),
+            t("decoder.weight").T,
+            t("b_dec"),
+            True,
+        )
     elif cls in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
         if "W_enc" in state:
             W_enc, b_enc, W_dec = t("W_enc"), t("b_enc"), t("W_dec")
@@ -443,20 +503,31 @@ def _load_dictionary_learning(folder: Path) -> LoadedSAE:
         arch, b_dec, centre = "batchtopk", t("b_dec"), True
         threshold = t("threshold").reshape(-1).expand(W_enc.shape[1]).clone()
     else:  # JumpReluAutoEncoder
-        arch, W_enc, b_enc, W_dec, b_dec, centre = ("jumprelu", t("W_enc"), t("b_enc"), t("W_dec"),
-                                                    t("b_dec"), False)
+        arch, W_enc, b_enc, W_dec, b_dec, centre = ("jumprelu", t("W_enc"), t("b_enc"), t("W_dec"), t("b_dec"), False)
         threshold = t("threshold")
     notes = []
     if arch == "batchtopk" and float(threshold[0]) < 0:  # type: ignore[index]
-        notes.append("the inference threshold was never set (-1): the library's inference, and "
-                     "this score, use the plain ReLU")
-    sae = LoadedSAE(path=str(folder), source_format="dictionary_learning", architecture=arch,
-                    W_enc=W_enc.contiguous(), b_enc=b_enc, W_dec=W_dec.contiguous(), b_dec=b_dec,
-                    threshold=threshold, k=None if k is None else float(k), subtract_b_dec=centre,
-                    notes=notes)
+        notes.append(
+            "the inference threshold was never set (-1): the library's inference, and this score, use the plain ReLU"
+        )
+    sae = LoadedSAE(
+        path=str(folder),
+        source_format="dictionary_learning",
+        architecture=arch,
+        W_enc=W_enc.contiguous(),
+        b_enc=b_enc,
+        W_dec=W_dec.contiguous(),
+        b_dec=b_dec,
+        threshold=threshold,
+        k=None if k is None else float(k),
+        subtract_b_dec=centre,
+        notes=notes,
+    )
     if (sae.d_in, sae.width) != (d_in, width):
-        raise ValueError(f"{ae_path}: weights are for d_in {sae.d_in}, width {sae.width}, but "
-                         f"config.json says activation_dim {d_in}, dict_size {width}")
+        raise ValueError(
+            f"{ae_path}: weights are for d_in {sae.d_in}, width {sae.width}, but "
+            f"config.json says activation_dim {d_in}, dict_size {width}"
+        )
     return sae
 
 
@@ -466,21 +537,28 @@ def _load_mdl_utils(path: Path) -> LoadedSAE:
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     meta = _read_json(stem.with_suffix(".json"))
     if meta.get("class") != "BatchTopKSAE":
-        raise ValueError(f"{stem.with_suffix('.json')}: class {meta.get('class')!r} is not an SAE this "
-                         "loader reads (BatchTopKSAE)")
+        raise ValueError(
+            f"{stem.with_suffix('.json')}: class {meta.get('class')!r} is not an SAE this loader reads (BatchTopKSAE)"
+        )
     try:
         sae = BatchTopKSAE.load(stem)
     except ValueError:
         raise
     except Exception as err:  # a damaged weights file
-        raise ValueError(f"{stem.with_suffix('.safetensors')}: not readable (truncated or corrupt?): "
-                         f"{err}") from err
+        raise ValueError(f"{stem.with_suffix('.safetensors')}: not readable (truncated or corrupt?): {err}") from err
     if not sae.has_threshold:
         raise ValueError(f"{stem}: this SAE's inference threshold was never set (it was not trained)")
     width = sae.width
     # The book's BatchTopK: pre = ReLU((x - b_dec) W_enc^T + b_enc), kept where pre > threshold.
-    return LoadedSAE(path=str(stem), source_format="mdl_utils", architecture="batchtopk",
-                     W_enc=sae.W_enc_FD.detach().float().T.contiguous(), b_enc=sae.b_enc_F.detach().float(),
-                     W_dec=sae.W_dec_FD.detach().float().contiguous(), b_dec=sae.b_dec_D.detach().float(),
-                     threshold=sae.threshold.detach().float().expand(width).clone(), k=float(sae.k),
-                     subtract_b_dec=True)
+    return LoadedSAE(
+        path=str(stem),
+        source_format="mdl_utils",
+        architecture="batchtopk",
+        W_enc=sae.W_enc_FD.detach().float().T.contiguous(),
+        b_enc=sae.b_enc_F.detach().float(),
+        W_dec=sae.W_dec_FD.detach().float().contiguous(),
+        b_dec=sae.b_dec_D.detach().float(),
+        threshold=sae.threshold.detach().float().expand(width).clone(),
+        k=float(sae.k),
+        subtract_b_dec=True,
+    )

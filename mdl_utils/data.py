@@ -97,9 +97,7 @@ def mnist_dir(*, download: bool = True) -> Path:
         if len(missing) == len(MNIST_FILES):
             raise MNISTDataError(f"MDL_MNIST_DIR={env} holds no MNIST files. {HOW_TO_GET_DATA}")
         if missing:
-            raise MNISTDataError(
-                f"MDL_MNIST_DIR={env} lacks {', '.join(missing)} (gzipped or not). {HOW_TO_GET_DATA}"
-            )
+            raise MNISTDataError(f"MDL_MNIST_DIR={env} lacks {', '.join(missing)} (gzipped or not). {HOW_TO_GET_DATA}")
         return folder
     raw = _data_root() / "MNIST" / "raw"
     if all(_find_file(raw, stem) is not None for stem in MNIST_FILES):
@@ -150,9 +148,7 @@ def _load_cached(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return pixels, labels
 
 
-def load_mnist(
-    split: Literal["train", "test"], *, download: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(split: Literal["train", "test"], *, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load one MNIST split.
 
     Args:

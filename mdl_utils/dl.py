@@ -126,8 +126,7 @@ def load_latents(path: str | Path, *, key: str | None = None) -> Any:
             obj = next(iter(tensors.values()))
         else:
             raise ValueError(
-                f"{path}: not a latent matrix: holds {len(tensors)} tensors {sorted(tensors)[:10]}; "
-                "name one with --key"
+                f"{path}: not a latent matrix: holds {len(tensors)} tensors {sorted(tensors)[:10]}; name one with --key"
             )
     if not hasattr(obj, "shape") or not hasattr(obj, "dtype"):
         raise ValueError(f"{path}: not a latent matrix (holds a {type(obj).__name__})")

@@ -112,8 +112,13 @@ RESULTS_FORMAT_VERSION = 2
 ARMS: tuple[str, ...] = ("ce", "mse")
 
 #: Cross-entropy readings copied from each selected SAE's row into the arm's summary.
-EXTRA_FIELDS: tuple[str, ...] = ("ce_increase", "ce_increase_quantised", "mse_quantised", "accuracy_spliced",
-                                 "ce_clean")
+EXTRA_FIELDS: tuple[str, ...] = (
+    "ce_increase",
+    "ce_increase_quantised",
+    "mse_quantised",
+    "accuracy_spliced",
+    "ce_clean",
+)
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,16 @@ class DownstreamSettings:
         """Chapter 3's study settings for one arm at tolerance ``epsilon`` (only ``seeds``,
         when given: the job runs the first seed of both arms before the others)."""
         return StudySettings(
-            n_train=self.n_train, n_test=self.n_test, widths=self.widths, fill_widths=self.fill_widths,
-            epsilon=epsilon, reread=self.reread, seeds=tuple(seeds) if seeds is not None else self.seeds,
-            k_start=self.k_start, n_boot=self.n_boot, max_trainings_per_search=self.max_trainings_per_search,
+            n_train=self.n_train,
+            n_test=self.n_test,
+            widths=self.widths,
+            fill_widths=self.fill_widths,
+            epsilon=epsilon,
+            reread=self.reread,
+            seeds=tuple(seeds) if seeds is not None else self.seeds,
+            k_start=self.k_start,
+            n_boot=self.n_boot,
+            max_trainings_per_search=self.max_trainings_per_search,
             train=dict(self.train),
         )
 
@@ -177,10 +189,22 @@ def settings_for(profile: str) -> DownstreamSettings:
     return choose(
         profile,
         quick=DownstreamSettings(
-            n_train=10_000, n_test=2_000, widths=(32, 128, 512), seeds=(0, 1), fill_widths=False,
+            n_train=10_000,
+            n_test=2_000,
+            widths=(32, 128, 512),
+            seeds=(0, 1),
+            fill_widths=False,
             n_boot=100,
-            train={**RECIPE, "batch_size": 256, "max_epochs": 150, "patience": 3, "lr_reductions": 2,
-                   "min_rel_improvement": 2e-3, "resample_every": 5, "resample_until": 10},
+            train={
+                **RECIPE,
+                "batch_size": 256,
+                "max_epochs": 150,
+                "patience": 3,
+                "lr_reductions": 2,
+                "min_rel_improvement": 2e-3,
+                "resample_every": 5,
+                "resample_until": 10,
+            },
         ),
         full=DownstreamSettings(n_train=None, n_test=None, widths=(16, 32, 64, 128, 256, 512, 1024)),
     )
@@ -215,8 +239,9 @@ def activation_data(
             tmp = folder / f".{name}.{os.getpid()}.npy"
             np.save(tmp, h)
             os.replace(tmp, path)
-    data = prepare_data(DataSpec(source="npy", train_path=str(folder / "train.npy"),
-                                 test_path=str(folder / "test.npy")))
+    data = prepare_data(
+        DataSpec(source="npy", train_path=str(folder / "train.npy"), test_path=str(folder / "test.npy"))
+    )
     return data, np.array(y_test)
 
 
@@ -225,7 +250,9 @@ def activation_data(
 # --------------------------------------------------------------------------------------------
 
 
-def _ce_of(model: MLPClassifier, sae: BatchTopKSAE, z: Any, h_ND: torch.Tensor, y: np.ndarray) -> tuple[float, float, float]:
+def _ce_of(
+    model: MLPClassifier, sae: BatchTopKSAE, z: Any, h_ND: torch.Tensor, y: np.ndarray
+) -> tuple[float, float, float]:
     """(cross-entropy increase, spliced accuracy, clean cross-entropy) for the latents ``z``."""
     with torch.no_grad():
         result = splice_loss(model, h_ND, sparse_decode(sae, z), y)
@@ -278,8 +305,9 @@ def measure_downstream(
         return {"ce_increase_quantised": ce_q, "mse_quantised": mse_q, "accuracy_spliced": acc}
 
     if loss == "mse":
-        out = measure_sae(sae, h_ND, epsilon=epsilon, other_tolerances=other_tolerances,
-                          boot_weights=boot_weights, rel_band=rel_band).to_dict()
+        out = measure_sae(
+            sae, h_ND, epsilon=epsilon, other_tolerances=other_tolerances, boot_weights=boot_weights, rel_band=rel_band
+        ).to_dict()
         bits = None if out["precision"] is None else out["precision"]["bits"]
         out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **readings(bits))
         return out
@@ -318,12 +346,26 @@ def measure_downstream(
         dl_at[f"{tol:.6g}"] = None if p is None else description_length(z, bits=p.bits).dl_bits
     n_live = int(np.unique(z.indices).size)
     return {
-        "width": sae.width, "k": sae.k, "epsilon": epsilon, "mse": mse_raw, "feasible": precision is not None,
-        "l0": z.nnz / z.shape[0], "n_live": n_live, "dead_fraction": 1.0 - n_live / sae.width,
+        "width": sae.width,
+        "k": sae.k,
+        "epsilon": epsilon,
+        "mse": mse_raw,
+        "feasible": precision is not None,
+        "l0": z.nnz / z.shape[0],
+        "n_live": n_live,
+        "dead_fraction": 1.0 - n_live / sae.width,
         "precision": None if precision is None else precision.to_dict(),
-        "dl_bits": dl_bits, "upper_bound_bits": bound, "whole_bits": whole_bits,
-        "whole_mse_quantised": whole_ce, "whole_dl_bits": whole_dl, "dl_at": dl_at, "boot": boot,
-        "saebench_bits": sb, "loss": "ce", "ce_clean": ce_clean, "ce_increase": ce_raw,
+        "dl_bits": dl_bits,
+        "upper_bound_bits": bound,
+        "whole_bits": whole_bits,
+        "whole_mse_quantised": whole_ce,
+        "whole_dl_bits": whole_dl,
+        "dl_at": dl_at,
+        "boot": boot,
+        "saebench_bits": sb,
+        "loss": "ce",
+        "ce_clean": ce_clean,
+        "ce_increase": ce_raw,
         **readings(None if precision is None else precision.bits),
     }
 
@@ -340,8 +382,16 @@ class DownstreamMeasure:
     other_tolerances: tuple[float, ...] = ()
 
     def __call__(self, sae: BatchTopKSAE, x_test: Any, boot_weights: np.ndarray | None = None) -> dict[str, Any]:
-        return measure_downstream(sae, self.model, x_test, self.y_test, loss=self.loss, epsilon=self.epsilon,
-                                  other_tolerances=self.other_tolerances, boot_weights=boot_weights)
+        return measure_downstream(
+            sae,
+            self.model,
+            x_test,
+            self.y_test,
+            loss=self.loss,
+            epsilon=self.epsilon,
+            other_tolerances=self.other_tolerances,
+            boot_weights=boot_weights,
+        )
 
 
 def precision_curve(
@@ -389,9 +439,13 @@ def calibrate_epsilon_mse(ce_summary: dict[str, Any], seed: int) -> dict[str, An
     if not per_width:
         raise ValueError(f"no width has a finished search reaching the cross-entropy tolerance for seed {seed}")
     value = float(f"{float(np.median(list(per_width.values()))):.3g}")
-    return {"rule": "median over widths of the quantised test MSE of the cross-entropy selections "
-                    f"(seed {seed}), 3 significant digits",
-            "seed": seed, "per_width": per_width, "epsilon_mse": value}
+    return {
+        "rule": "median over widths of the quantised test MSE of the cross-entropy selections "
+        f"(seed {seed}), 3 significant digits",
+        "seed": seed,
+        "per_width": per_width,
+        "epsilon_mse": value,
+    }
 
 
 def _by_width(summary: dict[str, Any], field_name: str, *, complete_only: bool = True) -> dict[int, dict[int, float]]:
@@ -408,8 +462,11 @@ def downstream_verdicts(ce: dict[str, Any] | None, mse: dict[str, Any] | None, e
     """Chapter 7's claims, each judged by a rule of :mod:`mdl_utils.verdicts` (see there)."""
     res_ce = None if ce is None else ce["resolution"]
     res_mse = None if mse is None else mse["resolution"]
-    out = [V.optimum_resolved("cross-entropy", res_ce), V.optimum_resolved("MSE", res_mse),
-           V.optimum_moves(res_ce, res_mse)]
+    out = [
+        V.optimum_resolved("cross-entropy", res_ce),
+        V.optimum_resolved("MSE", res_mse),
+        V.optimum_moves(res_ce, res_mse),
+    ]
     if ce is not None and mse is not None:
         out.append(V.shorter_description(_by_width(ce, "dl_bits"), _by_width(mse, "dl_bits")))
         harm = _by_width(mse, "ce_increase_quantised")
@@ -425,8 +482,9 @@ def downstream_verdicts(ce: dict[str, Any] | None, mse: dict[str, Any] | None, e
 
 
 def _activation_folder(cache_path: Path, settings: DownstreamSettings) -> Path:
-    key = hashlib.sha256(json.dumps([settings.classifier.key(), settings.n_train, settings.n_test])
-                         .encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([settings.classifier.key(), settings.n_train, settings.n_test]).encode()
+    ).hexdigest()[:16]
     return cache_path / f"activations-{key}"
 
 
@@ -460,8 +518,10 @@ def run_downstream(
         # committed results) must use it, not one trained again.
         model, clf_meta = load_classifier(out / "classifier")
         if clf_meta.get("config") != settings.classifier.to_dict():
-            raise ValueError(f"{out / 'classifier.json'} holds a classifier trained with {clf_meta.get('config')}, "
-                             f"but the settings ask for {settings.classifier.to_dict()}: use another output folder")
+            raise ValueError(
+                f"{out / 'classifier.json'} holds a classifier trained with {clf_meta.get('config')}, "
+                f"but the settings ask for {settings.classifier.to_dict()}: use another output folder"
+            )
     else:
         model, clf_meta = train_or_load_classifier(settings.classifier, cache_path)
         save_classifier(model, out / "classifier", metadata=clf_meta)
@@ -475,9 +535,20 @@ def run_downstream(
     def run_arm(arm: str, epsilon: float, seeds: Sequence[int]) -> dict[str, Any]:
         study = settings.study(epsilon, seeds)
         measure = DownstreamMeasure(model, y_test, arm, epsilon, tuple(epsilon * r for r in settings.reread))
-        return run_study(study, out / arm, cache=cache_path, budget_hours=left(), device=device,
-                         progress=progress, data=data, threads=threads, executor=executor, measure=measure,
-                         name=f"downstream-{arm}", extra_fields=EXTRA_FIELDS)
+        return run_study(
+            study,
+            out / arm,
+            cache=cache_path,
+            budget_hours=left(),
+            device=device,
+            progress=progress,
+            data=data,
+            threads=threads,
+            executor=executor,
+            measure=measure,
+            name=f"downstream-{arm}",
+            extra_fields=EXTRA_FIELDS,
+        )
 
     calibration_path = out / "calibration.json"
     stopped = False
@@ -486,7 +557,11 @@ def run_downstream(
         atomic_write_text(calibration_path, json.dumps(calibrate_epsilon_mse(summary, first), indent=2))
     if calibration_path.is_file():
         eps_mse = json.loads(calibration_path.read_text())["epsilon_mse"]
-        phases = [("mse", eps_mse, [first]), ("ce", settings.epsilon_ce, settings.seeds), ("mse", eps_mse, settings.seeds)]
+        phases = [
+            ("mse", eps_mse, [first]),
+            ("ce", settings.epsilon_ce, settings.seeds),
+            ("mse", eps_mse, settings.seeds),
+        ]
         for arm, eps, seeds in phases:
             if deadline is not None and time.time() > deadline:
                 stopped = True
@@ -503,8 +578,9 @@ def run_downstream(
     return json.loads(json.dumps(payload))  # as a reader of the file sees it (lists, not tuples)
 
 
-def summarise_downstream(settings: DownstreamSettings, out_dir: str | os.PathLike[str], *,
-                         data: SweepData | None = None) -> dict[str, Any]:
+def summarise_downstream(
+    settings: DownstreamSettings, out_dir: str | os.PathLike[str], *, data: SweepData | None = None
+) -> dict[str, Any]:
     """``downstream.json``'s contents from the rows on disk: both arms summarised with every
     seed (each arm's ``summary.json`` is rewritten so), the calibration and the verdicts.
     ``data`` (the activations) only adds the activations' variance; without it that entry
@@ -532,8 +608,12 @@ def summarise_downstream(settings: DownstreamSettings, out_dir: str | os.PathLik
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": settings.to_dict(),
-        "classifier": {"path": "classifier", "test_accuracy": meta.get("test_accuracy"),
-                       "test_ce": meta.get("test_ce"), "train_seconds": meta.get("train_seconds")},
+        "classifier": {
+            "path": "classifier",
+            "test_accuracy": meta.get("test_accuracy"),
+            "test_ce": meta.get("test_ce"),
+            "train_seconds": meta.get("train_seconds"),
+        },
         "epsilon_ce": eps["ce"],
         "epsilon_mse": eps["mse"],
         "calibration": calibration,
@@ -557,9 +637,10 @@ def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], ML
     """
     out = Path(out_dir)
     payload = read_results(
-        out / "downstream.json", version=RESULTS_FORMAT_VERSION,
+        out / "downstream.json",
+        version=RESULTS_FORMAT_VERSION,
         how_to_make=f"run `python -m mdl_utils downstream --profile full --out {out}` (or the "
-                    "chapter with retrain=True) to compute it",
+        "chapter with retrain=True) to compute it",
     )
     model, _ = load_classifier(out / payload["classifier"]["path"])
     return payload, model
@@ -576,15 +657,23 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m mdl_utils downstream``: run or resume the downstream-tolerance study."""
 
     def extra(parser: Any) -> None:
-        parser.add_argument("--budget-hours", type=float, default=None,
-                            help="stop starting new trainings after this many hours (resumable)")
+        parser.add_argument(
+            "--budget-hours",
+            type=float,
+            default=None,
+            help="stop starting new trainings after this many hours (resumable)",
+        )
         parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
-        parser.add_argument("--summary-only", action="store_true",
-                            help="only rewrite downstream.json from the rows on disk (no training)")
+        parser.add_argument(
+            "--summary-only",
+            action="store_true",
+            help="only rewrite downstream.json from the rows on disk (no training)",
+        )
         add_executor_args(parser)
 
-    args = parse_job_args(argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream",
-                          extra=extra)
+    args = parse_job_args(
+        argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream", extra=extra
+    )
     out = Path(args.out)
     settings = settings_for(args.profile)
     if args.summary_only:
@@ -607,18 +696,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with executor:
-            payload = run_downstream(settings, out, cache=args.cache, budget_hours=args.budget_hours,
-                                     device=args.device, progress=not args.no_progress, threads=threads,
-                                     executor=executor)
+            payload = run_downstream(
+                settings,
+                out,
+                cache=args.cache,
+                budget_hours=args.budget_hours,
+                device=args.device,
+                progress=not args.no_progress,
+                threads=threads,
+                executor=executor,
+            )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     optima = ", ".join(
         f"{arm}: width {payload[arm]['resolution']['optimum']}"
         + ("" if payload[arm]["resolution"]["resolved"] else f" (tie set {payload[arm]['resolution']['tie_set']})")
-        for arm in ARMS if payload[arm] is not None and payload[arm]["resolution"] is not None)
-    print(f"wrote {out / 'downstream.json'}: optima {optima or 'none yet'}; "
-          f"{'complete' if payload['complete'] else 'not complete (rerun to continue)'}")
+        for arm in ARMS
+        if payload[arm] is not None and payload[arm]["resolution"] is not None
+    )
+    print(
+        f"wrote {out / 'downstream.json'}: optima {optima or 'none yet'}; "
+        f"{'complete' if payload['complete'] else 'not complete (rerun to continue)'}"
+    )
     return 0
 
 

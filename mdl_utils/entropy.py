@@ -19,17 +19,22 @@ import numpy as np
 from mdl_utils.latents import nonzeros
 from mdl_utils.quantize import codes_of_nonzeros, widths_of_nonzeros
 
-__all__ = ["DescriptionLength", "description_length", "feature_entropies", "entropies_from_counts",
-           "entropies_of_nonzeros", "dl_upper_bound", "dense_dl"]
+__all__ = [
+    "DescriptionLength",
+    "description_length",
+    "feature_entropies",
+    "entropies_from_counts",
+    "entropies_of_nonzeros",
+    "dl_upper_bound",
+    "dense_dl",
+]
 
 # --------------------------------------------------------------------------------------------
 # Entropies and description length
 # --------------------------------------------------------------------------------------------
 
 
-def _count_pairs(
-    cols: np.ndarray, codes: np.ndarray, n_features: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _count_pairs(cols: np.ndarray, codes: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (feature, code) pairs among the non-zero entries and how often each occurs.
 
     Returns (feature, code, count) arrays sorted by feature, then code.
@@ -57,16 +62,15 @@ def _count_pairs(
     return feature, code, counts
 
 
-def entropies_of_nonzeros(
-    n_samples: int, n_features: int, cols: np.ndarray, codes: np.ndarray
-) -> np.ndarray:
+def entropies_of_nonzeros(n_samples: int, n_features: int, cols: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """H(p_i) in bits for each feature, from the non-zero entries only."""
     feature, _, counts = _count_pairs(cols, codes, n_features)
     return entropies_from_counts(n_samples, feature, counts, np.bincount(cols, minlength=n_features))
 
 
-def entropies_from_counts(n_samples: int, feature: np.ndarray, counts: np.ndarray,
-                          nonzeros_per_feature: np.ndarray) -> np.ndarray:
+def entropies_from_counts(
+    n_samples: int, feature: np.ndarray, counts: np.ndarray, nonzeros_per_feature: np.ndarray
+) -> np.ndarray:
     """H(p_i) in bits per sample for each feature, from counted (feature, code) pairs.
 
     ``feature[j]`` and ``counts[j]``: the feature and the number of samples of the j-th
@@ -131,9 +135,7 @@ class DescriptionLength:
     upper_bound_bits: float
 
 
-def description_length(
-    z: Any, *, bits: float | None = None, step: float | None = None
-) -> DescriptionLength:
+def description_length(z: Any, *, bits: float | None = None, step: float | None = None) -> DescriptionLength:
     """The paper's description length of SAE latents, bits per sample (section 3).
 
     Quantises ``z`` as :func:`quantize` does, then sums the per-feature entropies: each

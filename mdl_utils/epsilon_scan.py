@@ -206,6 +206,7 @@ def run_epsilon_scan(
         return max(0.0, (deadline - time.time()) / 3600)
 
     for first_pass in (True, False):
+
         def one(eps: float, first_pass: bool = first_pass) -> None:
             settings = scan_settings(base, eps, seeds)
             if first_pass:
@@ -213,9 +214,17 @@ def run_epsilon_scan(
             left = remaining_hours()
             if left is not None and left <= 0:
                 return
-            run_study(settings, study_dir_for(out, eps, base, ref), cache=cache, budget_hours=left,
-                      device=device, progress=progress and parallel <= 1, data=data, threads=threads,
-                      executor=executor)
+            run_study(
+                settings,
+                study_dir_for(out, eps, base, ref),
+                cache=cache,
+                budget_hours=left,
+                device=device,
+                progress=progress and parallel <= 1,
+                data=data,
+                threads=threads,
+                executor=executor,
+            )
 
         if parallel > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -225,8 +234,17 @@ def run_epsilon_scan(
         else:
             for eps in eps_list:
                 one(eps)
-    return summarise_scan(base, out, epsilons=eps_list, reference_dir=ref, data=data, curves=curves,
-                          seeds=seeds, started=started, write=True)
+    return summarise_scan(
+        base,
+        out,
+        epsilons=eps_list,
+        reference_dir=ref,
+        data=data,
+        curves=curves,
+        seeds=seeds,
+        started=started,
+        write=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,9 +266,13 @@ def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, 
             continue
         dl, width, s = cands[optimum_index([c[0] for c in cands], [c[1] for c in cands])]  # type: ignore[index]
         reach = sorted(c[1] for c in cands)
-        out[str(seed)] = {"width": width, "dl_bits": dl, "l0": s["l0"], "k": s["k"],
-                          "at_edge": width in (reach[0], reach[-1]) or width in (min(settings.widths),
-                                                                               max(settings.widths))}
+        out[str(seed)] = {
+            "width": width,
+            "dl_bits": dl,
+            "l0": s["l0"],
+            "k": s["k"],
+            "at_edge": width in (reach[0], reach[-1]) or width in (min(settings.widths), max(settings.widths)),
+        }
     return out
 
 
@@ -267,11 +289,19 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
     summary = summarise(settings, rows)
     res = summary["resolution"]
     entry: dict[str, Any] = {
-        "epsilon": settings.epsilon, "k_min": settings.k_min, "k_start": settings.k_start,
-        "complete": summary["complete"], "n_remaining": len(summary["remaining"]),
-        "n_saes_trained": summary["n_saes_trained"], "training_time_s": summary["training_time_s"],
-        "devices": summary["devices"], "resolution": res, "dl_star": summary["dl_star"],
-        "seed_optima": _seed_optima(settings, summary), "optimum": None, "at_edge": None,
+        "epsilon": settings.epsilon,
+        "k_min": settings.k_min,
+        "k_start": settings.k_start,
+        "complete": summary["complete"],
+        "n_remaining": len(summary["remaining"]),
+        "n_saes_trained": summary["n_saes_trained"],
+        "training_time_s": summary["training_time_s"],
+        "devices": summary["devices"],
+        "resolution": res,
+        "dl_star": summary["dl_star"],
+        "seed_optima": _seed_optima(settings, summary),
+        "optimum": None,
+        "at_edge": None,
     }
     if res is None:
         return entry
@@ -281,10 +311,16 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
     width_entry = next(e for e in summary["widths"] if e["width"] == opt)
     per_seed = [width_entry["seeds"][str(s)] for s in table["dl_by_seed"]]
     entry["optimum"] = {
-        "width": opt, "dl_bits": table["mean"], "seed_std": table["seed_std"], "n_seeds": table["n_seeds"],
-        "boot_ci": table["boot_ci"], "l0": float(np.mean([p["l0"] for p in per_seed])),
-        "k": float(np.mean([p["k"] for p in per_seed])), "tie_set": res["tie_set"],
-        "resolved": res["resolved"], "provisional": bool(res.get("provisional")),
+        "width": opt,
+        "dl_bits": table["mean"],
+        "seed_std": table["seed_std"],
+        "n_seeds": table["n_seeds"],
+        "boot_ci": table["boot_ci"],
+        "l0": float(np.mean([p["l0"] for p in per_seed])),
+        "k": float(np.mean([p["k"] for p in per_seed])),
+        "tie_set": res["tie_set"],
+        "resolved": res["resolved"],
+        "provisional": bool(res.get("provisional")),
     }
     entry["at_edge"] = opt in (reach[0], reach[-1]) or opt in (min(settings.widths), max(settings.widths))
     return entry
@@ -445,8 +481,15 @@ def fit_scan(entries: Sequence[dict[str, Any]], *, level: float = 0.95) -> dict[
         elif not excludes:
             why.append(f"the interval [{low:.3g}, {high:.3g}] includes zero")
         out[quantity] = ExponentInterval(
-            quantity=quantity, exponents=exponents, mean=mean, low=low, high=high, method=method,
-            n_epsilons=n_eps, excludes_zero=excludes, supported=excludes and not reasons and bool(entries),
+            quantity=quantity,
+            exponents=exponents,
+            mean=mean,
+            low=low,
+            high=high,
+            method=method,
+            n_epsilons=n_eps,
+            excludes_zero=excludes,
+            supported=excludes and not reasons and bool(entries),
             reasons=tuple(why),
         ).to_dict()
     return out
@@ -483,8 +526,7 @@ def rate_distortion_curves(
     """
     from mdl_utils.entropy import description_length
 
-    tol = [float(t) for t in (tolerances if tolerances is not None
-                              else [settings.epsilon * r for r in MSE_RATIOS])]
+    tol = [float(t) for t in (tolerances if tolerances is not None else [settings.epsilon * r for r in MSE_RATIOS])]
     if any(not (t > 0 and math.isfinite(t)) for t in tol) or not tol:
         raise ValueError(f"tolerances must be positive and finite, got {tol!r}")
     x = np.asarray(x_test, dtype=np.float32)
@@ -497,8 +539,14 @@ def rate_distortion_curves(
         if not path.with_suffix(".safetensors").is_file():
             continue
         sha = _sha256(path.with_suffix(".safetensors"))
-        old = next((c for c in previous if (c.get("width"), c.get("seed"), c.get("sae_sha256"), c.get("tolerances"))
-                    == (width, seed, sha, tol)), None)
+        old = next(
+            (
+                c
+                for c in previous
+                if (c.get("width"), c.get("seed"), c.get("sae_sha256"), c.get("tolerances")) == (width, seed, sha, tol)
+            ),
+            None,
+        )
         if old is not None:
             out.append(dict(old))
             continue
@@ -515,8 +563,18 @@ def rate_distortion_curves(
             p = continuous_precision(sae, z, x, epsilon=t)
             dls.append(float(description_length(z, bits=p.bits).dl_bits))
             bits.append(float(p.bits))
-        out.append({"width": width, "seed": seed, "k": float(sae.k), "mse": float(mse),
-                    "tolerances": tol, "dl_bits": dls, "bits": bits, "sae_sha256": sha})
+        out.append(
+            {
+                "width": width,
+                "seed": seed,
+                "k": float(sae.k),
+                "mse": float(mse),
+                "tolerances": tol,
+                "dl_bits": dls,
+                "bits": bits,
+                "sae_sha256": sha,
+            }
+        )
     return out
 
 
@@ -526,9 +584,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySettings, x_test: Any, *,
-                           max_width: int | None = None,
-                           previous: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+def allocation_comparisons(
+    study_dir: str | os.PathLike[str],
+    settings: StudySettings,
+    x_test: Any,
+    *,
+    max_width: int | None = None,
+    previous: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
     """:func:`mdl_utils.allocation.compare_at_equal_mse` at the study's epsilon for every stored
     (width, seed) SAE up to ``max_width``, each tagged with its width, seed and weights' SHA-256
     (``previous`` results for the same weights and epsilon are reused)."""
@@ -541,8 +604,15 @@ def allocation_comparisons(study_dir: str | os.PathLike[str], settings: StudySet
         if (max_width is not None and width > max_width) or not path.with_suffix(".safetensors").is_file():
             continue
         sha = _sha256(path.with_suffix(".safetensors"))
-        old = next((a for a in previous if (a.get("width"), a.get("seed"), a.get("sae_sha256"), a.get("epsilon"))
-                    == (width, seed, sha, settings.epsilon)), None)
+        old = next(
+            (
+                a
+                for a in previous
+                if (a.get("width"), a.get("seed"), a.get("sae_sha256"), a.get("epsilon"))
+                == (width, seed, sha, settings.epsilon)
+            ),
+            None,
+        )
         if old is not None:
             out.append(dict(old))
             continue
@@ -575,7 +645,7 @@ def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, coverage: f
     widths = sorted(by_width)
     out = []
     for i, a in enumerate(widths):
-        for b in widths[i + 1:]:
+        for b in widths[i + 1 :]:
             tol = by_width[a][0]["tolerances"]
             order: list[str] = []
             diffs: list[float | None] = []
@@ -604,9 +674,17 @@ def curve_crossings_with_spread(curves: Sequence[dict[str, Any]], *, coverage: f
             for (t0, s0), (t1, s1) in zip(decided, decided[1:]):
                 if s0 != s1:
                     surviving.append([tol[t0], tol[t1]])
-            out.append({"widths": [a, b], "tolerances": tol, "order": order, "mean_difference": diffs,
-                        "raw_crossings": raw, "crossings": surviving,
-                        "depends_on_tolerance": bool(surviving)})
+            out.append(
+                {
+                    "widths": [a, b],
+                    "tolerances": tol,
+                    "order": order,
+                    "mean_difference": diffs,
+                    "raw_crossings": raw,
+                    "crossings": surviving,
+                    "depends_on_tolerance": bool(surviving),
+                }
+            )
     return out
 
 
@@ -641,10 +719,25 @@ def summarise_scan(
         settings = scan_settings(base, eps, seeds)
         folder = study_dir_for(out, eps, base, ref)
         rows = load_rows(folder) if (folder / "rows").is_dir() else []
-        entries.append(scan_entry(settings, rows) if rows else {
-            "epsilon": eps, "k_min": settings.k_min, "k_start": settings.k_start, "complete": False,
-            "n_remaining": None, "n_saes_trained": 0, "training_time_s": 0.0, "devices": [],
-            "resolution": None, "dl_star": [], "seed_optima": {}, "optimum": None, "at_edge": None})
+        entries.append(
+            scan_entry(settings, rows)
+            if rows
+            else {
+                "epsilon": eps,
+                "k_min": settings.k_min,
+                "k_start": settings.k_start,
+                "complete": False,
+                "n_remaining": None,
+                "n_saes_trained": 0,
+                "training_time_s": 0.0,
+                "devices": [],
+                "resolution": None,
+                "dl_star": [],
+                "seed_optima": {},
+                "optimum": None,
+                "at_edge": None,
+            }
+        )
     result: dict[str, Any] = {
         "format_version": RESULTS_FORMAT_VERSION,
         "reference_epsilon": base.epsilon,
@@ -670,13 +763,13 @@ def summarise_scan(
             from mdl_utils.sweep import DataSpec, prepare_data
 
             data = prepare_data(DataSpec(source="mnist", n_train=base.n_train, n_test=base.n_test))
-        result["curves"] = rate_distortion_curves(ref_folder, base, data.split("test"),
-                                                  max_width=curve_max_width,
-                                                  previous=previous.get("curves", []))
+        result["curves"] = rate_distortion_curves(
+            ref_folder, base, data.split("test"), max_width=curve_max_width, previous=previous.get("curves", [])
+        )
         result["crossings"] = curve_crossings_with_spread(result["curves"])
-        result["allocations"] = allocation_comparisons(ref_folder, base, data.split("test"),
-                                                       max_width=curve_max_width,
-                                                       previous=previous.get("allocations", []))
+        result["allocations"] = allocation_comparisons(
+            ref_folder, base, data.split("test"), max_width=curve_max_width, previous=previous.get("allocations", [])
+        )
     result.update(provenance(started))
     if write:
         out.mkdir(parents=True, exist_ok=True)
@@ -693,8 +786,11 @@ def load_scan(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from mdl_utils.profiles import read_results
 
-    return read_results(Path(out_dir) / "scan.json", version=RESULTS_FORMAT_VERSION,
-                        how_to_make="run `python -m mdl_utils epsilon-scan --profile full`")
+    return read_results(
+        Path(out_dir) / "scan.json",
+        version=RESULTS_FORMAT_VERSION,
+        how_to_make="run `python -m mdl_utils epsilon-scan --profile full`",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -706,11 +802,15 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m mdl_utils epsilon-scan",
-        description="Chapter 6's epsilon scan: chapter 3's study at several tolerances, resumable.")
+        description="Chapter 6's epsilon scan: chapter 3's study at several tolerances, resumable.",
+    )
     parser.add_argument("--profile", choices=("quick", "full"), default="quick")
     parser.add_argument("--out", help="output folder (default: results/<profile>/epsilon-scan)")
-    parser.add_argument("--reference", help="chapter 3's study folder, reused at its tolerance "
-                                            "(default: results/full/mnist-mdl for full, the cache for quick)")
+    parser.add_argument(
+        "--reference",
+        help="chapter 3's study folder, reused at its tolerance "
+        "(default: results/full/mnist-mdl for full, the cache for quick)",
+    )
     parser.add_argument("--epsilons", type=float, nargs="+", help=f"tolerances (default: {list(EPSILONS)})")
     parser.add_argument("--cache", help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)")
     parser.add_argument("--budget-hours", type=float, help="stop starting new trainings after this many hours")
@@ -718,8 +818,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-curves", action="store_true", help="skip the rate-distortion curves")
-    parser.add_argument("--summary-only", action="store_true",
-                        help="only rewrite scan.json from the rows on disk (no training)")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="only rewrite scan.json from the rows on disk (no training)"
+    )
     add_executor_args(parser)
     args = parser.parse_args(argv)
     base = study_settings(args.profile)
@@ -739,8 +840,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     try:
         if args.summary_only:
-            result = summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves,
-                                    seeds=seeds)
+            result = summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves, seeds=seeds)
         else:
             try:
                 executor = executor_from_args(args, device=args.device, threads=args.threads)
@@ -748,29 +848,51 @@ def main(argv: list[str]) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             with executor:
-                result = run_epsilon_scan(base, out, epsilons=eps, reference_dir=ref, cache=args.cache,
-                                          budget_hours=args.budget_hours, device=args.device,
-                                          progress=not args.no_progress, threads=args.threads,
-                                          executor=executor, curves=not args.no_curves, seeds=seeds)
+                result = run_epsilon_scan(
+                    base,
+                    out,
+                    epsilons=eps,
+                    reference_dir=ref,
+                    cache=args.cache,
+                    budget_hours=args.budget_hours,
+                    device=args.device,
+                    progress=not args.no_progress,
+                    threads=args.threads,
+                    executor=executor,
+                    curves=not args.no_curves,
+                    seeds=seeds,
+                )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for e in result["entries"]:
         o = e["optimum"]
-        state = "complete" if e["complete"] else (
-            "not run yet" if not e["n_saes_trained"] else f"{e['n_remaining']} searches left")
+        state = (
+            "complete"
+            if e["complete"]
+            else ("not run yet" if not e["n_saes_trained"] else f"{e['n_remaining']} searches left")
+        )
         if o is None:
             print(f"eps={e['epsilon']:g}: no optimum yet ({state})")
         else:
-            verdict = "resolved" if o["resolved"] else (
-                "provisional" if o.get("provisional") and len(o["tie_set"]) == 1
-                else f"not resolved, tie set {list(o['tie_set'])}")
-            print(f"eps={e['epsilon']:g}: optimum width {o['width']} ({verdict}), DL* {o['dl_bits']:.2f} "
-                  f"bits, L0 {o['l0']:.2f}{', at the grid edge' if e['at_edge'] else ''} ({state})")
+            verdict = (
+                "resolved"
+                if o["resolved"]
+                else (
+                    "provisional"
+                    if o.get("provisional") and len(o["tie_set"]) == 1
+                    else f"not resolved, tie set {list(o['tie_set'])}"
+                )
+            )
+            print(
+                f"eps={e['epsilon']:g}: optimum width {o['width']} ({verdict}), DL* {o['dl_bits']:.2f} "
+                f"bits, L0 {o['l0']:.2f}{', at the grid edge' if e['at_edge'] else ''} ({state})"
+            )
     for q, f in result["fits"].items():
         interval = "no interval" if f["low"] is None else f"[{f['low']:.3g}, {f['high']:.3g}]"
-        print(f"{q} ~ eps^alpha: alpha {f['mean'] if f['mean'] is None else round(f['mean'], 3)} "
-              f"{interval}: {'supported' if f['supported'] else 'not supported'}")
+        print(
+            f"{q} ~ eps^alpha: alpha {f['mean'] if f['mean'] is None else round(f['mean'], 3)} "
+            f"{interval}: {'supported' if f['supported'] else 'not supported'}"
+        )
     print(f"wrote {out / 'scan.json'}", file=sys.stderr)
     return 0
-

@@ -168,8 +168,15 @@ class RayExecutor(Executor):
             training asks for.
     """
 
-    def __init__(self, workers: int | None = None, *, address: str | None = None, cpus_per_task: int = 1,
-                 gpus_per_task: float = 0, max_retries: int = 3):
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        cpus_per_task: int = 1,
+        gpus_per_task: float = 0,
+        max_retries: int = 3,
+    ):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if cpus_per_task < 1:
@@ -187,8 +194,12 @@ class RayExecutor(Executor):
         self._owns = address is None
         if address is not None:
             _check_reachable(address)
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False,
-                                  "ignore_reinit_error": False}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": "ERROR",
+            "log_to_driver": False,
+            "ignore_reinit_error": False,
+        }
         if ray.is_initialized():
             raise RuntimeError("Ray is already initialised in this process; use one executor at a time")
         try:
@@ -222,8 +233,9 @@ class RayExecutor(Executor):
         except BaseException:
             ray.shutdown()
             raise
-        self._remote = ray.remote(_call).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task,
-                                                  max_retries=max_retries, retry_exceptions=False)
+        self._remote = ray.remote(_call).options(
+            num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries, retry_exceptions=False
+        )
 
     def put(self, value: Any) -> Any:
         return self._ray.put(value)
@@ -237,8 +249,7 @@ class RayExecutor(Executor):
         by_ref = {t.handle: t for t in tasks}
         ready, _ = self._ray.wait(list(by_ref), num_returns=1, timeout=None)
         # Everything else already finished, without blocking.
-        more, _ = self._ray.wait([r for r in by_ref if r not in ready], num_returns=len(by_ref) - len(ready),
-                                 timeout=0)
+        more, _ = self._ray.wait([r for r in by_ref if r not in ready], num_returns=len(by_ref) - len(ready), timeout=0)
         return [by_ref[r] for r in [*ready, *more]]
 
     def result(self, task: Task) -> Any:
@@ -268,8 +279,9 @@ def _call(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
     return fn(*args)
 
 
-def make_executor(workers: int | None = None, address: str | None = None, *, device: str = "cpu",
-                  threads: int = 1) -> Executor:
+def make_executor(
+    workers: int | None = None, address: str | None = None, *, device: str = "cpu", threads: int = 1
+) -> Executor:
     """The executor for a job's options: serial unless ``workers`` or ``address`` is given.
 
     ``threads`` becomes each Ray training's CPU count; ``device == "cuda"`` makes each
@@ -277,18 +289,27 @@ def make_executor(workers: int | None = None, address: str | None = None, *, dev
     """
     if workers is None and address is None:
         return SerialExecutor()
-    return RayExecutor(workers, address=address, cpus_per_task=max(1, threads),
-                       gpus_per_task=1 if str(device).startswith("cuda") else 0)
+    return RayExecutor(
+        workers,
+        address=address,
+        cpus_per_task=max(1, threads),
+        gpus_per_task=1 if str(device).startswith("cuda") else 0,
+    )
 
 
 def add_executor_args(parser: Any) -> None:
     """Add ``--workers`` and ``--ray-address`` to an argparse parser."""
-    parser.add_argument("--workers", type=int, default=None,
-                        help="train on a local Ray instance, N SAEs at once (started and stopped by "
-                             "this command)")
-    parser.add_argument("--ray-address", default=None,
-                        help="train on a running Ray cluster at HOST:PORT (default: $RAY_ADDRESS "
-                             "when set; none: serial)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="train on a local Ray instance, N SAEs at once (started and stopped by this command)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="train on a running Ray cluster at HOST:PORT (default: $RAY_ADDRESS when set; none: serial)",
+    )
 
 
 def executor_from_args(args: Any, *, device: str = "cpu", threads: int | None = 1) -> Executor:
@@ -311,8 +332,9 @@ class Progress:
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
         self.started = time.time()
 
-    def update(self, *, done: int | None = None, total: int | None = None, running: int = 0,
-               failed: int = 0, trained: int = 0) -> None:
+    def update(
+        self, *, done: int | None = None, total: int | None = None, running: int = 0, failed: int = 0, trained: int = 0
+    ) -> None:
         if self.bar is None:
             return
         if total is not None and total != self.bar.total:

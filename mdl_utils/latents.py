@@ -91,8 +91,7 @@ def is_scipy_sparse(x: object) -> bool:
 def _check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(
-            f"{what} must be a 2-D matrix (samples x features); got {len(shape)}-D with shape "
-            f"{tuple(shape)}"
+            f"{what} must be a 2-D matrix (samples x features); got {len(shape)}-D with shape {tuple(shape)}"
         )
     n, d = int(shape[0]), int(shape[1])
     if n == 0 or d == 0:
@@ -103,8 +102,7 @@ def _check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
 def _check_dtype(dtype: np.dtype, what: str, *, integer: bool) -> None:
     if integer and dtype.kind not in "biu":
         raise ValueError(
-            f"{what} must be an integer array (use quantize() to turn latents into codes); "
-            f"got dtype {dtype}"
+            f"{what} must be an integer array (use quantize() to turn latents into codes); got dtype {dtype}"
         )
     if dtype.kind not in "biuf":
         raise ValueError(f"{what} must be real numbers; got dtype {dtype}")

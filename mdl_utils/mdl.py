@@ -131,8 +131,9 @@ def mdl_optimal(evaluations: Sequence[MDLEvaluation]) -> int:
     Raises:
         ValueError: no evaluation has ``mse_quantised <= epsilon``.
     """
-    best = optimum_index([e.dl_bits if e.mse_quantised <= e.epsilon else None for e in evaluations],
-                         [e.width for e in evaluations])
+    best = optimum_index(
+        [e.dl_bits if e.mse_quantised <= e.epsilon else None for e in evaluations], [e.width for e in evaluations]
+    )
     if best is None:
         raise ValueError("no SAE reaches the tolerance: there is no epsilon-MDL-optimal SAE")
     return best
@@ -158,9 +159,7 @@ def regime_points(widths: Sequence[int], dl_bits: Sequence[float]) -> dict[str, 
     return {"A": order[-1], "B": b, "C": c, "D": d}
 
 
-def max_cosine_to_data(
-    W_dec_FD: Any, x_ND: Any, *, batch_size: int = 8192
-) -> np.ndarray:
+def max_cosine_to_data(W_dec_FD: Any, x_ND: Any, *, batch_size: int = 8192) -> np.ndarray:
     """For each feature, the largest cosine similarity between its decoder row and any input.
 
     Near 1 when a feature is (a copy of) one whole training example; low for strokes and

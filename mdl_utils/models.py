@@ -113,8 +113,9 @@ class MLPClassifier(nn.Module):
     ``from_hidden(to_hidden(x))``.
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (256, 256), *, d_in: int = 784, n_classes: int = 10,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, hidden: tuple[int, ...] = (256, 256), *, d_in: int = 784, n_classes: int = 10, seed: int | None = None
+    ) -> None:
         super().__init__()
         hidden = tuple(hidden)
         if not hidden or any(h < 1 for h in hidden):
@@ -148,9 +149,7 @@ class MLPClassifier(nn.Module):
     def from_hidden(self, h_NH: Tensor) -> Tensor:
         """Logits ``(N, n_classes)`` from hidden activations ``h_NH`` (real or reconstructed)."""
         if h_NH.ndim != 2 or h_NH.shape[1] != self.d_hidden:
-            raise ValueError(
-                f"hidden activations must have shape (samples, {self.d_hidden}), got {tuple(h_NH.shape)}"
-            )
+            raise ValueError(f"hidden activations must have shape (samples, {self.d_hidden}), got {tuple(h_NH.shape)}")
         return self.from_hidden_net(h_NH)
 
     def forward(self, x_NP: Tensor) -> Tensor:
@@ -321,8 +320,13 @@ def _stem(path: str | os.PathLike[str]) -> Path:
     return stem.with_suffix("") if stem.suffix in {".safetensors", ".json"} else stem
 
 
-def save_classifier(model: MLPClassifier, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
-                    metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def save_classifier(
+    model: MLPClassifier,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Write ``<path>.safetensors`` (weights in ``dtype``) and ``<path>.json`` (config, metadata).
 
     Each file goes to a temporary name first and is moved into place, so a reader never sees a
@@ -337,10 +341,22 @@ def save_classifier(model: MLPClassifier, path: str | os.PathLike[str], *, dtype
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     for target, write in (
         (weights, lambda tmp: save_file(tensors, tmp)),
-        (meta_path, lambda tmp: Path(tmp).write_text(json.dumps({
-            "format_version": CLASSIFIER_FORMAT_VERSION, "class": type(model).__name__,
-            "config": model.config(), "dtype": str(dtype).removeprefix("torch."),
-            "metadata": metadata or {}}, indent=2, sort_keys=True))),
+        (
+            meta_path,
+            lambda tmp: Path(tmp).write_text(
+                json.dumps(
+                    {
+                        "format_version": CLASSIFIER_FORMAT_VERSION,
+                        "class": type(model).__name__,
+                        "config": model.config(),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "metadata": metadata or {},
+                    },
+                    indent=2,
+                    sort_keys=True,
+                )
+            ),
+        ),
     ):
         fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
@@ -364,8 +380,10 @@ def load_classifier(path: str | os.PathLike[str]) -> tuple[MLPClassifier, dict[s
     meta_path = stem.parent / (stem.name + ".json")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != CLASSIFIER_FORMAT_VERSION:
-        raise ValueError(f"{meta_path} has classifier format {meta.get('format_version')}, "
-                         f"this code reads {CLASSIFIER_FORMAT_VERSION}")
+        raise ValueError(
+            f"{meta_path} has classifier format {meta.get('format_version')}, "
+            f"this code reads {CLASSIFIER_FORMAT_VERSION}"
+        )
     cfg = meta["config"]
     model = MLPClassifier(tuple(cfg["hidden"]), d_in=int(cfg["d_in"]), n_classes=int(cfg["n_classes"]), seed=0)
     state = {k: v.to(torch.float32) for k, v in load_file(str(stem.parent / (stem.name + ".safetensors"))).items()}

@@ -50,8 +50,9 @@ def use_style() -> None:
     mpl.rcParams.update(_STYLE)
 
 
-def figure(ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float = 4.0,
-           **kwargs) -> tuple[Figure, np.ndarray]:
+def figure(
+    ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float = 4.0, **kwargs
+) -> tuple[Figure, np.ndarray]:
     """A new figure in the book's style; ``axes`` is always a 2-D array (nrows x ncols)."""
     use_style()
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kwargs)
@@ -97,9 +98,7 @@ def image_grid(
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     use_style()
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(panel_inches * ncols, panel_inches * nrows + 0.5), squeeze=False
-    )
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols, panel_inches * nrows + 0.5), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:

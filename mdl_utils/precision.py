@@ -108,13 +108,16 @@ def effective_precision(
     """
     _check_mode(mode, search)
     if not math.isfinite(tolerance) or tolerance < 0 or (mode == "absolute" and tolerance == 0):
-        raise ValueError(
-            f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}"
-        )
+        raise ValueError(f"tolerance must be finite and {'> 0' if mode == 'absolute' else '>= 0'}; got {tolerance}")
     x_np = finite_float_array(x, "x")
     bits, step, mse, mse_raw, ceiling, tried = _coarsest_precision(
-        z, lambda latents: _reconstruction_mse(decode, latents, x_np),
-        tolerance=tolerance, mode=mode, search=search, candidates=candidates, what="MSE",
+        z,
+        lambda latents: _reconstruction_mse(decode, latents, x_np),
+        tolerance=tolerance,
+        mode=mode,
+        search=search,
+        candidates=candidates,
+        what="MSE",
     )
     return EffectivePrecision(bits, step, mse, mse_raw, ceiling, tried)
 
@@ -253,7 +256,12 @@ def effective_precision_for_loss(
         return value
 
     bits, step, value, loss_raw, ceiling, tried = _coarsest_precision(
-        z, evaluate, tolerance=tolerance, mode=mode, search=search, candidates=candidates,
+        z,
+        evaluate,
+        tolerance=tolerance,
+        mode=mode,
+        search=search,
+        candidates=candidates,
         what="loss",
     )
     return LossPrecision(bits, step, value, loss_raw, ceiling, tried)

@@ -9,13 +9,20 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
-    "PROFILES", "choose", "cache_dir", "results_dir", "parse_job_args",
-    "code_version", "provenance", "write_results", "read_results",
+    "PROFILES",
+    "choose",
+    "cache_dir",
+    "results_dir",
+    "parse_job_args",
+    "code_version",
+    "provenance",
+    "write_results",
+    "read_results",
 ]
 
 PROFILES: tuple[str, ...] = ("quick", "full")
@@ -66,10 +73,12 @@ def parse_job_args(
     """
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--profile", choices=list(PROFILES), default="full")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"output folder (default: results/<profile>/{out_subdir})")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default: results/<profile>/{out_subdir})"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads")
     if extra is not None:
@@ -94,12 +103,17 @@ def code_version() -> str:
         root = Path(__file__).resolve().parents[1]
         commit = subprocess.run(
             ["git", "-C", str(root), "describe", "--always"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-             ":(exclude)results"],
-            capture_output=True, text=True, check=True, timeout=10,
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         return f"{commit}-dirty" if changed else commit
     except (OSError, subprocess.SubprocessError):
@@ -114,11 +128,13 @@ def provenance(started: float) -> dict[str, Any]:
     """
     import torch  # a hard dependency; imported here so that the profiles load without it
 
-    machine = (f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-               f"Python {platform.python_version()}, torch threads {torch.get_num_threads()})")
+    machine = (
+        f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, torch threads {torch.get_num_threads()})"
+    )
     return {
         "machine": machine,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": round(time.time() - started, 1),
         "code_version": code_version(),
     }
@@ -145,6 +161,5 @@ def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str
         raise FileNotFoundError(f"{target} does not exist: {how_to_make}")
     payload = json.loads(target.read_text())
     if payload.get("format_version") != version:
-        raise ValueError(f"{target} has results format {payload.get('format_version')}, "
-                         f"this code reads {version}")
+        raise ValueError(f"{target} has results format {payload.get('format_version')}, this code reads {version}")
     return payload

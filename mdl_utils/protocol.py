@@ -284,8 +284,15 @@ def continuous_precision(
     def mse_at(b: float) -> float:
         return _quantised_mse(sae, z, x_ND, b)
 
-    return bisect_precision(mse_at, mse_raw, epsilon=epsilon, rel_band=rel_band, min_bits=min_bits,
-                            max_bits=max_bits, max_evaluations=max_evaluations)
+    return bisect_precision(
+        mse_at,
+        mse_raw,
+        epsilon=epsilon,
+        rel_band=rel_band,
+        min_bits=min_bits,
+        max_bits=max_bits,
+        max_evaluations=max_evaluations,
+    )
 
 
 def bisect_precision(
@@ -455,10 +462,22 @@ def measure_sae(
         else:
             dl_at[key] = None
     return SAEMeasurement(
-        width=sae.width, k=sae.k, epsilon=epsilon, mse=mse, feasible=feasible, l0=l0,
-        n_live=n_live, dead_fraction=1.0 - n_live / sae.width, precision=precision,
-        dl_bits=dl_bits, upper_bound_bits=bound, whole_bits=whole_bits,
-        whole_mse_quantised=whole_mse, whole_dl_bits=whole_dl, dl_at=dl_at, boot=boot,
+        width=sae.width,
+        k=sae.k,
+        epsilon=epsilon,
+        mse=mse,
+        feasible=feasible,
+        l0=l0,
+        n_live=n_live,
+        dead_fraction=1.0 - n_live / sae.width,
+        precision=precision,
+        dl_bits=dl_bits,
+        upper_bound_bits=bound,
+        whole_bits=whole_bits,
+        whole_mse_quantised=whole_mse,
+        whole_dl_bits=whole_dl,
+        dl_at=dl_at,
+        boot=boot,
         saebench_bits=sb,
     )
 
@@ -477,8 +496,9 @@ def _whole_bits(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, epsi
 # --------------------------------------------------------------------------------------------
 
 
-def two_part_bits(dl_bits: float, width: int, d_in: int, *, n_samples: int = 60_000,
-                  bits_per_weight: int = 16) -> float:
+def two_part_bits(
+    dl_bits: float, width: int, d_in: int, *, n_samples: int = 60_000, bits_per_weight: int = 16
+) -> float:
     """The two-part code per sample: DL plus the decoder's bits shared over ``n_samples``.
 
     The decoder (``width * d_in`` weights and ``d_in`` biases) is sent once at
@@ -661,7 +681,11 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
             tie.append(s.width)
     known = pooled is not None or all(s.seed_std is not None for s in summaries)
     return Resolution(
-        optimum=best.width, resolved=len(tie) == 1 and len(summaries) > 1 and known,
-        tie_set=tuple(sorted(tie)), margins=margins, pooled_rel_seed_std=pooled, z=z,
+        optimum=best.width,
+        resolved=len(tie) == 1 and len(summaries) > 1 and known,
+        tie_set=tuple(sorted(tie)),
+        margins=margins,
+        pooled_rel_seed_std=pooled,
+        z=z,
         seed_spread_known=known,
     )

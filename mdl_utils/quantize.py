@@ -17,8 +17,17 @@ import numpy as np
 
 from mdl_utils.latents import NonZeros, nonzeros, scatter, smallest_int_dtype
 
-__all__ = ["MAX_BITS", "n_bins", "bin_widths", "quantize", "dequantize", "widths_from_max", "codes_in_bins",
-           "widths_of_nonzeros", "codes_of_nonzeros"]
+__all__ = [
+    "MAX_BITS",
+    "n_bins",
+    "bin_widths",
+    "quantize",
+    "dequantize",
+    "widths_from_max",
+    "codes_in_bins",
+    "widths_of_nonzeros",
+    "codes_of_nonzeros",
+]
 
 #: Largest ``bits`` accepted: 2**52 bins already resolve a float64 to its last mantissa bit.
 MAX_BITS = 52
@@ -177,8 +186,7 @@ def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
         widths = np.full(nz.n_features, float(widths))
     if widths.shape != (nz.n_features,):
         raise ValueError(
-            f"bin_width must be a number or have one entry per feature ({nz.n_features}); "
-            f"got shape {widths.shape}"
+            f"bin_width must be a number or have one entry per feature ({nz.n_features}); got shape {widths.shape}"
         )
     if not np.all(np.isfinite(widths)) or np.any(widths < 0):
         raise ValueError("bin_width must be finite and non-negative")

@@ -34,8 +34,15 @@ from torch import Tensor, nn
 
 from mdl_utils.io import atomic_write_text
 
-__all__ = ["BatchTopKSAE", "batch_topk", "n_kept", "check_sae_shape", "sorted_csr", "sparse_decode",
-           "SAE_FORMAT_VERSION"]
+__all__ = [
+    "BatchTopKSAE",
+    "batch_topk",
+    "n_kept",
+    "check_sae_shape",
+    "sorted_csr",
+    "sparse_decode",
+    "SAE_FORMAT_VERSION",
+]
 
 #: Bumped whenever the saved layout or the meaning of a saved field changes.
 SAE_FORMAT_VERSION = 1
@@ -152,9 +159,7 @@ class BatchTopKSAE(nn.Module):
         if x_BD.ndim != 2:
             raise ValueError(f"{name} must be a 2-D (samples, d_in) array, got shape {tuple(x_BD.shape)}")
         if x_BD.shape[1] != self.d_in:
-            raise ValueError(
-                f"{name} has dimension {x_BD.shape[1]} but the SAE expects d_in={self.d_in}"
-            )
+            raise ValueError(f"{name} has dimension {x_BD.shape[1]} but the SAE expects d_in={self.d_in}")
         if x_BD.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 samples)")
         if not torch.isfinite(x_BD).all():
@@ -194,9 +199,7 @@ class BatchTopKSAE(nn.Module):
     def decode(self, acts_BF: Tensor) -> Tensor:
         """Reconstruction ``x_hat_BD = acts_BF @ W_dec + b_dec``."""
         if acts_BF.ndim != 2 or acts_BF.shape[1] != self.width:
-            raise ValueError(
-                f"acts must have shape (samples, width={self.width}), got {tuple(acts_BF.shape)}"
-            )
+            raise ValueError(f"acts must have shape (samples, width={self.width}), got {tuple(acts_BF.shape)}")
         return torch.addmm(self.b_dec_D, acts_BF, self.W_dec_FD)
 
     def forward(self, x_BD: Tensor) -> Tensor:
@@ -258,7 +261,7 @@ class BatchTopKSAE(nn.Module):
         return weights_path, json_path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "BatchTopKSAE":
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> BatchTopKSAE:
         """Read an SAE written by :meth:`save`; its outputs are bit-identical to the saved one's."""
         stem = Path(path)
         if stem.suffix in {".safetensors", ".json"}:

@@ -89,8 +89,9 @@ def parse_tolerance(text: str) -> Tolerance:
     """``"fvu=0.1"`` -> ``Tolerance("fvu", 0.1)``; a clear ValueError for anything else."""
     kind, sep, value = text.partition("=")
     if not sep:
-        raise ValueError(f"tolerance {text!r} must look like KIND=VALUE with KIND one of "
-                         f"{', '.join(TOLERANCE_KINDS)} (e.g. fvu=0.1)")
+        raise ValueError(
+            f"tolerance {text!r} must look like KIND=VALUE with KIND one of {', '.join(TOLERANCE_KINDS)} (e.g. fvu=0.1)"
+        )
     try:
         number = float(value)
     except ValueError:
@@ -165,8 +166,10 @@ class ScoreResult:
             f"-> quantised MSE at most {self.tolerance['mse_ceiling']:.6g}",
         ]
         if not self.reachable:
-            lines.append("not reachable: the unquantised reconstruction already misses the tolerance, "
-                         "so no precision meets it (no DL)")
+            lines.append(
+                "not reachable: the unquantised reconstruction already misses the tolerance, "
+                "so no precision meets it (no DL)"
+            )
         else:
             p = self.precision
             assert p is not None and self.dl_bits is not None and self.upper_bound_bits is not None
@@ -200,13 +203,15 @@ class _Latents:
 def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="sample", unit_scale=True, disable=not enabled,
-                leave=False, file=sys.stderr)
+    return tqdm(
+        total=total, desc=desc, unit="sample", unit_scale=True, disable=not enabled, leave=False, file=sys.stderr
+    )
 
 
 @torch.no_grad()
-def _encode_pass(sae: LoadedSAE, acts: ActivationFile, chunk_size: int, progress: bool
-                 ) -> tuple[_Latents, float, np.ndarray, np.ndarray]:
+def _encode_pass(
+    sae: LoadedSAE, acts: ActivationFile, chunk_size: int, progress: bool
+) -> tuple[_Latents, float, np.ndarray, np.ndarray]:
     width = sae.width
     chunks = []
     feature_max = np.zeros(width, dtype=np.float64)
@@ -220,8 +225,9 @@ def _encode_pass(sae: LoadedSAE, acts: ActivationFile, chunk_size: int, progress
             x = torch.from_numpy(block)
             z, ctx = sae.encode(x)
             if bool((z < 0).any()):
-                raise ValueError(f"{sae.path}: the SAE produced negative latents, which this "
-                                 "description length does not cover")
+                raise ValueError(
+                    f"{sae.path}: the SAE produced negative latents, which this description length does not cover"
+                )
             x_hat = sae.decode(z, ctx)
             sse += float((x_hat - x).pow(2).sum(dtype=torch.float64))
             x64 = block.astype(np.float64)
@@ -242,8 +248,9 @@ def _encode_pass(sae: LoadedSAE, acts: ActivationFile, chunk_size: int, progress
 
 
 @torch.no_grad()
-def _quantised_mse(sae: LoadedSAE, acts: ActivationFile, lat: _Latents, bits: float, chunk_size: int,
-                   progress: bool) -> float:
+def _quantised_mse(
+    sae: LoadedSAE, acts: ActivationFile, lat: _Latents, bits: float, chunk_size: int, progress: bool
+) -> float:
     widths = widths_from_max(lat.feature_max, bits)
     sse = 0.0
     with _bar(acts.n_samples, f"quantised at {bits:.3f} bits", progress) as bar:
@@ -251,8 +258,12 @@ def _quantised_mse(sae: LoadedSAE, acts: ActivationFile, lat: _Latents, bits: fl
             block = acts.read(start, start + len(indptr) - 1)
             x = torch.from_numpy(block)
             centres = (codes_in_bins(vals, cols, widths, bits) - 0.5) * widths[cols]
-            x_hat = sae.decode_sparse(torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)),
-                                      torch.from_numpy(centres.astype(np.float32)), sae.context(x))
+            x_hat = sae.decode_sparse(
+                torch.from_numpy(indptr),
+                torch.from_numpy(cols.astype(np.int64)),
+                torch.from_numpy(centres.astype(np.float32)),
+                sae.context(x),
+            )
             sse += float((x_hat - x).pow(2).sum(dtype=torch.float64))
             bar.update(len(block))
     return sse / (acts.n_samples * acts.d)
@@ -320,8 +331,7 @@ def score(
         sae = load_sae(sae, sae_format=sae_format)
     acts = _as_activations(activations, key)
     if acts.d != sae.d_in:
-        raise ValueError(f"{acts.path}: activations have d = {acts.d} per sample but the SAE expects "
-                         f"d_in = {sae.d_in}")
+        raise ValueError(f"{acts.path}: activations have d = {acts.d} per sample but the SAE expects d_in = {sae.d_in}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n, d = acts.n_samples, acts.d
@@ -338,6 +348,7 @@ def score(
     whole_bits = None
     passes = 1
     if reachable:
+
         def mse_at(bits: float) -> float:
             nonlocal passes
             passes += 1
@@ -357,12 +368,24 @@ def score(
     return ScoreResult(
         sae=sae.describe(),
         activations={"path": str(acts.path), "n_samples": n, "d": d, "dtype": acts.dtype},
-        n_samples=n, mse=mse, variance=variance, fvu=fvu, l0=l0, n_live=n_live,
+        n_samples=n,
+        mse=mse,
+        variance=variance,
+        fvu=fvu,
+        l0=l0,
+        n_live=n_live,
         dead_fraction=1.0 - n_live / sae.width,
         tolerance={"kind": tol.kind, "value": tol.value, "mse_ceiling": ceiling},
-        reachable=reachable, precision=precision, dl_bits=dl_bits, upper_bound_bits=bound,
-        whole_bits=whole_bits, whole_dl_bits=whole_dl, decoder_bits=decoder_bits,
-        two_part_bits=two_part, passes=passes, seconds=time.time() - started,
+        reachable=reachable,
+        precision=precision,
+        dl_bits=dl_bits,
+        upper_bound_bits=bound,
+        whole_bits=whole_bits,
+        whole_dl_bits=whole_dl,
+        decoder_bits=decoder_bits,
+        two_part_bits=two_part,
+        passes=passes,
+        seconds=time.time() - started,
     )
 
 
@@ -378,30 +401,45 @@ def _as_activations(activations: Any, key: str | None) -> ActivationFile:
         raise ValueError(f"activations must be a non-empty 2-D (samples, d) matrix, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"activations must be floating point, got dtype {array.dtype}")
-    return ActivationFile(Path("<array>"), None, (int(array.shape[0]), int(array.shape[1])),
-                          str(array.dtype), array)
+    return ActivationFile(Path("<array>"), None, (int(array.shape[0]), int(array.shape[1])), str(array.dtype), array)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mdl_utils score",
         description="Description length of a saved SAE (SAELens, dictionary_learning or this book's "
-                    "format) on a file of activations.")
-    parser.add_argument("--sae", required=True, help="the SAE: a folder (SAELens, dictionary_learning) "
-                        "or this book's NAME.safetensors / NAME.json")
+        "format) on a file of activations.",
+    )
+    parser.add_argument(
+        "--sae",
+        required=True,
+        help="the SAE: a folder (SAELens, dictionary_learning) or this book's NAME.safetensors / NAME.json",
+    )
     parser.add_argument("--activations", required=True, help="(N, d_in) activations: .npy, .pt or .safetensors")
-    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS),
-                        help="the SAE's format (default: detected from the files)")
-    parser.add_argument("--tolerance", default="increase=0.01",
-                        help="KIND=VALUE with KIND mse, fvu or increase (default increase=0.01)")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", *FORMATS),
+        help="the SAE's format (default: detected from the files)",
+    )
+    parser.add_argument(
+        "--tolerance", default="increase=0.01", help="KIND=VALUE with KIND mse, fvu or increase (default increase=0.01)"
+    )
     parser.add_argument("--key", help="tensor name in an activation file holding several")
     parser.add_argument("--chunk-size", type=int, default=8192, help="samples per chunk (default 8192)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
-        result = score(args.sae, args.activations, tolerance=args.tolerance, sae_format=args.format,
-                       key=args.key, chunk_size=args.chunk_size, progress=not args.no_progress)
+        result = score(
+            args.sae,
+            args.activations,
+            tolerance=args.tolerance,
+            sae_format=args.format,
+            key=args.key,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

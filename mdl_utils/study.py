@@ -95,8 +95,17 @@ from mdl_utils.sweep import (
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
-    "StudySettings", "study_settings", "MSEMeasure", "run_study", "plan", "summarise", "load_rows", "load_study",
-    "load_selected_sae", "main", "RESULTS_FORMAT_VERSION",
+    "StudySettings",
+    "study_settings",
+    "MSEMeasure",
+    "run_study",
+    "plan",
+    "summarise",
+    "load_rows",
+    "load_study",
+    "load_selected_sae",
+    "main",
+    "RESULTS_FORMAT_VERSION",
 ]
 
 RESULTS_FORMAT_VERSION = 2
@@ -137,15 +146,21 @@ class StudySettings:
     train: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, width: int, k: float, seed: int, device: str = "auto") -> TrainConfig:
-        return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device,
-                              "progress": False})
+        return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
 
 
 #: The training recipe of the study (see :class:`mdl_utils.train.TrainConfig`).
 RECIPE: dict[str, Any] = {
-    "batch_size": 1024, "max_epochs": 300, "patience": 5, "min_rel_improvement": 1e-3,
-    "lr_schedule": "plateau", "lr_factor": 0.3, "lr_reductions": 3,
-    "decoder_init": "data", "resample_every": 5, "resample_until": 25,
+    "batch_size": 1024,
+    "max_epochs": 300,
+    "patience": 5,
+    "min_rel_improvement": 1e-3,
+    "lr_schedule": "plateau",
+    "lr_factor": 0.3,
+    "lr_reductions": 3,
+    "decoder_init": "data",
+    "resample_every": 5,
+    "resample_until": 25,
 }
 
 
@@ -154,13 +169,28 @@ def study_settings(profile: str) -> StudySettings:
     return choose(
         profile,
         quick=StudySettings(
-            n_train=6_000, n_test=2_000, widths=(64, 128, 256), fill_widths=False, seeds=(0, 1),
-            k_start=16.0, n_boot=100,
-            train={**RECIPE, "batch_size": 256, "max_epochs": 150, "patience": 3, "lr_reductions": 2,
-                   "min_rel_improvement": 2e-3, "resample_every": 5, "resample_until": 10},
+            n_train=6_000,
+            n_test=2_000,
+            widths=(64, 128, 256),
+            fill_widths=False,
+            seeds=(0, 1),
+            k_start=16.0,
+            n_boot=100,
+            train={
+                **RECIPE,
+                "batch_size": 256,
+                "max_epochs": 150,
+                "patience": 3,
+                "lr_reductions": 2,
+                "min_rel_improvement": 2e-3,
+                "resample_every": 5,
+                "resample_until": 10,
+            },
         ),
         full=StudySettings(
-            n_train=None, n_test=None, widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
+            n_train=None,
+            n_test=None,
+            widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
             train=dict(RECIPE),
         ),
     )
@@ -186,8 +216,9 @@ class MSEMeasure:
     other_tolerances: tuple[float, ...] = ()
 
     def __call__(self, sae: BatchTopKSAE, x_test: Any, boot_weights: np.ndarray | None = None) -> dict[str, Any]:
-        return measure_sae(sae, x_test, epsilon=self.epsilon, other_tolerances=self.other_tolerances,
-                           boot_weights=boot_weights).to_dict()
+        return measure_sae(
+            sae, x_test, epsilon=self.epsilon, other_tolerances=self.other_tolerances, boot_weights=boot_weights
+        ).to_dict()
 
 
 Measure = Callable[[BatchTopKSAE, Any, "np.ndarray | None"], dict[str, Any]]
@@ -228,9 +259,18 @@ def _sae_stem(out: Path, width: int, seed: int, *, pending: bool = False) -> Pat
     return out / "saes" / ("pending" if pending else "") / f"w{width:05d}-s{seed}"
 
 
-def _finalise_selected(settings: StudySettings, out: Path, rows: Sequence[dict[str, Any]], width: int,
-                       seed: int, *, data: SweepData, cache_path: Path, device: str,
-                       measure: Measure | None = None) -> None:
+def _finalise_selected(
+    settings: StudySettings,
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    width: int,
+    seed: int,
+    *,
+    data: SweepData,
+    cache_path: Path,
+    device: str,
+    measure: Measure | None = None,
+) -> None:
     """Store the DL-optimal SAE of a finished (width, seed) search under ``saes/``.
 
     It is normally the pending copy the job saved when that row was trained. When the pending
@@ -307,8 +347,7 @@ def _best_index(state: dict[float, float | None], *, whole_only: bool = False) -
     return min(feasible, key=lambda j: (feasible[j], j)) if feasible else None
 
 
-def _search_done(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int,
-                 start: int) -> bool:
+def _search_done(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int, start: int) -> bool:
     state = _search_state(rows, width, seed)
     if len(state) >= settings.max_trainings_per_search:
         return True
@@ -375,14 +414,28 @@ def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[
 # --------------------------------------------------------------------------------------------
 
 
-def _row(config: TrainConfig, key: str, trained: dict[str, Any], measure: dict[str, Any], j: float,
-         device: str) -> dict[str, Any]:
+def _row(
+    config: TrainConfig, key: str, trained: dict[str, Any], measure: dict[str, Any], j: float, device: str
+) -> dict[str, Any]:
     return {
-        "width": config.width, "seed": config.seed, "k_index": j, "k": config.k, "key": key,
+        "width": config.width,
+        "seed": config.seed,
+        "k_index": j,
+        "k": config.k,
+        "key": key,
         "device": device,
-        "train": {name: trained.get(name) for name in (
-            "epochs", "best_epoch", "stop_reason", "train_seconds", "mse_train", "mse_val",
-            "dead_fraction")},
+        "train": {
+            name: trained.get(name)
+            for name in (
+                "epochs",
+                "best_epoch",
+                "stop_reason",
+                "train_seconds",
+                "mse_train",
+                "mse_val",
+                "dead_fraction",
+            )
+        },
         "measure": measure,
     }
 
@@ -439,18 +492,41 @@ def run_study(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_study(settings, Path(out_dir), cache=cache, budget_hours=budget_hours,
-                          shard=shard, device=device, progress=progress, data=data, log=log,
-                          executor=executor, measure=measure, name=name, extra_fields=extra_fields)
+        return _run_study(
+            settings,
+            Path(out_dir),
+            cache=cache,
+            budget_hours=budget_hours,
+            shard=shard,
+            device=device,
+            progress=progress,
+            data=data,
+            log=log,
+            executor=executor,
+            measure=measure,
+            name=name,
+            extra_fields=extra_fields,
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[str] | None,
-               budget_hours: float | None, shard: tuple[int, int], device: str, progress: bool,
-               data: SweepData | None, log: Callable[[str], None] | None,
-               executor: Executor | None = None, measure: Measure | None = None,
-               name: str = "mnist-mdl", extra_fields: Sequence[str] = ()) -> dict[str, Any]:
+def _run_study(
+    settings: StudySettings,
+    out: Path,
+    *,
+    cache: str | os.PathLike[str] | None,
+    budget_hours: float | None,
+    shard: tuple[int, int],
+    device: str,
+    progress: bool,
+    data: SweepData | None,
+    log: Callable[[str], None] | None,
+    executor: Executor | None = None,
+    measure: Measure | None = None,
+    name: str = "mnist-mdl",
+    extra_fields: Sequence[str] = (),
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
@@ -473,8 +549,10 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     elif progress:
         say = display.write
     else:
+
         def say(msg: str) -> None:
             return None
+
     data_ref = data if serial else executor.put(data)
     device_name = str(resolve_device(device))
     mine = _shard_widths(settings, shard_i, shard_n)
@@ -483,8 +561,16 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     in_flight: dict[tuple[int, int], tuple[Task, TrainConfig, float, float]] = {}
     n_failed = 0
 
-    def record(width: int, seed: int, config: TrainConfig, j: float, trained: dict[str, Any],
-               trained_on: str, t0: float, measured: dict[str, Any] | None = None) -> None:
+    def record(
+        width: int,
+        seed: int,
+        config: TrainConfig,
+        j: float,
+        trained: dict[str, Any],
+        trained_on: str,
+        t0: float,
+        measured: dict[str, Any] | None = None,
+    ) -> None:
         """Measure a trained SAE (unless a worker did: ``measured``) and write its row (the
         driver alone writes rows and SAEs)."""
         key = config_key(config, data.fingerprint)
@@ -504,9 +590,11 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         if _best_index(new_state) == j:
             _save_compact(sae, _sae_stem(out, width, seed, pending=True))
         dl = "misses eps" if m["dl_bits"] is None else f"DL {m['dl_bits']:.2f} bits"
-        say(f"[{name}] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
+        say(
+            f"[{name}] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
             f"L0 {m['l0']:.2f}, live {m['n_live']}/{width}, epochs {trained['epochs']} "
-            f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s")
+            f"(best {trained['best_epoch']}, {trained['stop_reason']}), {time.time() - t0:.0f} s"
+        )
 
     def collect(finished: Sequence[Task]) -> TaskFailedError | None:
         """Store and record the finished trainings; return the first failure, if any."""
@@ -530,14 +618,15 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
         while True:
             rows = load_rows(out)
             tasks = [(w, s) for (w, s) in plan(settings, rows) if w in mine]
-            done = [(w, s) for (w, s) in tasks
-                    if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+            done = [
+                (w, s) for (w, s) in tasks if _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))
+            ]
             for w, s in done:
-                _finalise_selected(settings, out, rows, w, s, data=data, cache_path=cache_path, device=device,
-                                   measure=measure)
+                _finalise_selected(
+                    settings, out, rows, w, s, data=data, cache_path=cache_path, device=device, measure=measure
+                )
             todo = [t for t in tasks if t not in done]
-            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed,
-                           trained=len(rows))
+            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed, trained=len(rows))
             if not todo and not in_flight:
                 break
             over = deadline is not None and time.time() > deadline
@@ -553,8 +642,9 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                 if (width, seed) in in_flight:
                     continue
                 start = _start_index(settings, rows, width, seed)
-                j = next_k_index(_search_state(rows, width, seed), start=start, j_max=_j_max(width),
-                                 j_min=_j_min(settings))
+                j = next_k_index(
+                    _search_state(rows, width, seed), start=start, j_max=_j_max(width), j_min=_j_min(settings)
+                )
                 assert j is not None
                 config = settings.train_config(width, k_of_index(j), seed, device=device)
                 say(f"[{name}] width {width} seed {seed}: training k={config.k:g} (grid index {j})")
@@ -567,15 +657,15 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
                 if serial:
                     task = executor.submit(train_payload, config, data_ref, tag=(width, seed, config.k))
                 else:  # the worker also measures the SAE, so the driver is never the bottleneck
-                    task = executor.submit(_train_and_measure, config, data_ref, measure, settings.n_boot,
-                                           tag=(width, seed, config.k))
+                    task = executor.submit(
+                        _train_and_measure, config, data_ref, measure, settings.n_boot, tag=(width, seed, config.k)
+                    )
                 in_flight[(width, seed)] = (task, config, j, t0)
                 if serial:
                     break  # serial: one training, then plan again (as the job always did)
             if recorded or not in_flight:
                 continue
-            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed,
-                           trained=len(rows))
+            display.update(total=len(tasks), done=len(done), running=len(in_flight), failed=n_failed, trained=len(rows))
             first_error = collect(executor.wait([t for (t, _, _, _) in in_flight.values()]))
             if first_error is not None:
                 # Keep what the other trainings finish, then report the failure.
@@ -593,8 +683,9 @@ def _run_study(settings: StudySettings, out: Path, *, cache: str | os.PathLike[s
     return summary
 
 
-def _train_and_measure(config: TrainConfig, data: SweepData, measure: Measure,
-                       n_boot: int) -> tuple[TrainedPayload, dict[str, Any]]:
+def _train_and_measure(
+    config: TrainConfig, data: SweepData, measure: Measure, n_boot: int
+) -> tuple[TrainedPayload, dict[str, Any]]:
     """A worker's task: train, then measure the float16-rounded SAE on the test split exactly
     as the driver would (same bootstrap replicates), so the rows do not depend on who measured."""
     payload = train_payload(config, data)
@@ -610,10 +701,17 @@ def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[in
     """The widths one shard trains: every n-th of the doubling grid and every n-th of the
     possible sqrt(2) fill-ins, so that shards share the cheap and the costly widths."""
     grid = sorted(settings.widths)
-    fills = sorted({c for w in grid for c in (int(round(w / math.sqrt(2))), int(round(w * math.sqrt(2))))
-                    if grid[0] < c < grid[-1] and c not in grid})
+    fills = sorted(
+        {
+            c
+            for w in grid
+            for c in (int(round(w / math.sqrt(2))), int(round(w * math.sqrt(2))))
+            if grid[0] < c < grid[-1] and c not in grid
+        }
+    )
     return {w for i, w in enumerate(grid) if i % shard_n == shard_i} | {
-        w for i, w in enumerate(fills) if i % shard_n == shard_i}
+        w for i, w in enumerate(fills) if i % shard_n == shard_i
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,16 +719,21 @@ def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[in
 # --------------------------------------------------------------------------------------------
 
 
-def _width_summaries(settings: StudySettings, rows: Sequence[dict[str, Any]],
-                     dl_of: Callable[[dict[str, Any]], float | None], *, complete_only: bool = True,
-                     ) -> list[WidthSummary]:
+def _width_summaries(
+    settings: StudySettings,
+    rows: Sequence[dict[str, Any]],
+    dl_of: Callable[[dict[str, Any]], float | None],
+    *,
+    complete_only: bool = True,
+) -> list[WidthSummary]:
     out = []
     for width in sorted({r["width"] for r in rows}):
         dl_by_seed: dict[int, float] = {}
         boot_by_seed: dict[int, list[float]] = {}
         for seed in settings.seeds:
-            if complete_only and not _search_done(settings, rows, width, seed,
-                                                  _start_index(settings, rows, width, seed)):
+            if complete_only and not _search_done(
+                settings, rows, width, seed, _start_index(settings, rows, width, seed)
+            ):
                 continue
             mine = [r for r in rows if r["width"] == width and r["seed"] == seed and dl_of(r) is not None]
             if not mine:
@@ -643,8 +746,9 @@ def _width_summaries(settings: StudySettings, rows: Sequence[dict[str, Any]],
     return out
 
 
-def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]], *, d_in: int = 784,
-              extra_fields: Sequence[str] = ()) -> dict[str, Any]:
+def summarise(
+    settings: StudySettings, rows: Sequence[dict[str, Any]], *, d_in: int = 784, extra_fields: Sequence[str] = ()
+) -> dict[str, Any]:
     """Everything the chapter reads, computed from the rows alone (see the module docstring).
 
     ``d_in`` is the data's dimension (784 for MNIST pixels), which the two-part total needs;
@@ -664,19 +768,32 @@ def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]], *, d_in: 
             feasible = [r for r in mine if r["measure"]["dl_bits"] is not None]
             sel = min(feasible, key=lambda r: (r["measure"]["dl_bits"], r["k_index"])) if feasible else None
             capped = [r for r in mine if r["train"]["stop_reason"] == "max_epochs"]
-            seed_entry: dict[str, Any] = {"complete": done, "n_trained": len(mine),
-                                          "n_at_epoch_cap": len(capped), "reachable": sel is not None}
+            seed_entry: dict[str, Any] = {
+                "complete": done,
+                "n_trained": len(mine),
+                "n_at_epoch_cap": len(capped),
+                "reachable": sel is not None,
+            }
             if sel is not None:
                 m = sel["measure"]
                 seed_entry.update(
-                    k=sel["k"], k_index=sel["k_index"], dl_bits=m["dl_bits"], mse=m["mse"],
-                    mse_quantised=m["precision"]["mse_quantised"], bits=m["precision"]["bits"],
-                    precision_status=m["precision"]["status"], whole_bits=m["whole_bits"],
-                    whole_dl_bits=m["whole_dl_bits"], l0=m["l0"], n_live=m["n_live"],
-                    dead_fraction=m["dead_fraction"], upper_bound_bits=m["upper_bound_bits"],
+                    k=sel["k"],
+                    k_index=sel["k_index"],
+                    dl_bits=m["dl_bits"],
+                    mse=m["mse"],
+                    mse_quantised=m["precision"]["mse_quantised"],
+                    bits=m["precision"]["bits"],
+                    precision_status=m["precision"]["status"],
+                    whole_bits=m["whole_bits"],
+                    whole_dl_bits=m["whole_dl_bits"],
+                    l0=m["l0"],
+                    n_live=m["n_live"],
+                    dead_fraction=m["dead_fraction"],
+                    upper_bound_bits=m["upper_bound_bits"],
                     saebench_bits=m["saebench_bits"],
                     two_part_bits=two_part_bits(m["dl_bits"], width, d_in),
-                    epochs=sel["train"]["epochs"], best_epoch=sel["train"]["best_epoch"],
+                    epochs=sel["train"]["epochs"],
+                    best_epoch=sel["train"]["best_epoch"],
                     stop_reason=sel["train"]["stop_reason"],
                     bracketed=_bracketed(mine, sel["k_index"], width, _j_min(settings)),
                 )
@@ -691,11 +808,22 @@ def summarise(settings: StudySettings, rows: Sequence[dict[str, Any]], *, d_in: 
         key = f"{settings.epsilon * ratio:.6g}"
         at = _width_summaries(settings, rows, lambda r, key=key: r["measure"]["dl_at"].get(key))
         rereads[key] = resolve_optimum(at).to_dict() if at else None
-    table = [{"width": s.width, "n_seeds": s.n_seeds, "mean": s.mean, "seed_std": s.seed_std,
-              "boot_ci": _boot_ci(s), "dl_by_seed": {str(k): v for k, v in s.dl_by_seed.items()}}
-             for s in summaries]
-    remaining = [(w, s) for (w, s) in plan(settings, rows)
-                 if not _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))]
+    table = [
+        {
+            "width": s.width,
+            "n_seeds": s.n_seeds,
+            "mean": s.mean,
+            "seed_std": s.seed_std,
+            "boot_ci": _boot_ci(s),
+            "dl_by_seed": {str(k): v for k, v in s.dl_by_seed.items()},
+        }
+        for s in summaries
+    ]
+    remaining = [
+        (w, s)
+        for (w, s) in plan(settings, rows)
+        if not _search_done(settings, rows, w, s, _start_index(settings, rows, w, s))
+    ]
     for res in [resolution, *rereads.values()]:
         if res is not None:
             # Widths or seeds still to come can change the optimum: never final before they are in.
@@ -738,20 +866,23 @@ def _bracketed(mine: Sequence[dict[str, Any]], j: float, width: int, j_min: int 
             return at_edge
         return by_j[nearest] is None or by_j[nearest] >= dl
 
-    return (holds(max(below) if below else None, j <= j_min)
-            and holds(min(above) if above else None, j >= _j_max(width)))
+    return holds(max(below) if below else None, j <= j_min) and holds(min(above) if above else None, j >= _j_max(width))
 
 
-def points_from(per_width: Sequence[dict[str, Any]], resolution: dict[str, Any] | None,
-                seed: int) -> dict[str, dict[str, Any]]:
+def points_from(
+    per_width: Sequence[dict[str, Any]], resolution: dict[str, Any] | None, seed: int
+) -> dict[str, dict[str, Any]]:
     """The points A-D as four distinct SAEs of ``seed`` (each a (width, seed) DL-optimal SAE),
     chosen by rule: B the optimum width; A the widest reachable width; D the narrowest
     reachable width; C the reachable width strictly between D and B nearest (in log width) to
     their geometric mean. A point whose rule has no distinct candidate is left out."""
     if resolution is None:
         return {}
-    reach = sorted(e["width"] for e in per_width
-                   if e["seeds"].get(str(seed), {}).get("reachable") and e["seeds"][str(seed)].get("complete"))
+    reach = sorted(
+        e["width"]
+        for e in per_width
+        if e["seeds"].get(str(seed), {}).get("reachable") and e["seeds"][str(seed)].get("complete")
+    )
     if not reach:
         return {}
     b = resolution["optimum"]
@@ -783,7 +914,8 @@ def load_study(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[di
     """
     out = Path(out_dir)
     summary = read_results(
-        out / "summary.json", version=RESULTS_FORMAT_VERSION,
+        out / "summary.json",
+        version=RESULTS_FORMAT_VERSION,
         how_to_make=f"run `python -m mdl_utils mnist-sweep --profile full --out {out}` to compute it",
     )
     return summary, load_rows(out)
@@ -793,16 +925,22 @@ def main(argv: list[str]) -> int:
     """``python -m mdl_utils mnist-sweep``: run or resume the chapter-3 study."""
 
     def extra(parser: Any) -> None:
-        parser.add_argument("--budget-hours", type=float, default=None,
-                            help="stop starting new trainings after this many hours (resumable)")
+        parser.add_argument(
+            "--budget-hours",
+            type=float,
+            default=None,
+            help="stop starting new trainings after this many hours (resumable)",
+        )
         parser.add_argument("--shard", default="0/1", help="I/N: run the I-th of N shares of the widths")
         parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
-        parser.add_argument("--summary-only", action="store_true",
-                            help="only rewrite summary.json from the rows on disk (no training)")
+        parser.add_argument(
+            "--summary-only", action="store_true", help="only rewrite summary.json from the rows on disk (no training)"
+        )
         add_executor_args(parser)
 
-    args = parse_job_args(argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__,
-                          out_subdir="mnist-mdl", extra=extra)
+    args = parse_job_args(
+        argv, prog="python -m mdl_utils mnist-sweep", doc=__doc__, out_subdir="mnist-mdl", extra=extra
+    )
     try:
         shard_i, shard_n = (int(p) for p in args.shard.split("/"))
     except ValueError:
@@ -824,16 +962,28 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         with executor:
-            summary = run_study(study_settings(args.profile), args.out, cache=args.cache,
-                                budget_hours=args.budget_hours, shard=(shard_i, shard_n),
-                                device=args.device, progress=not args.no_progress,
-                                threads=threads, executor=executor)
+            summary = run_study(
+                study_settings(args.profile),
+                args.out,
+                cache=args.cache,
+                budget_hours=args.budget_hours,
+                shard=(shard_i, shard_n),
+                device=args.device,
+                progress=not args.no_progress,
+                threads=threads,
+                executor=executor,
+            )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     res = summary["resolution"]
-    verdict = "none yet" if res is None else (
-        f"width {res['optimum']} ({'resolved' if res['resolved'] else 'tie set ' + str(res['tie_set'])})")
-    print(f"wrote {Path(args.out) / 'summary.json'}: {summary['n_saes_trained']} SAEs; optimum {verdict}; "
-          f"{'complete' if summary['complete'] else str(len(summary['remaining'])) + ' searches remain'}")
+    verdict = (
+        "none yet"
+        if res is None
+        else (f"width {res['optimum']} ({'resolved' if res['resolved'] else 'tie set ' + str(res['tie_set'])})")
+    )
+    print(
+        f"wrote {Path(args.out) / 'summary.json'}: {summary['n_saes_trained']} SAEs; optimum {verdict}; "
+        f"{'complete' if summary['complete'] else str(len(summary['remaining'])) + ' searches remain'}"
+    )
     return 0

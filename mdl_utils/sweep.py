@@ -398,7 +398,6 @@ def train_payload(config: Any, data: Any, threads: int | None = None) -> Trained
     return TrainedPayload(sae=sae.cpu(), history=history, row=row, device=str(resolve_device(config.device)))
 
 
-
 def _check_entry(entry: dict[str, Any], config: TrainConfig, fingerprint: str, entry_dir: Path) -> None:
     stored_cfg = entry.get("config", {})
     expected = _semantic_config(config)
@@ -462,8 +461,13 @@ def _clean_stale_tmp(cache_dir: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathLike[str], *,
-                 trainer: Callable[[TrainConfig], TrainedPayload] | None = None) -> dict[str, Any]:
+def train_cached(
+    config: TrainConfig,
+    data: SweepData,
+    cache_dir: str | os.PathLike[str],
+    *,
+    trainer: Callable[[TrainConfig], TrainedPayload] | None = None,
+) -> dict[str, Any]:
     """Train ``config`` on ``data`` unless its cache entry exists; return its results row.
 
     ``trainer`` runs the training elsewhere (e.g. on a Ray worker, see
@@ -479,8 +483,9 @@ def train_cached(config: TrainConfig, data: SweepData, cache_dir: str | os.PathL
     return store_trained(cache_dir, config, data.fingerprint, payload)
 
 
-def store_trained(cache_dir: str | os.PathLike[str], config: TrainConfig, fingerprint: str,
-                  payload: TrainedPayload) -> dict[str, Any]:
+def store_trained(
+    cache_dir: str | os.PathLike[str], config: TrainConfig, fingerprint: str, payload: TrainedPayload
+) -> dict[str, Any]:
     """Write a finished training into the cache; return its results row.
 
     The entry is assembled in ``<cache>/.tmp-<key>-<pid>-<random>/`` and moved to
@@ -778,8 +783,7 @@ def _run_sweep_parallel(config: SweepConfig, data: SweepData, executor: Executor
     found: dict[tuple[int, int], dict[str, Any]] = {}  # (point index, trial) -> row
     found_targets: dict[int, dict[str, Any]] = {}
     state = {"done": 0, "running": 0, "failed": 0, "trained": 0}
-    bar = Progress(len(points), desc="sweep", unit="cfg" if config.target is None else "width",
-                   enabled=config.progress)
+    bar = Progress(len(points), desc="sweep", unit="cfg" if config.target is None else "width", enabled=config.progress)
 
     def tables() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return ([found[i] for i in sorted(found)], [found_targets[i] for i in sorted(found_targets)])
@@ -826,14 +830,22 @@ def _run_sweep_parallel(config: SweepConfig, data: SweepData, executor: Executor
             width = fields_.pop("width")
             trial = [0]
 
-            def on_row(r: dict[str, Any], i: int = i, point: dict[str, Any] = point) -> None:
+            def on_row(r: dict[str, Any], i: int = i, point: dict[str, Any] = point, trial: list[int] = trial) -> None:
                 with lock:
                     found[(i, trial[0])] = {**r, **{n: point[n] for n in extra}}
                     trial[0] += 1
                     write()
 
-            result = search_k_for_target(fields_, width, data, config.cache_path, config.target,  # type: ignore[arg-type]
-                                         k_start=previous_k, on_row=on_row, trainer=trainer)
+            result = search_k_for_target(
+                fields_,
+                width,
+                data,
+                config.cache_path,
+                config.target,  # type: ignore[arg-type]
+                k_start=previous_k,
+                on_row=on_row,
+                trainer=trainer,
+            )
             if result["k"] is not None:
                 previous_k = result["k"]
             with lock:
@@ -881,8 +893,7 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
-        executor = executor_from_args(args, device=str(config.train.get("device", "auto")),
-                                      threads=args.threads or 1)
+        executor = executor_from_args(args, device=str(config.train.get("device", "auto")), threads=args.threads or 1)
     except (ValueError, ConnectionError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

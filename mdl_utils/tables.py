@@ -58,19 +58,21 @@ class Table:
         for i, row in enumerate(self.rows):
             cells = [_cell(v) for v in row]
             if len(cells) != len(self.columns):
-                raise ValueError(f"row {i} has {len(cells)} cells but the table has "
-                                 f"{len(self.columns)} columns")
+                raise ValueError(f"row {i} has {len(cells)} cells but the table has {len(self.columns)} columns")
             self._cells.append(cells)
         self.rows = [list(r) for r in self._cells]
         if self.numeric is None:
-            self.numeric = [all(_is_number(r[j]) for r in self._cells if r[j] not in ("", "-"))
-                            and any(r[j] not in ("", "-") for r in self._cells)
-                            for j in range(len(self.columns))]
+            self.numeric = [
+                all(_is_number(r[j]) for r in self._cells if r[j] not in ("", "-"))
+                and any(r[j] not in ("", "-") for r in self._cells)
+                for j in range(len(self.columns))
+            ]
         elif len(self.numeric) != len(self.columns):
             raise ValueError("numeric must give one flag per column")
 
     def to_markdown(self) -> str:
         """The table as GitHub-flavoured Markdown (``|`` in cells escaped)."""
+
         def esc(text: str) -> str:
             return text.replace("|", "\\|")
 
@@ -85,8 +87,7 @@ class Table:
         widths = [max([len(c)] + [len(r[j]) for r in self._cells]) for j, c in enumerate(self.columns)]
 
         def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.rjust(w) if n else c.ljust(w)
-                             for c, w, n in zip(cells, widths, self.numeric)).rstrip()
+            return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, self.numeric)).rstrip()
 
         lines = [] if self.caption is None else [self.caption]
         lines.append(line(self.columns))

@@ -444,9 +444,7 @@ def hierarchical_data(
     """
     _check_n_d_noise(n, d, noise_std)
     if n_parents < 1 or children_per_parent < 1:
-        raise ValueError(
-            f"need at least one parent and one child per parent; got {n_parents}, {children_per_parent}"
-        )
+        raise ValueError(f"need at least one parent and one child per parent; got {n_parents}, {children_per_parent}")
     for name, rate in (("p_parent", p_parent), ("p_child_given_parent", p_child_given_parent)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {rate!r}")
@@ -467,8 +465,12 @@ def hierarchical_data(
     features_NF = on_NF * rng.uniform(lo, hi, size=(n, n_features))
     x_ND = features_NF @ directions_FD + noise_std * rng.standard_normal((n, d))
     return HierarchicalData(
-        x_ND.astype(np.float32), features_NF, directions_FD, float(noise_std),
-        n_parents=int(n_parents), children_per_parent=int(children_per_parent),
+        x_ND.astype(np.float32),
+        features_NF,
+        directions_FD,
+        float(noise_std),
+        n_parents=int(n_parents),
+        children_per_parent=int(children_per_parent),
     )
 
 

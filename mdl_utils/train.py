@@ -143,7 +143,8 @@ class TrainConfig:
             if n_kept(self.k, self.batch_size) < 1:
                 raise ValueError(
                     f"k={self.k:g} keeps no activation in a batch of {self.batch_size}: "
-                    f"round(k * batch_size) must be at least 1 (use k >= {0.5 / self.batch_size:g})")
+                    f"round(k * batch_size) must be at least 1 (use k >= {0.5 / self.batch_size:g})"
+                )
         positive_ints = ("batch_size", "max_epochs", "patience", "eval_batch_size")
         for name in positive_ints:
             value = getattr(self, name)
@@ -201,7 +202,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict, rejecting unknown keys by name."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -213,8 +214,13 @@ class TrainConfig:
 #: Fields added to :class:`TrainConfig` after SAEs were cached, with the defaults that reproduce
 #: the earlier training exactly (left out of cache keys while they hold these values).
 LEGACY_DEFAULTS: dict[str, Any] = {
-    "lr_schedule": "constant", "lr_factor": 0.3, "lr_reductions": 3, "decoder_init": "random",
-    "resample_every": 0, "resample_until": 0, "resample_pool": 8192,
+    "lr_schedule": "constant",
+    "lr_factor": 0.3,
+    "lr_reductions": 3,
+    "decoder_init": "random",
+    "resample_every": 0,
+    "resample_until": 0,
+    "resample_pool": 8192,
 }
 
 
@@ -535,7 +541,9 @@ def train_step(
 def evaluate_sae(sae: BatchTopKSAE, x: Any, *, batch_size: int = 8192, name: str = "x") -> SAEMetrics:
     """MSE per element, mean L0 and dead fraction of ``sae`` on ``x`` in inference mode."""
     device = sae.W_dec_FD.device
-    x_ND = x if isinstance(x, Tensor) and x.device == device and x.dtype == torch.float32 else as_tensor(x, name, device)
+    x_ND = (
+        x if isinstance(x, Tensor) and x.device == device and x.dtype == torch.float32 else as_tensor(x, name, device)
+    )
     sae.check_input(x_ND, name)
     n, d_in = x_ND.shape
     sq_err = 0.0
@@ -684,15 +692,17 @@ def train_sae(
                 best_state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
             else:
                 bad_epochs += 1
-            resampling = config.resample_every > 0 and (
-                config.resample_until == 0 or epoch <= config.resample_until
-            )
+            resampling = config.resample_every > 0 and (config.resample_until == 0 or epoch <= config.resample_until)
             if resampling:
                 bad_epochs = 0  # no cut and no stop while the dictionary is still being repaired
                 if epoch % config.resample_every == 0:
                     record.resampled = resample_dead_(
-                        sae, optimizer, x_train, since_fired_F >= dead_after,
-                        pool=config.resample_pool, generator=resample_gen,
+                        sae,
+                        optimizer,
+                        x_train,
+                        since_fired_F >= dead_after,
+                        pool=config.resample_pool,
+                        generator=resample_gen,
                     )
             if bad_epochs >= config.patience and config.lr_schedule == "plateau" and n_cuts < config.lr_reductions:
                 lr *= config.lr_factor

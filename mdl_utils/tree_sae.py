@@ -75,8 +75,9 @@ class TreeSAE(nn.Module):
         seed: seed of the random unit-norm initialisation (encoder = decoder transpose).
     """
 
-    def __init__(self, d_in: int, n_parents: int, children_per_parent: int, *,
-                 k_parents: float, k_children: float, seed: int = 0) -> None:
+    def __init__(
+        self, d_in: int, n_parents: int, children_per_parent: int, *, k_parents: float, k_children: float, seed: int = 0
+    ) -> None:
         super().__init__()
         for name, value in (("d_in", d_in), ("n_parents", n_parents), ("children_per_parent", children_per_parent)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -226,8 +227,9 @@ def _mse(sae: TreeSAE, x_ND: Tensor) -> float:
         return float(((sae(x_ND) - x_ND) ** 2).mean())
 
 
-def train_tree_sae(sae: TreeSAE, x_train: Any, x_val: Any,
-                   config: TreeTrainConfig = TreeTrainConfig()) -> tuple[TreeSAE, TreeTrainHistory]:
+def train_tree_sae(
+    sae: TreeSAE, x_train: Any, x_val: Any, config: TreeTrainConfig = TreeTrainConfig()
+) -> tuple[TreeSAE, TreeTrainHistory]:
     """Train a copy of ``sae`` to reconstruct ``x_train``; early-stop on ``x_val``'s MSE.
 
     Objective: squared reconstruction error per sample, with each level's batch top-k
@@ -340,8 +342,9 @@ class TreeDescriptionLength:
     l0: float
 
 
-def tree_description_length(acts_NF: Any, n_parents: int, children_per_parent: int, *,
-                            bits: int | None = None, step: float | None = None) -> TreeDescriptionLength:
+def tree_description_length(
+    acts_NF: Any, n_parents: int, children_per_parent: int, *, bits: int | None = None, step: float | None = None
+) -> TreeDescriptionLength:
     """DL of latents of a two-level tree, each child counted conditionally on its parent.
 
     The latents are quantised once with :func:`mdl_utils.quantize.quantize` (``bits`` or ``step``,
@@ -364,8 +367,10 @@ def tree_description_length(acts_NF: Any, n_parents: int, children_per_parent: i
     acts = np.asarray(acts_NF, dtype=np.float64)
     width = n_parents + n_parents * children_per_parent
     if acts.ndim != 2 or acts.shape[1] != width:
-        raise ValueError(f"latents must have shape (N, {width}) for {n_parents} parents with "
-                         f"{children_per_parent} children each; got {acts.shape}")
+        raise ValueError(
+            f"latents must have shape (N, {width}) for {n_parents} parents with "
+            f"{children_per_parent} children each; got {acts.shape}"
+        )
     codes = np.asarray(quantize(acts, bits=bits, step=step))
     n = codes.shape[0]
     parent_codes, child_codes = codes[:, :n_parents], codes[:, n_parents:]
@@ -373,8 +378,9 @@ def tree_description_length(acts_NF: Any, n_parents: int, children_per_parent: i
     parent_on = parent_codes > 0
     orphans = (child_codes > 0) & ~parent_on[:, parent_of_child]
     if orphans.any():
-        raise ValueError(f"{int(orphans.sum())} child activations occur where their parent is off: "
-                         "these latents are not a tree code")
+        raise ValueError(
+            f"{int(orphans.sum())} child activations occur where their parent is off: these latents are not a tree code"
+        )
     parent_bits = feature_entropies(parent_codes)
     child_bits = np.zeros(child_codes.shape[1])
     for j, parent in enumerate(parent_of_child):

@@ -95,8 +95,10 @@ def u_shape(resolution: Mapping[str, Any] | None, reachable_widths: Sequence[int
     "not resolved" when the optimum is inside but an end cannot be told apart from it.
     """
     claim = "DL against width is U-shaped (minimum strictly inside the widths)"
-    rule = ("yes: the optimum's tie set excludes the narrowest and the widest reachable width, "
-            "both distinguishably longer; no: the optimum is an end width")
+    rule = (
+        "yes: the optimum's tie set excludes the narrowest and the widest reachable width, "
+        "both distinguishably longer; no: the optimum is an end width"
+    )
     widths = sorted(reachable_widths)
     if resolution is None or len(widths) < 3:
         return Verdict(claim, "not resolved", rule, f"{len(widths)} reachable widths measured")
@@ -124,10 +126,14 @@ def memorised_digits(cosine_F: Any, usage_F: Any, baseline_N: Any) -> Verdict:
     base = float(np.median(np.asarray(baseline_N, dtype=np.float64)))
     close = (np.asarray(cosine_F, dtype=np.float64) >= base).astype(np.float64)
     frac = _weighted_mean(close, usage_F)
-    rule = (f"yes when at least {MEMORISED_FRACTION:.0%} of A's feature usage is by features at least "
-            "as close to a training digit as the median test digit is to its nearest training digit")
-    evidence = (f"usage-weighted fraction {frac:.3f} at or above the baseline cosine {base:.3f}; "
-                f"mean feature cosine {_weighted_mean(cosine_F, usage_F):.3f}")
+    rule = (
+        f"yes when at least {MEMORISED_FRACTION:.0%} of A's feature usage is by features at least "
+        "as close to a training digit as the median test digit is to its nearest training digit"
+    )
+    evidence = (
+        f"usage-weighted fraction {frac:.3f} at or above the baseline cosine {base:.3f}; "
+        f"mean feature cosine {_weighted_mean(cosine_F, usage_F):.3f}"
+    )
     return Verdict(claim, "yes" if frac >= MEMORISED_FRACTION else "no", rule, evidence)
 
 
@@ -136,8 +142,10 @@ def pca_like(coverage_F: Any, usage_F: Any, pca_coverage: Any) -> Verdict:
     claim = "narrow SAEs (D) have dense, PCA-like features"
     cov = _weighted_mean(coverage_F, usage_F)
     ref = float(np.mean(np.asarray(pca_coverage, dtype=np.float64)))
-    rule = (f"yes when D's usage-weighted pixel coverage is at least {PCA_LIKE_RATIO} times the mean "
-            "coverage of the training digits' top 10 principal components")
+    rule = (
+        f"yes when D's usage-weighted pixel coverage is at least {PCA_LIKE_RATIO} times the mean "
+        "coverage of the training digits' top 10 principal components"
+    )
     evidence = f"D coverage {cov:.3f}; principal components {ref:.3f} (threshold {PCA_LIKE_RATIO * ref:.3f})"
     return Verdict(claim, "yes" if cov >= PCA_LIKE_RATIO * ref else "no", rule, evidence)
 
@@ -163,8 +171,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def l0_falls_with_width(widths: Sequence[int], l0: Sequence[float]) -> Verdict:
     """At equal loss, wider SAEs use fewer active features."""
     claim = "at equal loss, L0 falls as the width grows"
-    rule = (f"yes when the Spearman correlation of L0 (at each width's DL-optimal k) with width is "
-            f"at most {L0_SPEARMAN} and the widest SAE's L0 is below the narrowest's")
+    rule = (
+        f"yes when the Spearman correlation of L0 (at each width's DL-optimal k) with width is "
+        f"at most {L0_SPEARMAN} and the widest SAE's L0 is below the narrowest's"
+    )
     if len(widths) < 3:
         return Verdict(claim, "not resolved", rule, f"{len(widths)} widths")
     order = np.argsort(widths)
@@ -177,8 +187,10 @@ def l0_falls_with_width(widths: Sequence[int], l0: Sequence[float]) -> Verdict:
 def dead_rise_near_turn(widths: Sequence[int], dead_fraction: Sequence[float], optimum: int) -> Verdict:
     """The width where dead features start to rise is close to where DL turns up."""
     claim = "dead features start to rise near the width where DL turns up"
-    rule = (f"yes when the narrowest width with more than {DEAD_RISE:.0%} dead features (never firing on "
-            "test digits) is within a factor 2 of the optimum's width; no when none has, or it is farther")
+    rule = (
+        f"yes when the narrowest width with more than {DEAD_RISE:.0%} dead features (never firing on "
+        "test digits) is within a factor 2 of the optimum's width; no when none has, or it is farther"
+    )
     order = np.argsort(widths)
     w, d = np.asarray(widths)[order], np.asarray(dead_fraction, dtype=np.float64)[order]
     over = w[d > DEAD_RISE]
@@ -209,8 +221,10 @@ def t_interval(values: Sequence[float], coverage: float = INTERVAL) -> tuple[flo
 def optimum_resolved(name: str, resolution: Mapping[str, Any] | None) -> Verdict:
     """The optimum under one tolerance is resolved (see :func:`mdl_utils.protocol.resolve_optimum`)."""
     claim = f"the {name} optimum is resolved"
-    rule = ("yes when every other width's mean DL* exceeds the optimum's by more than the combined "
-            "uncertainty (seeds and test-digit bootstrap) and every search has finished")
+    rule = (
+        "yes when every other width's mean DL* exceeds the optimum's by more than the combined "
+        "uncertainty (seeds and test-digit bootstrap) and every search has finished"
+    )
     if resolution is None:
         return Verdict(claim, "not resolved", rule, "no finished search yet")
     evidence = f"optimum width {resolution['optimum']}, tie set {list(resolution['tie_set'])}"
@@ -222,8 +236,10 @@ def optimum_resolved(name: str, resolution: Mapping[str, Any] | None) -> Verdict
 def optimum_moves(res_ce: Mapping[str, Any] | None, res_mse: Mapping[str, Any] | None) -> Verdict:
     """The epsilon-MDL-optimal width differs between the two tolerances."""
     claim = "the optimal width moves when the tolerance is the classifier's loss"
-    rule = ("yes when the two tie sets share no width; no when both optima are resolved and equal; "
-            "not resolved otherwise (the tie sets overlap)")
+    rule = (
+        "yes when the two tie sets share no width; no when both optima are resolved and equal; "
+        "not resolved otherwise (the tie sets overlap)"
+    )
     if res_ce is None or res_mse is None:
         return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
     ce, mse = set(res_ce["tie_set"]), set(res_mse["tie_set"])
@@ -244,8 +260,10 @@ def shorter_description(dl_ce: Mapping[int, Mapping[int, float]], dl_mse: Mappin
     above, unresolved otherwise.
     """
     claim = "at equal typical strictness, the cross-entropy tolerance gives a shorter description at every width"
-    rule = (f"per width, the {INTERVAL:.0%} t interval of DL*(CE) - DL*(MSE) over paired seeds; yes when it lies "
-            "below zero at every width; no when it lies above zero at some width; not resolved otherwise")
+    rule = (
+        f"per width, the {INTERVAL:.0%} t interval of DL*(CE) - DL*(MSE) over paired seeds; yes when it lies "
+        "below zero at every width; no when it lies above zero at some width; not resolved otherwise"
+    )
     shorter, longer, unresolved = [], [], []
     for w in sorted(set(dl_ce) & set(dl_mse)):
         seeds = sorted(set(dl_ce[w]) & set(dl_mse[w]))
@@ -279,9 +297,11 @@ def unequal_harm(harm: Mapping[int, Mapping[int, float]], epsilon_ce: float) -> 
 
     claim = "equal MSE is not equal harm (MSE-selected SAEs differ in the classifier's loss)"
     bar = HARM_SPREAD * epsilon_ce
-    rule = (f"yes when the {INTERVAL:.0%} interval of the difference between the most and the least harmful "
-            f"width's mean cross-entropy increase lies above {HARM_SPREAD} epsilon_CE = {bar:.4g} nats; no when "
-            "it lies below; not resolved otherwise or with fewer than two seeds at either width")
+    rule = (
+        f"yes when the {INTERVAL:.0%} interval of the difference between the most and the least harmful "
+        f"width's mean cross-entropy increase lies above {HARM_SPREAD} epsilon_CE = {bar:.4g} nats; no when "
+        "it lies below; not resolved otherwise or with fewer than two seeds at either width"
+    )
     means = {w: float(np.mean(list(v.values()))) for w, v in harm.items() if v}
     if len(means) < 2:
         return Verdict(claim, "not resolved", rule, f"{len(means)} widths measured")
@@ -324,9 +344,11 @@ def spearman_p_increasing(x: Sequence[float], y: Sequence[float]) -> tuple[float
 def harm_rises_with_width(widths: Sequence[int], harm: Sequence[float]) -> Verdict:
     """At equal MSE, wider SAEs harm the classifier more."""
     claim = "at equal MSE, wider SAEs harm the classifier more"
-    rule = (f"yes when the Spearman correlation of the mean cross-entropy increase with width is positive with an "
-            f"exact one-sided permutation p-value below {RANK_P}; no when it is zero or negative; not resolved "
-            "otherwise")
+    rule = (
+        f"yes when the Spearman correlation of the mean cross-entropy increase with width is positive with an "
+        f"exact one-sided permutation p-value below {RANK_P}; no when it is zero or negative; not resolved "
+        "otherwise"
+    )
     if len(widths) < 3:
         return Verdict(claim, "not resolved", rule, f"{len(widths)} widths")
     rho, p = spearman_p_increasing([float(w) for w in widths], harm)

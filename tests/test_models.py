@@ -136,7 +136,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_committed_classifier_reproduces_its_recorded_accuracy_and_cross_entropy(mnist_source_dir):
     if not (COMMITTED / "downstream.json").is_file():
-        pytest.skip("no committed full-profile results (python -m mdl_utils.downstream --profile full)")
+        pytest.skip("no committed full-profile results (python -m mdl_utils downstream --profile full)")
     from mdl_utils.data import load_mnist
 
     payload = json.loads((COMMITTED / "downstream.json").read_text())
