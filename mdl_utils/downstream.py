@@ -83,7 +83,7 @@ from mdl_utils.protocol import (
     sparse_latents,
 )
 from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.study import RECIPE, StudySettings, load_rows, load_selected_sae, run_study, summarise
+from mdl_utils.study import QUICK_RECIPE, RECIPE, StudySettings, load_rows, load_selected_sae, run_study, summarise
 from mdl_utils.sweep import DataSpec, SweepData, prepare_data
 from mdl_utils import verdicts as V
 
@@ -195,16 +195,7 @@ def settings_for(profile: str) -> DownstreamSettings:
             seeds=(0, 1),
             fill_widths=False,
             n_boot=100,
-            train={
-                **RECIPE,
-                "batch_size": 256,
-                "max_epochs": 150,
-                "patience": 3,
-                "lr_reductions": 2,
-                "min_rel_improvement": 2e-3,
-                "resample_every": 5,
-                "resample_until": 10,
-            },
+            train=dict(QUICK_RECIPE),
         ),
         full=DownstreamSettings(n_train=None, n_test=None, widths=(16, 32, 64, 128, 256, 512, 1024)),
     )

@@ -164,6 +164,19 @@ RECIPE: dict[str, Any] = {
 }
 
 
+#: The quick profile's recipe (CI): smaller batches and looser convergence thresholds.
+QUICK_RECIPE: dict[str, Any] = {
+    **RECIPE,
+    "batch_size": 256,
+    "max_epochs": 150,
+    "patience": 3,
+    "lr_reductions": 2,
+    "min_rel_improvement": 2e-3,
+    "resample_every": 5,
+    "resample_until": 10,
+}
+
+
 def study_settings(profile: str) -> StudySettings:
     """The study's settings for a profile: ``quick`` (minutes, CI) or ``full`` (paper scale)."""
     return choose(
@@ -176,16 +189,7 @@ def study_settings(profile: str) -> StudySettings:
             seeds=(0, 1),
             k_start=16.0,
             n_boot=100,
-            train={
-                **RECIPE,
-                "batch_size": 256,
-                "max_epochs": 150,
-                "patience": 3,
-                "lr_reductions": 2,
-                "min_rel_improvement": 2e-3,
-                "resample_every": 5,
-                "resample_until": 10,
-            },
+            train=dict(QUICK_RECIPE),
         ),
         full=StudySettings(
             n_train=None,
