@@ -181,6 +181,16 @@ class TreeTrainConfig:
     resample_epochs: int = 30
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.parent_epochs < self.max_epochs:
+            raise ValueError(
+                f"parent_epochs ({self.parent_epochs}) must lie in [0, max_epochs = {self.max_epochs}): the "
+                "children need at least one epoch of training after the parents-only phase"
+            )
+
 
 @dataclass
 class TreeTrainHistory:

@@ -30,11 +30,9 @@ import numpy as np
 import torch
 
 from mdl_utils import plots
-from mdl_utils.dl import description_length, effective_precision
-from mdl_utils.profiles import choose
-from mdl_utils.toys import best_cosines, binary_entropy, hierarchical_data, hierarchy_dl
-from mdl_utils.train import TrainConfig, evaluate_sae, train_sae
-from mdl_utils.tree_sae import TreeSAE, TreeTrainConfig, train_tree_sae, tree_description_length
+from mdl_utils.profiles import cache_dir, choose
+from mdl_utils.toy_experiments import HierarchySettings, run_hierarchy_experiment
+from mdl_utils.toys import binary_entropy, hierarchy_dl
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # small models: one thread is fastest and keeps results reproducible
@@ -127,32 +125,14 @@ plots.label(axes[0, 1], title="The tree's saving is never negative",
 # children started on the residuals of their parents' samples.
 
 # %%
-n_parents, children_per_parent, dim = 4, 3, 32
-p_parent, p_child_given_parent = 0.3, 0.6
-n_samples = choose(profile, quick=24_000, full=100_000)
-seeds = choose(profile, quick=(0, 1, 2, 3), full=tuple(range(8)))
-max_epochs = choose(profile, quick=60, full=200)
-data = hierarchical_data(n_samples, n_parents=n_parents, children_per_parent=children_per_parent, d=dim,
-                         p_parent=p_parent, p_child_given_parent=p_child_given_parent, noise_std=0.01, seed=0)
-n_train, n_val = int(0.6 * n_samples), int(0.2 * n_samples)
-x_train, x_val, x_test = data.x_ND[:n_train], data.x_ND[n_train:n_train + n_val], data.x_ND[n_train + n_val:]
-k_parents = n_parents * p_parent
-k_children = n_parents * p_parent * p_child_given_parent
-width = n_parents * (1 + children_per_parent)
-
-tree_runs = []
-for seed in seeds:
-    untrained = TreeSAE(dim, n_parents, children_per_parent, k_parents=k_parents, k_children=k_children, seed=seed)
-    sae, history = train_tree_sae(untrained, x_train, x_val, TreeTrainConfig(seed=seed, max_epochs=max_epochs))
-    tree_runs.append((min(history.val_mse), seed, sae))
-flat_runs = []
-for seed in seeds[:2]:
-    config = TrainConfig(width=width, k=k_parents + k_children, seed=seed, batch_size=256,
-                         max_epochs=max_epochs, patience=8, lr=3e-3, device="cpu", progress=False)
-    sae, history = train_sae(config, x_train, x_val)
-    flat_runs.append((min(e.val_mse for e in history.epochs), seed, sae))
-tree_val, tree_seed, tree_sae = min(tree_runs, key=lambda r: r[0])
-flat_val, flat_seed, flat_sae = min(flat_runs, key=lambda r: r[0])
+settings = HierarchySettings(
+    n_parents=4, children_per_parent=3, dim=32, p_parent=0.3, p_child_given_parent=0.6, noise_std=0.01,
+    n_samples=choose(profile, quick=24_000, full=100_000),
+    tree_seeds=choose(profile, quick=(0, 1, 2, 3), full=tuple(range(8))), flat_runs=2,
+    max_epochs=choose(profile, quick=60, full=200),
+)
+n_parents, children_per_parent = settings.n_parents, settings.children_per_parent
+p_parent, p_child_given_parent = settings.p_parent, settings.p_child_given_parent
 
 # %% [markdown]
 # Both SAEs are measured on held-out data at the same MSE ceiling (a quarter above the worse
@@ -162,36 +142,24 @@ flat_val, flat_seed, flat_sae = min(flat_runs, key=lambda r: r[0])
 # the tree's coding saves from what its dictionary does.
 
 # %%
-x_test_t = torch.as_tensor(x_test)
-with torch.no_grad():
-    z_tree = tree_sae.encode(x_test_t)
-    z_flat = flat_sae.encode(x_test_t)
-    tree_mse = float(((tree_sae.decode(z_tree) - x_test_t) ** 2).mean())
-flat_mse = evaluate_sae(flat_sae, x_test).mse
-ceiling = 1.25 * max(tree_mse, flat_mse)
-tree_precision = effective_precision(z_tree, tree_sae.decode, x_test, tolerance=ceiling)
-flat_precision = effective_precision(z_flat, flat_sae.decode, x_test, tolerance=ceiling)
-tree_dl = tree_description_length(z_tree, n_parents, children_per_parent, bits=tree_precision.bits)
-flat_dl = description_length(z_flat, bits=flat_precision.bits)
-true_directions = data.directions_FD
-tree_cos = best_cosines(tree_sae.W_dec_FD.detach().numpy(), true_directions)
-flat_cos = best_cosines(flat_sae.W_dec_FD.detach().numpy(), true_directions)
+r = run_hierarchy_experiment(settings, cache=cache_dir() / "toy-experiments")
+tree_cos, flat_cos = np.array(r["tree_cosines"]), np.array(r["flat_cosines"])
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"seeds kept: tree {tree_seed} (of {len(seeds)}), flat {flat_seed} (of {len(flat_runs)})")
-print(f"test MSE (unquantised): tree {tree_mse:.5f}, flat {flat_mse:.5f}; ceiling {ceiling:.5f}")
-print(f"tree SAE: {tree_precision.bits} bits per value, MSE {tree_precision.mse:.5f}, L0 {tree_dl.l0:.3f}, "
-      f"DL {tree_dl.dl_bits:.3f} bits/sample (its latents counted flat: {tree_dl.flat_dl_bits:.3f})")
-print(f"flat SAE: {flat_precision.bits} bits per value, MSE {flat_precision.mse:.5f}, L0 {flat_dl.l0:.3f}, "
-      f"DL {flat_dl.dl_bits:.3f} bits/sample")
+print(f"seeds kept: tree {r['tree_seed']} (of {r['n_tree_runs']}), flat {r['flat_seed']} (of {r['n_flat_runs']})")
+print(f"test MSE (unquantised): tree {r['tree_mse']:.5f}, flat {r['flat_mse']:.5f}; ceiling {r['ceiling']:.5f}")
+print(f"tree SAE: {r['tree_bits']} bits per value, MSE {r['tree_mse_quantised']:.5f}, L0 {r['tree_l0']:.3f}, "
+      f"DL {r['tree_dl_bits']:.3f} bits/sample (its latents counted flat: {r['tree_flat_dl_bits']:.3f})")
+print(f"flat SAE: {r['flat_bits']} bits per value, MSE {r['flat_mse_quantised']:.5f}, L0 {r['flat_l0']:.3f}, "
+      f"DL {r['flat_dl_bits']:.3f} bits/sample")
 print(f"mean best cosine to the true directions: tree {tree_cos.mean():.3f} "
       f"(parents {tree_cos[:n_parents].mean():.3f}, children {tree_cos[n_parents:].mean():.3f}); "
       f"flat {flat_cos.mean():.3f} (parents {flat_cos[:n_parents].mean():.3f}, "
       f"children {flat_cos[n_parents:].mean():.3f})")
-shorter = "tree SAE" if tree_dl.dl_bits < flat_dl.dl_bits else "flat SAE"
-print(f"shorter total description: {shorter} (flat - tree = {flat_dl.dl_bits - tree_dl.dl_bits:+.3f} bits); "
-      f"tree structure alone saves {tree_dl.flat_dl_bits - tree_dl.dl_bits:.3f} bits on the tree SAE's latents")
+shorter = "tree SAE" if r["tree_dl_bits"] < r["flat_dl_bits"] else "flat SAE"
+print(f"shorter total description: {shorter} (flat - tree = {r['flat_dl_bits'] - r['tree_dl_bits']:+.3f} bits); "
+      f"tree structure alone saves {r['tree_flat_dl_bits'] - r['tree_dl_bits']:.3f} bits on the tree SAE's latents")
 
 # %% [markdown]
 # For scale, the tree's saving on boolean features alone: with four independent parents,
@@ -207,7 +175,7 @@ flat_pattern = n_parents * (binary_entropy(p_parent) + children_per_parent * bin
 print(f"which features fire: tree {tree_pattern:.3f} bits/sample, flat {flat_pattern:.3f} bits/sample, "
       f"saving {flat_pattern - tree_pattern:.3f}")
 exact_saving = flat_pattern - tree_pattern
-measured_saving = tree_dl.flat_dl_bits - tree_dl.dl_bits
+measured_saving = r["tree_flat_dl_bits"] - r["tree_dl_bits"]
 CLOSE = 0.2  # "close": within 20% of the exact saving
 print(f"saving of the tree structure on the trained tree SAE's latents: {measured_saving:.3f} bits/sample, "
       f"{measured_saving / exact_saving:.2f} x the exact saving on the firing pattern: "
@@ -217,11 +185,11 @@ print(f"saving of the tree structure on the trained tree SAE's latents: {measure
 # %% tags=["hide-input"]
 fig, axes = plots.figure(ncols=2, width=11, height=4.0)
 names = ["tree SAE", "tree SAE latents\ncounted flat", "flat SAE"]
-values = [tree_dl.dl_bits, tree_dl.flat_dl_bits, flat_dl.dl_bits]
+values = [r["tree_dl_bits"], r["tree_flat_dl_bits"], r["flat_dl_bits"]]
 axes[0, 0].bar(names, values, color=[plots.COLORS[2], plots.COLORS[5], plots.COLORS[0]])
 plots.label(axes[0, 0], title="Description length at equal test MSE",
             xlabel="code", ylabel="description length (bits per sample)")
-order = np.arange(len(true_directions))
+order = np.arange(len(tree_cos))
 axes[0, 1].plot(order, tree_cos, "o", color=plots.COLORS[2], label="tree SAE")
 axes[0, 1].plot(order, flat_cos, "s", color=plots.COLORS[0], label="flat SAE", alpha=0.8)
 axes[0, 1].axvline(n_parents - 0.5, color="grey", lw=1)

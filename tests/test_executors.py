@@ -112,11 +112,25 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _descends_from_this_process(pid: int, parents: dict[int, int]) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        pid = parents.get(pid, 0)
+    return False
+
+
 def _ray_workers_training() -> list[int]:
-    """PIDs of Ray worker processes running a training (Ray titles them ``ray::_call``)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines()
-            if len(line.split(None, 1)) == 2 and line.split(None, 1)[1].startswith("ray::_call")]
+    """PIDs of this test's Ray worker processes running a training (Ray titles them
+    ``ray::_call``). Only descendants of this process count: the local Ray instance is started
+    from here, so a long job training on another Ray instance of the machine is left alone."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    rows = [r for r in rows if len(r) == 3]
+    parents = {int(pid): int(ppid) for pid, ppid, _ in rows}
+    return [int(pid) for pid, _, args in rows
+            if args.startswith("ray::_call") and _descends_from_this_process(int(pid), parents)]
 
 
 def test_a_grid_sweep_survives_a_killed_worker_and_writes_the_serial_table(tmp_path, ray2, one_thread):

@@ -132,3 +132,11 @@ def test_training_reduces_the_error_and_keeps_the_tree():
     assert after == pytest.approx(min(history.val_mse), rel=1e-5)
     assert _children_need_parents(sae, acts)
     np.testing.assert_allclose(sae.W_dec_FD.detach().norm(dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_train_config_refuses_a_parents_only_phase_that_leaves_no_epoch_for_the_children():
+    with pytest.raises(ValueError, match="parent_epochs"):
+        TreeTrainConfig(max_epochs=6)  # parent_epochs 10 by default
+    with pytest.raises(ValueError, match="max_epochs"):
+        TreeTrainConfig(max_epochs=0)
+    assert TreeTrainConfig(max_epochs=11).parent_epochs == 10
