@@ -42,14 +42,14 @@ import torch
 from IPython.display import display
 
 from mdl_utils import plots
-from mdl_utils.dl import (
-    bin_widths, decode_latents, dequantize, description_length, effective_precision,
-    encode_latents, quantize,
-)
+from mdl_utils.dl import decode_latents, description_length, effective_precision, encode_latents, quantize
+from mdl_utils.mdl import decoder_fn, latents
+from mdl_utils.protocol import quantised_latents
 from mdl_utils.profiles import cache_dir, choose, results_dir
 from mdl_utils.study import load_selected_sae
 from mdl_utils.sweep import DataSpec, load_cached_sae, prepare_data, train_cached
 from mdl_utils.tables import Table
+from mdl_utils.toys import binary_entropy
 from mdl_utils.train import TrainConfig
 
 plots.use_style()
@@ -80,17 +80,6 @@ else:
         saes[width], rows[width] = load_cached_sae(cache_dir(), row["key"]), row
 
 
-def latents(sae, x):
-    """Inference latents of ``x`` as a numpy array (N, width)."""
-    with torch.no_grad():
-        return sae.encode(torch.from_numpy(np.array(x, dtype=np.float32))).numpy()
-
-
-def decoder(sae):
-    """The SAE's decoder as a function of numpy latents, for effective_precision."""
-    return lambda z: sae.decode(torch.as_tensor(z, dtype=torch.float32)).detach().numpy()
-
-
 # %% [markdown]
 # ## Effective precision
 #
@@ -105,12 +94,11 @@ def decoder(sae):
 # %%
 featured = 256
 z_test = latents(saes[featured], x_test)
-precision = effective_precision(z_test, decoder(saes[featured]), x_test, tolerance=EPSILON)
+precision = effective_precision(z_test, decoder_fn(saes[featured]), x_test, tolerance=EPSILON)
 # The search stops at the first precision that passes; for the figure, the whole curve.
 curve_bits = np.arange(1, 9)
 curve_mse = [
-    float(np.mean((decoder(saes[featured])(dequantize(quantize(z_test, bits=int(b)),
-                                                     bin_widths(z_test, bits=int(b)))) - x_test) ** 2))
+    float(np.mean((decoder_fn(saes[featured])(quantised_latents(z_test, int(b))) - x_test) ** 2))
     for b in curve_bits
 ]
 
@@ -150,14 +138,11 @@ plots.label(ax, title=f"Quantising the latents of a {featured}-feature SAE",
 comparison = []
 for width, sae in saes.items():
     z = latents(sae, x_test)
-    bits = effective_precision(z, decoder(sae), x_test, tolerance=EPSILON).bits
+    bits = effective_precision(z, decoder_fn(sae), x_test, tolerance=EPSILON).bits
     dl = description_length(z, bits=bits)
     codes = quantize(z, bits=bits)
     rate_F = (codes != 0).mean(axis=0)
-    firing_bits = float(np.sum(
-        -rate_F * np.log2(np.where(rate_F > 0, rate_F, 1))
-        - (1 - rate_F) * np.log2(np.where(rate_F < 1, 1 - rate_F, 1))
-    ))
+    firing_bits = float(np.sum(binary_entropy(rate_F)))  # which features fire, each on its own
     comparison.append(dict(width=width, mse=rows[width]["mse_test"], bits=bits, l0=dl.l0,
                            dl=dl.dl_bits, firing=firing_bits, values=dl.dl_bits - firing_bits,
                            bound=dl.upper_bound_bits, bound_names=dl.l0 * np.log2(width),
