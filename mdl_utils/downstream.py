@@ -574,8 +574,8 @@ def summarise_downstream(
 ) -> dict[str, Any]:
     """``downstream.json``'s contents from the rows on disk: both arms summarised with every
     seed (each arm's ``summary.json`` is rewritten so), the calibration and the verdicts.
-    ``data`` (the activations) only adds the activations' variance; without it that entry
-    is read from an existing ``downstream.json`` when there is one."""
+    ``data`` (the activations) gives the activations' variance; without it they are computed
+    from the stored classifier and the MNIST test digits."""
     out = Path(out_dir)
     calibration = json.loads((out / "calibration.json").read_text()) if (out / "calibration.json").is_file() else None
     eps = {"ce": settings.epsilon_ce, "mse": None if calibration is None else calibration["epsilon_mse"]}
@@ -592,10 +592,13 @@ def summarise_downstream(
         write_results(out / arm / "summary.json", {**arms[arm], "name": f"downstream-{arm}"})
     meta = json.loads((out / "classifier.json").read_text()).get("metadata", {})
     if data is not None:
-        variance = float(data.split("test").var(axis=0).mean())
-    else:
-        old = out / "downstream.json"
-        variance = json.loads(old.read_text()).get("activation_variance") if old.is_file() else None
+        h_test = data.split("test")
+    else:  # from the stored classifier and the test digits
+        from mdl_utils.data import load_mnist
+
+        model, _ = load_classifier(out / "classifier")
+        h_test = hidden_activations(model, load_mnist("test")[0][: settings.n_test])
+    variance = float(h_test.var(axis=0).mean())
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": settings.to_dict(),

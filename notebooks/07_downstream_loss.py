@@ -195,7 +195,8 @@ for color, (arm, s) in zip(plots.COLORS, arms.items()):
     axes[0, 1].plot(ws, l0, "o-", color=color, label=NAMES[arm])
 for ax in axes[0]:
     ax.set_xscale("log", base=2)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to show before a search has finished
+        ax.legend(fontsize=8)
 plots.label(axes[0, 0], title="DL* against width (stars: the optima)",
             xlabel="SAE width D (features)", ylabel="DL* (bits per test digit)")
 plots.label(axes[0, 1], title="L0 at DL* against width (mean over seeds)",
@@ -246,7 +247,8 @@ for ax, (arm, key, other) in zip(axes[0], (("mse", "ce_increase_quantised", "ce"
     if eps[other] is not None:
         ax.axhline(eps[other], ls="--", color=plots.COLORS[ARMS.index(other)], label=f"$\\epsilon$ ({NAMES[other]})")
     ax.set_xscale("log", base=2)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 plots.label(axes[0, 0], title="SAEs selected at equal MSE: harm to the classifier",
             xlabel="SAE width D (features)", ylabel="cross-entropy increase (nats per digit)")
 plots.label(axes[0, 1], title="SAEs selected at equal harm: their MSE",
