@@ -54,7 +54,7 @@ class BitAllocation:
 
     Attributes:
         bits: bits per non-zero value of each feature, shape (D,): 2**bits equal bins over the
-            feature's range (0, max_i], as in :func:`quantize`; 0 bits means a single bin, so
+            feature's range (0, max_i], as in :func:`~mdl_utils.quantize.quantize`; 0 bits means a single bin, so
             the feature only says "on" (decoded at max_i / 2). 0 for dead features.
         live: which features fire at least once, shape (D,).
         feature_bits: H(p_i) of each feature at its precision, bits per sample, shape (D,).
@@ -82,7 +82,7 @@ class BitAllocation:
         started_from: ``"generous"`` (every live feature at ``start_bits``) or ``"uniform"``
             (every live feature at ``uniform_bits``): the start whose greedy gave the answer.
         uniform_bits: the coarsest single precision (1..start_bits, not below ``min_bits``)
-            meeting the ceiling, as :func:`effective_precision` would choose it; None if none
+            meeting the ceiling, as :func:`~mdl_utils.precision.effective_precision` would choose it; None if none
             does.
         uniform_entropy_bits: the DL at ``uniform_bits`` (every feature at that precision),
             bits per sample; ``entropy_bits`` is never above it when the uniform start ran.
@@ -150,7 +150,7 @@ def _dequantized(codes: np.ndarray, vmax: np.ndarray, bits: np.ndarray) -> np.nd
 
 
 def _codes_at(values: np.ndarray, vmax: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Codes of non-zero values at the given bits, exactly as :func:`quantize` computes them."""
+    """Codes of non-zero values at the given bits, exactly as :func:`~mdl_utils.quantize.quantize` computes them."""
     codes = np.ceil(values / np.ldexp(vmax, -bits))
     return np.clip(codes, 1.0, np.ldexp(1.0, bits)).astype(np.int64)
 
@@ -158,7 +158,7 @@ def _codes_at(values: np.ndarray, vmax: np.ndarray, bits: np.ndarray) -> np.ndar
 def dequantize_per_feature(z: Any, bits: Sequence[int] | np.ndarray) -> np.ndarray:
     """Latents quantised with one precision per feature, mapped back to bin centres.
 
-    Feature i is binned as :func:`quantize` bins it with ``bits=bits[i]`` (2**bits[i] bins over
+    Feature i is binned as :func:`~mdl_utils.quantize.quantize` bins it with ``bits=bits[i]`` (2**bits[i] bins over
     (0, max_i]; 0 bits is one bin) and each non-zero value becomes its bin's centre; zeros stay
     0. With every entry of ``bits`` equal to B this equals
     ``dequantize(quantize(z, bits=B), bin_widths(z, bits=B))``.
@@ -195,7 +195,7 @@ def allocate_bits(
 ) -> BitAllocation:
     """Greedy per-feature precision: the fewest bits of DL for a reconstruction MSE ceiling.
 
-    The paper gives every feature the same precision (:func:`effective_precision`); some
+    The paper gives every feature the same precision (:func:`~mdl_utils.precision.effective_precision`); some
     features are nearly binary and some need fine values. Here each live feature starts at
     ``start_bits`` bits per non-zero value; then, repeatedly, precision is taken from the
     feature whose loss of it raises the MSE least per bit of DL saved (the DL saved is the drop
@@ -226,7 +226,7 @@ def allocate_bits(
 
     Args:
         z: latents (N, D), non-negative; numpy, torch or scipy.sparse.
-        decode: latents -> reconstruction, as for :func:`effective_precision`.
+        decode: latents -> reconstruction, as for :func:`~mdl_utils.precision.effective_precision`.
         x: targets, the shape of decode's output.
         tolerance: the MSE ceiling (``mode="absolute"``) or the allowed increase over the
             unquantised MSE (``mode="increase"``).

@@ -5,14 +5,14 @@ section 4 of the paper brief; Ayonrinde, Pearce and Sharkey 2024, arXiv:2410.111
 the command line. Each idea lives in its own module; the names are re-exported here so that
 ``from mdl_utils.dl import ...`` keeps working:
 
-1. :mod:`mdl_utils.quantize`: :func:`quantize` turns latents ``z_ND`` (N samples x D features,
+1. :mod:`mdl_utils.quantize`: :func:`~mdl_utils.quantize.quantize` turns latents ``z_ND`` (N samples x D features,
    non-negative) into integer codes (zero is its own symbol; non-zero values are binned with
    a ``step`` or with ``bits`` per feature range), :func:`dequantize` maps codes back to bin
    centres.
 2. :mod:`mdl_utils.entropy`: :func:`feature_entropies` (each feature's H(p_i) in bits per
    sample, the value 0 included) and :func:`description_length` (their sum); the paper's bound
    :func:`dl_upper_bound` (L0 * (B + log2 D)) and dense baseline :func:`dense_dl` (B * d).
-3. :mod:`mdl_utils.precision`: :func:`effective_precision` (the coarsest whole-bit quantisation
+3. :mod:`mdl_utils.precision`: :func:`~mdl_utils.precision.effective_precision` (the coarsest whole-bit quantisation
    whose reconstruction MSE stays within a tolerance) and :func:`effective_precision_for_loss`
    (the same for any loss). The continuous scale used by the chapters' protocol is
    :func:`mdl_utils.protocol.continuous_precision`.

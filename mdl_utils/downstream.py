@@ -272,7 +272,7 @@ def measure_downstream(
     ``precision`` entry's ``mse`` fields then hold the cross-entropy increase, as do
     ``whole_mse_quantised`` and the rereads ``dl_at``).
 
-    Returns a dict with the keys of :meth:`mdl_utils.protocol.SAEMeasurement.to_dict` (so the
+    Returns a dict with the keys of :class:`mdl_utils.protocol.SAEMeasurement` (its ``to_dict()``) (so the
     study selects and summarises it as it does chapter 3's), and: ``loss`` (the arm),
     ``ce_clean`` (nats per digit), ``ce_increase`` (unquantised), ``ce_increase_quantised``,
     ``mse_quantised`` (per hidden unit) and ``accuracy_spliced``, all at the SAE's precision

@@ -97,7 +97,7 @@ def feature_entropies(codes: Any) -> np.ndarray:
     Only the non-zero entries are counted; the zeros' count is N minus theirs.
 
     Args:
-        codes: (N samples, D features) non-negative integer codes (see :func:`quantize`);
+        codes: (N samples, D features) non-negative integer codes (see :func:`~mdl_utils.quantize.quantize`);
             dense numpy/torch or sparse.
 
     Returns:
@@ -138,7 +138,7 @@ class DescriptionLength:
 def description_length(z: Any, *, bits: float | None = None, step: float | None = None) -> DescriptionLength:
     """The paper's description length of SAE latents, bits per sample (section 3).
 
-    Quantises ``z`` as :func:`quantize` does, then sums the per-feature entropies: each
+    Quantises ``z`` as :func:`~mdl_utils.quantize.quantize` does, then sums the per-feature entropies: each
     feature is coded on its own (independent additivity), so DL(z) = sum_i H(p_i).
     Never builds the dense code matrix: only the non-zero entries are quantised and counted.
 

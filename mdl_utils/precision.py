@@ -83,7 +83,7 @@ def effective_precision(
       test MSE by about 0.0001).
 
     The search walks the candidates from coarsest to finest (bits ascending, steps descending),
-    quantising with :func:`quantize`, dequantising to bin centres and decoding, and returns the
+    quantising with :func:`~mdl_utils.quantize.quantize`, dequantising to bin centres and decoding, and returns the
     first that meets the ceiling. It does not assume the MSE falls monotonically as precision
     rises: the answer is by construction the coarsest candidate that passes.
 

@@ -98,6 +98,7 @@ __all__ = [
     "StudySettings",
     "study_settings",
     "MSEMeasure",
+    "default_measure",
     "run_study",
     "plan",
     "summarise",
@@ -205,7 +206,7 @@ class MSEMeasure:
     """How the study measures a trained SAE by default: chapter 3's MSE tolerance.
 
     A *measure* is any picklable callable ``measure(sae, x_test, boot_weights) -> dict`` whose
-    dict has the keys of :meth:`mdl_utils.protocol.SAEMeasurement.to_dict` (the study selects
+    dict has the keys of :class:`mdl_utils.protocol.SAEMeasurement` (its ``to_dict()``) (the study selects
     on ``dl_bits``, None when the SAE misses the tolerance); chapter 7 passes one that holds
     the classifier's cross-entropy to the tolerance instead
     (:class:`mdl_utils.downstream.DownstreamMeasure`). Ray workers receive it with each
