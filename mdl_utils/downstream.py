@@ -76,10 +76,13 @@ from mdl_utils.protocol import (
     ContinuousPrecision,
     bisect_precision,
     bootstrap_dl,
-    sparse_decode,
+    coarsest_whole_bits,
     measure_sae,
     quantised_latents,
+    quantised_mse,
+    reconstruction_mse,
     saebench_dl,
+    sparse_decode,
     sparse_latents,
 )
 from mdl_utils.sae import BatchTopKSAE
@@ -287,23 +290,24 @@ def measure_downstream(
     z = sparse_latents(sae, h_ND)
     ce_raw, _, ce_clean = _ce_of(model, sae, z, h_ND, y_np)
 
-    def readings(bits: float | None) -> dict[str, Any]:
+    def readings(bits: float | None, mse_q: float | None = None) -> dict[str, Any]:
+        """The classifier's readings at ``bits``, and the quantised MSE (unless known)."""
         if bits is None:
             return {"ce_increase_quantised": None, "mse_quantised": None, "accuracy_spliced": None}
-        zq = quantised_latents(z, bits)
-        ce_q, acc, _ = _ce_of(model, sae, zq, h_ND, y_np)
-        mse_q = float((sparse_decode(sae, zq) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel()
+        ce_q, acc, _ = _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)
+        mse_q = quantised_mse(sae, z, h_ND, bits) if mse_q is None else mse_q
         return {"ce_increase_quantised": ce_q, "mse_quantised": mse_q, "accuracy_spliced": acc}
 
     if loss == "mse":
         out = measure_sae(
             sae, h_ND, epsilon=epsilon, other_tolerances=other_tolerances, boot_weights=boot_weights, rel_band=rel_band
         ).to_dict()
-        bits = None if out["precision"] is None else out["precision"]["bits"]
-        out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **readings(bits))
+        p = out["precision"]
+        extra = readings(None) if p is None else readings(p["bits"], p["mse_quantised"])
+        out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **extra)
         return out
 
-    mse_raw = float((sparse_decode(sae, z) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel()
+    mse_raw = reconstruction_mse(sae, z, h_ND)
 
     def ce_at(bits: float) -> float:
         return _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)[0]
@@ -321,12 +325,9 @@ def measure_downstream(
     if precision is not None:
         dl = description_length(z, bits=precision.bits)
         dl_bits, bound = dl.dl_bits, dl.upper_bound_bits
-        for b in range(1, 25):
-            value = ce_at(b)
-            if value <= epsilon:
-                whole_bits, whole_ce = b, value
-                break
-        if whole_bits is not None:
+        found = coarsest_whole_bits(ce_at, epsilon)
+        if found is not None:
+            whole_bits, whole_ce = found
             whole_dl = description_length(z, bits=whole_bits).dl_bits
             sb = saebench_dl(z, num_bins=2**whole_bits)
         if boot_weights is not None:
@@ -401,7 +402,7 @@ def precision_curve(
         zq = quantised_latents(z, float(b))
         curve["bits"].append(float(b))
         curve["ce_increase"].append(_ce_of(model, sae, zq, h_ND, y_np)[0])
-        curve["mse"].append(float((sparse_decode(sae, zq) - h_ND).pow(2).sum(dtype=torch.float64)) / h_ND.numel())
+        curve["mse"].append(quantised_mse(sae, z, h_ND, float(b)))
         curve["dl_bits"].append(description_length(z, bits=float(b)).dl_bits)
     return curve
 

@@ -56,6 +56,7 @@ __all__ = [
     "reconstruction_mse",
     "continuous_precision",
     "bisect_precision",
+    "coarsest_whole_bits",
     "measure_sae",
     "bootstrap_dl",
     "bootstrap_weights",
@@ -482,13 +483,23 @@ def measure_sae(
     )
 
 
-def _whole_bits(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, epsilon: float) -> tuple[int, float]:
-    """The coarsest whole number of bits (1..24) whose quantised MSE meets ``epsilon``."""
+def coarsest_whole_bits(loss_at: Callable[[float], float], epsilon: float) -> tuple[int, float] | None:
+    """The paper's whole-bit reading for any loss: the coarsest whole number of bits (1..24)
+    at which ``loss_at(bits)`` (the loss of the quantised latents) meets ``epsilon``, and that
+    loss; None when none does."""
     for bits in range(1, 25):
-        value = _quantised_mse(sae, z, x_ND, bits)
+        value = loss_at(bits)
         if value <= epsilon:
             return bits, value
-    raise ValueError(f"no whole number of bits up to 24 meets epsilon {epsilon}")
+    return None
+
+
+def _whole_bits(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, epsilon: float) -> tuple[int, float]:
+    """The coarsest whole number of bits (1..24) whose quantised MSE meets ``epsilon``."""
+    found = coarsest_whole_bits(lambda b: _quantised_mse(sae, z, x_ND, b), epsilon)
+    if found is None:
+        raise ValueError(f"no whole number of bits up to 24 meets epsilon {epsilon}")
+    return found
 
 
 # --------------------------------------------------------------------------------------------

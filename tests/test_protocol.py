@@ -222,3 +222,11 @@ def test_optimum_rule_is_smallest_dl_then_narrowest_and_skips_misses():
     assert optimum_index([], []) is None
     with pytest.raises(ValueError, match="differ in length"):
         optimum_index([1.0], [8, 16])
+
+
+def test_coarsest_whole_bits_is_the_first_whole_bit_meeting_epsilon_or_none():
+    from mdl_utils.protocol import coarsest_whole_bits
+
+    # loss halves per bit from 1.0 at 0 bits: 2**-b <= 0.1 first at b = 4 (0.0625).
+    assert coarsest_whole_bits(lambda b: 2.0**-b, 0.1) == (4, 0.0625)
+    assert coarsest_whole_bits(lambda b: 1.0, 0.1) is None
