@@ -76,11 +76,13 @@ html: chapters
 book: html
 	@echo "The book is in _build/html/index.html"
 
-# Static checks first (ruff, configured in pyproject.toml): lint over the package, tests,
-# benchmarks and book extension (unused imports, undefined names, ...), format over the package.
+# Static checks first (ruff and mypy, configured in pyproject.toml): lint over the package,
+# tests, benchmarks and book extension (unused imports, undefined names, ...), format and types
+# over the package (every function annotated, checked bodies).
 unit: $(INSTALLED)
 	python -m ruff check mdl_utils tests benchmarks book/_ext
 	python -m ruff format --check mdl_utils
+	python -m mypy
 	python -m pytest tests
 
 # nbval re-executes the committed references (tests/reference/, the quick-profile chapters with

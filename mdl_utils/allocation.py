@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from scipy import sparse
 
 from mdl_utils.entropy import entropies_from_counts, entropies_of_nonzeros
-from mdl_utils.latents import finite_float_array, like_latents, nonzeros, torch_tensor_type, torch_to_numpy
+from mdl_utils.latents import decoded, finite_float_array, like_latents, nonzeros
 from mdl_utils.quantize import MAX_BITS, codes_in_bins
 
 __all__ = [
@@ -112,29 +111,16 @@ class BitAllocation:
     uniform_mse: float | None
 
 
-def _decoded(decode: Callable[[Any], Any], z: Any) -> np.ndarray:
-    """decode(z) as a float64 numpy array (under torch.no_grad() for torch latents)."""
-    tensor_type = torch_tensor_type()
-    if tensor_type is not None and isinstance(z, tensor_type):
-        with torch.no_grad():
-            out = decode(z)
-    else:
-        out = decode(z)
-    if tensor_type is not None and isinstance(out, tensor_type):
-        out = torch_to_numpy(out.detach().cpu())
-    return np.asarray(out, dtype=np.float64)
-
-
 def _affine_decoder(
     decode: Callable[[Any], Any], z: Any, n_features: int, *, chunk: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """The decoder's bias b (d,) and rows W (D, d), read off by decoding 0 and each unit vector."""
-    bias = _decoded(decode, like_latents(np.zeros((1, n_features)), z))[0]
+    bias = decoded(decode, like_latents(np.zeros((1, n_features)), z))[0]
     rows = []
     for start in range(0, n_features, chunk):
         eye = np.zeros((min(chunk, n_features - start), n_features))
         eye[np.arange(eye.shape[0]), start + np.arange(eye.shape[0])] = 1.0
-        rows.append(_decoded(decode, like_latents(eye, z)) - bias)
+        rows.append(decoded(decode, like_latents(eye, z)) - bias)
     return np.concatenate(rows), bias
 
 
@@ -255,7 +241,7 @@ def allocate_bits(
     nz = nonzeros(z, "latents")
     n, n_features = nz.n_samples, nz.n_features
     x_np = finite_float_array(x, "x")
-    x_hat = _decoded(decode, z)
+    x_hat = decoded(decode, z)
     if x_hat.shape != x_np.shape or x_hat.ndim != 2 or x_hat.shape[0] != n:
         raise ValueError(f"decode returned shape {x_hat.shape}, but x has shape {x_np.shape}")
     mse_raw = float(np.mean((x_hat - x_np) ** 2))
@@ -310,7 +296,7 @@ def allocate_bits(
         """The MSE through ``decode`` itself with feature i at ``level_of[i]`` bits."""
         dense = np.zeros((n, n_features))
         dense[rows, cols] = _dequantized(_codes_at(values, vmax_e, level_of[cols]), vmax_e, level_of[cols])
-        return float(np.mean((_decoded(decode, like_latents(dense, z)) - x_np) ** 2))
+        return float(np.mean((decoded(decode, like_latents(dense, z)) - x_np) ** 2))
 
     # The uniform reference: the coarsest single precision (1..start_bits bits, not below
     # min_bits) whose MSE, measured through decode as effective_precision measures it, meets
@@ -443,6 +429,7 @@ def allocate_bits(
         run_bits = entropies_of_nonzeros(n, n_features, cols, run[1])
         if best is None or float(run_bits.sum()) < float(best[1].sum()) - 1e-12:
             best = (name, run_bits, run)
+    assert best is not None  # starting_points is never empty (start is checked above)
     started_from, feature_bits, (bits, codes, history, path_h, path_mse, mse) = best
     uniform_entropy = None if uniform_level is None else float(h_levels[:, uniform_level][live].sum())
     per_feature = int(math.ceil(math.log2(start_bits - min_bits + 1)))
@@ -615,8 +602,8 @@ def swap_refine(
         return _centres(_codes(values[seg[i]], vmax[i], lv), vmax[i], lv)
 
     current = np.zeros_like(values)
-    for i in live:
-        current[seg[int(i)]] = centres(int(i), int(level[i]))
+    for feature in live.tolist():
+        current[seg[feature]] = centres(feature, int(level[feature]))
     recon = sparse.csr_array((current, (rows, cols)), shape=(n, n_features)) @ W + b
     residual = x_np - recon
     n_entries = residual.size
@@ -640,7 +627,7 @@ def swap_refine(
         # Single moves of every live feature: finer by one bit (up), coarser (down).
         up: dict[int, tuple[np.ndarray, float, float]] = {}
         down: dict[int, tuple[np.ndarray, float, float, int]] = {}
-        for i in (int(i) for i in live):
+        for i in live.tolist():
             s = seg[i]
             r_dot = residual[rows[s]] @ W[i]
             if level[i] < max_bits:
@@ -735,7 +722,7 @@ def compare_at_equal_mse(
     z = sparse_latents(sae, x)
     x_np = np.asarray(x, dtype=np.float32)
 
-    def uniform(at: float) -> dict[str, float]:
+    def uniform(at: float) -> dict[str, Any]:
         p = continuous_precision(sae, z, x_np, epsilon=at, rel_band=rel_band)
         # status "in_band": MSE within rel_band below ``at``; "band_missed": the quantised MSE
         # jumps across the band (few samples), and the uniform code sits a little lower.

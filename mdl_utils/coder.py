@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mdl_utils.array_types import Latents
 from mdl_utils.latents import nonzeros
 
 __all__ = ["EncodedLatents", "encode_latents", "decode_latents"]
@@ -128,7 +129,7 @@ def _model(counts: np.ndarray) -> Any:
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
 
 
-def encode_latents(codes: Any) -> EncodedLatents:
+def encode_latents(codes: Latents) -> EncodedLatents:
     """Entropy-code a matrix of quantised latents, each feature with its own model.
 
     Args:
@@ -191,7 +192,7 @@ def encode_latents(codes: Any) -> EncodedLatents:
     )
 
 
-def decode_latents(blob: bytes | EncodedLatents, *, sparse: bool = False) -> Any:
+def decode_latents(blob: bytes | EncodedLatents, *, sparse: bool = False) -> Latents:
     """Decode :func:`encode_latents`' output back to the exact codes.
 
     Args:

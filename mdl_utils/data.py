@@ -20,13 +20,24 @@ import gzip
 import hashlib
 import os
 import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["MNISTDataError", "load_mnist", "mnist_dir", "MNIST_FILES", "N_PIXELS"]
+__all__ = [
+    "MNISTDataError",
+    "load_mnist",
+    "mnist_dir",
+    "MNIST_FILES",
+    "N_PIXELS",
+    "DataSpec",
+    "SweepData",
+    "data_fingerprint",
+    "prepare_data",
+]
 
 N_PIXELS = 28 * 28
 
@@ -170,3 +181,102 @@ def load_mnist(split: Literal["train", "test"], *, download: bool = True) -> tup
     pixels, labels = _load_cached(str(mnist_dir(download=download).resolve()), split)
     assert len(pixels) == _SPLIT_SIZES[split]
     return pixels, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Training data for sweeps and studies: train / validation / test splits and their fingerprint
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a sweep or study trains on: MNIST (its first ``n_train`` / ``n_test`` digits)
+    or a pair of ``.npy`` files, and how the validation split is carved from the training data
+    (the ``"data"`` section of a sweep config, see :mod:`mdl_utils.sweep`)."""
+
+    source: str = "mnist"
+    n_train: int | None = None
+    n_test: int | None = None
+    train_path: str | None = None
+    test_path: str | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in {"mnist", "npy"}:
+            raise ValueError(f"data.source must be 'mnist' or 'npy', got {self.source!r}")
+        if self.source == "npy" and not self.train_path:
+            raise ValueError("data.source='npy' needs data.train_path")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {self.val_fraction!r}")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
+
+
+@dataclass
+class SweepData:
+    """The arrays a sweep trains and evaluates on, and their fingerprint (part of every key)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray | None
+    fingerprint: str
+
+    def split(self, name: str) -> np.ndarray:
+        arr = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if arr is None:
+            raise ValueError(f"the sweep's data has no {name!r} split")
+        return arr
+
+
+def data_fingerprint(*arrays: np.ndarray | None) -> str:
+    """SHA-256 over the shapes, dtypes and bytes of the arrays (``None`` counts as absent)."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        if arr is None:
+            digest.update(b"none;")
+            continue
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{arr.dtype.str}{arr.shape};".encode())
+        digest.update(arr.data.cast("B"))
+    return digest.hexdigest()
+
+
+def prepare_data(spec: DataSpec) -> SweepData:
+    """Load the data a :class:`DataSpec` names and carve the validation split from training.
+
+    The validation split is a random ``val_fraction`` of the training samples (seeded by
+    ``split_seed``); the test split is never used for training or early stopping.
+    """
+    test: np.ndarray | None
+    if spec.source == "mnist":
+        train_all = load_mnist("train")[0]
+        test = load_mnist("test")[0][: spec.n_test]  # [:None] keeps every test digit
+        if spec.n_train is not None:
+            train_all = train_all[: spec.n_train]
+    else:
+        assert spec.train_path is not None  # DataSpec checks that npy data names its training file
+        train_all = np.load(spec.train_path)
+        test = np.load(spec.test_path) if spec.test_path else None
+    train_all = np.asarray(train_all, dtype=np.float32)
+    if train_all.ndim != 2 or len(train_all) < 2:
+        raise ValueError(f"training data must be a 2-D array with at least 2 samples, got shape {train_all.shape}")
+    if not np.isfinite(train_all).all():
+        raise ValueError("training data contains NaN or infinite values")
+    if test is not None:
+        test = np.asarray(test, dtype=np.float32)
+        if test.ndim != 2 or test.shape[1] != train_all.shape[1]:
+            raise ValueError(f"test data has shape {test.shape}, expected (N, {train_all.shape[1]})")
+        if len(test) == 0:
+            raise ValueError("test data is empty (0 samples)")
+        if not np.isfinite(test).all():
+            raise ValueError("test data contains NaN or infinite values")
+    n_val = max(1, int(round(spec.val_fraction * len(train_all))))
+    if n_val >= len(train_all):
+        raise ValueError(f"val_fraction={spec.val_fraction} leaves no training samples")
+    perm = np.random.default_rng(spec.split_seed).permutation(len(train_all))
+    val = np.ascontiguousarray(train_all[np.sort(perm[:n_val])])
+    train = np.ascontiguousarray(train_all[np.sort(perm[n_val:])])
+    return SweepData(train=train, val=val, test=test, fingerprint=data_fingerprint(train, val, test))

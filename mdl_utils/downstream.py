@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from mdl_utils.entropy import description_length
-from mdl_utils.executors import Executor, SerialExecutor, add_executor_args, executor_from_args
+from mdl_utils.executors import Executor, SerialExecutor
 from mdl_utils.io import atomic_write_text
 from mdl_utils.models import (
     ClassifierConfig,
@@ -70,7 +70,8 @@ from mdl_utils.models import (
     train_or_load_classifier,
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
-from mdl_utils.profiles import choose, parse_job_args, provenance, read_results, write_results
+from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
+from mdl_utils.profiles import choose, provenance, read_results, write_results
 from mdl_utils.protocol import (
     REL_BAND,
     ContinuousPrecision,
@@ -86,8 +87,10 @@ from mdl_utils.protocol import (
     sparse_latents,
 )
 from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.study import QUICK_RECIPE, RECIPE, StudySettings, load_rows, load_selected_sae, run_study, summarise
-from mdl_utils.sweep import DataSpec, SweepData, prepare_data
+from mdl_utils.study import load_rows, load_selected_sae, run_study
+from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
+from mdl_utils.study_summary import summarise
+from mdl_utils.data import DataSpec, SweepData, prepare_data
 from mdl_utils import verdicts as V
 
 __all__ = [
@@ -137,7 +140,7 @@ class DownstreamSettings:
             (trained on all 60,000 training digits in every profile).
         epsilon_ce: the downstream tolerance, increase of test cross-entropy (nats per digit).
         seeds, k_start, fill_widths, n_boot, reread, max_trainings_per_search, train: as in
-            :class:`mdl_utils.study.StudySettings` (the same protocol and recipe).
+            :class:`mdl_utils.study_plan.StudySettings` (the same protocol and recipe).
     """
 
     n_train: int | None
@@ -215,7 +218,7 @@ def activation_data(
     """The hidden activations of the first ``n_train`` / ``n_test`` MNIST digits, ready to train on.
 
     Writes them as ``train.npy`` / ``test.npy`` in ``folder`` and loads them through
-    :func:`mdl_utils.sweep.prepare_data` (source ``"npy"``), which carves the validation split
+    :func:`mdl_utils.data.prepare_data` (source ``"npy"``), which carves the validation split
     the same way as for pixels. Returns the data and the test digits' labels.
     """
     from mdl_utils.data import load_mnist
@@ -586,10 +589,11 @@ def summarise_downstream(
     for arm in ARMS:
         rows = load_rows(out / arm) if (out / arm / "rows").is_dir() else []
         trained.update({r["key"]: r["train"]["train_seconds"] or 0.0 for r in rows})
-        if eps[arm] is None or not rows:
+        arm_eps = eps[arm]
+        if arm_eps is None or not rows:
             arms[arm] = None
             continue
-        arms[arm] = summarise(settings.study(eps[arm]), rows, d_in=d_in, extra_fields=EXTRA_FIELDS)
+        arms[arm] = summarise(settings.study(arm_eps), rows, d_in=d_in, extra_fields=EXTRA_FIELDS)
         write_results(out / arm / "summary.json", {**arms[arm], "name": f"downstream-{arm}"})
     meta = json.loads((out / "classifier.json").read_text()).get("metadata", {})
     if data is not None:
@@ -648,73 +652,32 @@ def load_arm_sae(out_dir: str | os.PathLike[str], arm: str, width: int, seed: in
     return load_selected_sae(Path(out_dir) / arm, width, seed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mdl_utils downstream``: run or resume the downstream-tolerance study."""
-
-    def extra(parser: Any) -> None:
-        parser.add_argument(
-            "--budget-hours",
-            type=float,
-            default=None,
-            help="stop starting new trainings after this many hours (resumable)",
-        )
-        parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
-        parser.add_argument(
-            "--summary-only",
-            action="store_true",
-            help="only rewrite downstream.json from the rows on disk (no training)",
-        )
-        add_executor_args(parser)
-
-    args = parse_job_args(
-        argv, prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream", extra=extra
-    )
-    out = Path(args.out)
-    settings = settings_for(args.profile)
-    if args.summary_only:
-        started = time.time()
-        try:
-            payload = summarise_downstream(settings, out)
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        payload.update(provenance(started))
-        payload["stopped_by_budget"] = False
-        write_results(out / "downstream.json", payload)
-        print(f"wrote {out / 'downstream.json'} from {payload['n_saes_trained']} rows")
-        return 0
-    threads = args.threads if args.threads is not None else 1
-    try:
-        executor = executor_from_args(args, device=args.device, threads=threads)
-    except (ValueError, ConnectionError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        with executor:
-            payload = run_downstream(
-                settings,
-                out,
-                cache=args.cache,
-                budget_hours=args.budget_hours,
-                device=args.device,
-                progress=not args.no_progress,
-                threads=threads,
-                executor=executor,
-            )
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def _report(payload: dict[str, Any], path: Path) -> str:
     optima = ", ".join(
         f"{arm}: width {payload[arm]['resolution']['optimum']}"
         + ("" if payload[arm]["resolution"]["resolved"] else f" (tie set {payload[arm]['resolution']['tie_set']})")
         for arm in ARMS
         if payload[arm] is not None and payload[arm]["resolution"] is not None
     )
-    print(
-        f"wrote {out / 'downstream.json'}: optima {optima or 'none yet'}; "
-        f"{'complete' if payload['complete'] else 'not complete (rerun to continue)'}"
+    state = "complete" if payload["complete"] else "not complete (rerun to continue)"
+    return f"wrote {path} from {payload['n_saes_trained']} SAEs: optima {optima or 'none yet'}; {state}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mdl_utils downstream``: run or resume the downstream-tolerance study."""
+    parser = job_parser(
+        prog="python -m mdl_utils downstream", doc=__doc__, out_subdir="downstream", summary_name="downstream.json"
     )
-    return 0
+    args = parse_job(parser, argv)
+    out = Path(args.out)
+    settings = settings_for(args.profile)
+    return run_job(
+        args,
+        train=lambda executor: run_downstream(settings, out, executor=executor, **training_options(args)),
+        summarise=lambda: summarise_downstream(settings, out),
+        summary_path=out / "downstream.json",
+        report=lambda payload: _report(payload, out / "downstream.json"),
+    )
 
 
 if __name__ == "__main__":

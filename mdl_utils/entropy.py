@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from mdl_utils.array_types import Latents
 from mdl_utils.latents import nonzeros
 from mdl_utils.quantize import codes_of_nonzeros, widths_of_nonzeros
 
@@ -89,7 +89,7 @@ def entropies_from_counts(
     return entropy
 
 
-def feature_entropies(codes: Any) -> np.ndarray:
+def feature_entropies(codes: Latents) -> np.ndarray:
     """Entropy of each feature's code distribution, in bits per sample (section 3).
 
     For feature i, H(p_i) = -sum_v p_i(v) log2 p_i(v) over all its values *including 0*.
@@ -135,7 +135,7 @@ class DescriptionLength:
     upper_bound_bits: float
 
 
-def description_length(z: Any, *, bits: float | None = None, step: float | None = None) -> DescriptionLength:
+def description_length(z: Latents, *, bits: float | None = None, step: float | None = None) -> DescriptionLength:
     """The paper's description length of SAE latents, bits per sample (section 3).
 
     Quantises ``z`` as :func:`~mdl_utils.quantize.quantize` does, then sums the per-feature entropies: each

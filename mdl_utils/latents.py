@@ -12,6 +12,7 @@ scipy CSR out; dense in, numpy out).
 from __future__ import annotations
 
 from functools import cached_property
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ __all__ = [
     "scatter",
     "smallest_int_dtype",
     "is_scipy_sparse",
-    "torch_tensor_type",
+    "decoded",
     "torch_to_numpy",
     "like_latents",
     "finite_float_array",
@@ -76,11 +77,6 @@ class NonZeros:
             return self._cols
         assert self._flat is not None
         return self._flat // self.n_samples if self._transposed else self._flat % self.n_features
-
-
-def torch_tensor_type() -> type:
-    """The torch tensor type (dense and sparse tensors are both instances)."""
-    return torch.Tensor
 
 
 def is_scipy_sparse(x: object) -> bool:
@@ -167,8 +163,7 @@ def nonzeros(x: Any, what: str = "latents", *, integer: bool = False) -> NonZero
     Accepts numpy arrays, torch tensors (dense or sparse) and scipy.sparse matrices.
     ``integer`` demands integer codes instead of real-valued latents.
     """
-    tensor_type = torch_tensor_type()
-    if tensor_type is not None and isinstance(x, tensor_type):
+    if isinstance(x, torch.Tensor):
         if x.layout != torch.strided:
             n, d = _check_shape(tuple(x.shape), what)
             coo = x.detach().cpu().to_sparse_coo().coalesce()  # sums duplicate entries
@@ -217,7 +212,7 @@ def smallest_int_dtype(max_code: int) -> type[np.signedinteger]:
     return np.int32 if max_code < 2**31 else np.int64
 
 
-def scatter(nz: NonZeros, values: np.ndarray, dtype: Any) -> Any:
+def scatter(nz: NonZeros, values: np.ndarray, dtype: Any) -> np.ndarray | scipy_sparse.csr_array:
     """A matrix of ``nz``'s shape holding ``values`` at ``nz``'s entries (zeros elsewhere).
 
     Sparse in, scipy.sparse CSR out; dense in, dense numpy out.
@@ -235,8 +230,7 @@ def scatter(nz: NonZeros, values: np.ndarray, dtype: Any) -> Any:
 def like_latents(values: np.ndarray, z: Any) -> Any:
     """Dense float64 latents converted to the kind of ``z``: torch (same dtype, device and
     layout), scipy.sparse CSR, or numpy (same float dtype)."""
-    tensor_type = torch_tensor_type()
-    if tensor_type is not None and isinstance(z, tensor_type):
+    if isinstance(z, torch.Tensor):
         dtype = z.dtype if z.dtype.is_floating_point else torch.float32
         out = torch.as_tensor(values, dtype=dtype, device=z.device)
         return out.to_sparse() if z.layout != torch.strided else out
@@ -245,11 +239,23 @@ def like_latents(values: np.ndarray, z: Any) -> Any:
     return values.astype(z.dtype if np.asarray(z).dtype.kind == "f" else np.float64)
 
 
+def decoded(decode: Callable[[Any], Any], z: Any) -> np.ndarray:
+    """``decode(z)`` as a float64 numpy array, run under ``torch.no_grad()`` when ``z`` is a
+    torch tensor (a torch result is moved to the CPU first)."""
+    if isinstance(z, torch.Tensor):
+        with torch.no_grad():
+            out = decode(z)
+    else:
+        out = decode(z)
+    if isinstance(out, torch.Tensor):
+        out = torch_to_numpy(out.detach().cpu())
+    return np.asarray(out, dtype=np.float64)
+
+
 def finite_float_array(x: Any, what: str) -> np.ndarray:
     """``x`` (numpy or torch) as a float64 array; ValueError naming ``what`` when it is empty or
     holds NaN or infinite values."""
-    tensor_type = torch_tensor_type()
-    if tensor_type is not None and isinstance(x, tensor_type):
+    if isinstance(x, torch.Tensor):
         x = torch_to_numpy(x.detach().cpu())
     array = np.asarray(x, dtype=np.float64)
     if array.size == 0:

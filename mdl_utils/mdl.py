@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdl_utils.array_types import Latents, Data
 from mdl_utils.entropy import description_length
 from mdl_utils.precision import effective_precision
 from mdl_utils.protocol import optimum_index
@@ -78,24 +79,24 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def latents(sae: BatchTopKSAE, x: Any, *, batch_size: int = 8192) -> np.ndarray:
+def latents(sae: BatchTopKSAE, x: Data, *, batch_size: int = 8192) -> np.ndarray:
     """Inference latents ``z_NF`` of inputs ``x`` (N, d_in), computed in batches, as numpy."""
     x_ND = _as_tensor(x)
     parts = [sae.encode(x_ND[i : i + batch_size]).numpy() for i in range(0, len(x_ND), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, sae.width), dtype=np.float32)
 
 
-def decoder_fn(sae: BatchTopKSAE) -> Callable[[Any], np.ndarray]:
+def decoder_fn(sae: BatchTopKSAE) -> Callable[[Latents], np.ndarray]:
     """The SAE's decoder as a function numpy latents (N, F) -> reconstructions (N, d_in)."""
 
     @torch.no_grad()
-    def decode(z: Any) -> np.ndarray:
+    def decode(z: Latents) -> np.ndarray:
         return sae.decode(torch.as_tensor(np.asarray(z), dtype=torch.float32)).numpy()
 
     return decode
 
 
-def evaluate_mdl(sae: BatchTopKSAE, x: Any, *, epsilon: float) -> MDLEvaluation:
+def evaluate_mdl(sae: BatchTopKSAE, x: Data, *, epsilon: float) -> MDLEvaluation:
     """Effective precision and description length of ``sae`` on held-out inputs ``x``.
 
     Implements steps 3 and 4 of the protocol: the precision is the smallest number of bits
@@ -159,7 +160,7 @@ def regime_points(widths: Sequence[int], dl_bits: Sequence[float]) -> dict[str, 
     return {"A": order[-1], "B": b, "C": c, "D": d}
 
 
-def max_cosine_to_data(W_dec_FD: Any, x_ND: Any, *, batch_size: int = 8192) -> np.ndarray:
+def max_cosine_to_data(W_dec_FD: Data, x_ND: Data, *, batch_size: int = 8192) -> np.ndarray:
     """For each feature, the largest cosine similarity between its decoder row and any input.
 
     Near 1 when a feature is (a copy of) one whole training example; low for strokes and
@@ -178,7 +179,7 @@ def max_cosine_to_data(W_dec_FD: Any, x_ND: Any, *, batch_size: int = 8192) -> n
     return best.numpy()
 
 
-def pixel_coverage(W_dec_FD: Any) -> np.ndarray:
+def pixel_coverage(W_dec_FD: Data) -> np.ndarray:
     """Fraction of input pixels each feature spreads over: the participation ratio.
 
     For a decoder row w of length d, ``(sum w^2)^2 / (d * sum w^4)``: 1/d when all weight

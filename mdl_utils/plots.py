@@ -7,10 +7,12 @@ title and labelled axes with units.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -40,18 +42,18 @@ _STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
-    "axes.prop_cycle": mpl.cycler(color=list(COLORS)),
+    "axes.prop_cycle": cycler(color=list(COLORS)),
     "image.cmap": "gray_r",
 }
 
 
 def use_style() -> None:
     """Apply the book's matplotlib settings (idempotent; call once per chapter)."""
-    mpl.rcParams.update(_STYLE)
+    mpl.style.use(_STYLE)
 
 
 def figure(
-    ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float = 4.0, **kwargs
+    ncols: int = 1, nrows: int = 1, *, width: float = 6.4, height: float = 4.0, **kwargs: Any
 ) -> tuple[Figure, np.ndarray]:
     """A new figure in the book's style; ``axes`` is always a 2-D array (nrows x ncols)."""
     use_style()

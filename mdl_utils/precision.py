@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mdl_utils.latents import finite_float_array, like_latents, nonzeros, torch_tensor_type, torch_to_numpy
+from mdl_utils.array_types import Latents, Data
+from mdl_utils.latents import decoded, finite_float_array, like_latents, nonzeros
 from mdl_utils.quantize import codes_of_nonzeros, widths_of_nonzeros
 
 __all__ = ["EffectivePrecision", "LossPrecision", "effective_precision", "effective_precision_for_loss"]
@@ -48,24 +49,17 @@ class EffectivePrecision:
     tried: tuple[tuple[float, float], ...]
 
 
-def _reconstruction_mse(decode: Callable[[Any], Any], z: Any, x: np.ndarray) -> float:
-    tensor_type = torch_tensor_type()
-    if tensor_type is not None and isinstance(z, tensor_type):
-        with torch.no_grad():
-            out = decode(z)
-        out = torch_to_numpy(out.detach().cpu()) if isinstance(out, tensor_type) else out
-    else:
-        out = decode(z)
-    out = np.asarray(out, dtype=np.float64)
+def _reconstruction_mse(decode: Callable[[Any], Any], z: Latents, x: np.ndarray) -> float:
+    out = decoded(decode, z)
     if out.shape != x.shape:
         raise ValueError(f"decode returned shape {out.shape}, but x has shape {x.shape}")
     return float(np.mean((out - x) ** 2))
 
 
 def effective_precision(
-    z: Any,
+    z: Latents,
     decode: Callable[[Any], Any],
-    x: Any,
+    x: Data,
     *,
     tolerance: float,
     mode: Literal["absolute", "increase"] = "absolute",
@@ -130,7 +124,7 @@ def _check_mode(mode: str, search: str) -> None:
 
 
 def _coarsest_precision(
-    z: Any,
+    z: Latents,
     evaluate: Callable[[Any], float],
     *,
     tolerance: float,
@@ -208,7 +202,7 @@ class LossPrecision:
 
 
 def effective_precision_for_loss(
-    z: Any,
+    z: Latents,
     loss: Callable[[Any], float],
     *,
     tolerance: float,
@@ -244,8 +238,7 @@ def effective_precision_for_loss(
         raise ValueError(f"loss must be a callable latents -> float; got {type(loss).__name__}")
 
     def evaluate(latents: Any) -> float:
-        tensor_type = torch_tensor_type()
-        if tensor_type is not None and isinstance(latents, tensor_type):
+        if isinstance(latents, torch.Tensor):
             with torch.no_grad():
                 value = loss(latents)
         else:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +16,6 @@ __all__ = [
     "choose",
     "cache_dir",
     "results_dir",
-    "parse_job_args",
     "code_version",
     "provenance",
     "write_results",
@@ -54,43 +51,6 @@ def results_dir() -> Path:
     """Committed results: ``$MDL_RESULTS_DIR``, else ``results/`` beside the mdl_utils package."""
     default = Path(__file__).resolve().parents[1] / "results"
     return Path(os.environ.get("MDL_RESULTS_DIR", default)).expanduser()
-
-
-def parse_job_args(
-    argv: list[str] | None,
-    *,
-    prog: str,
-    doc: str,
-    out_subdir: str = "",
-    threads: int | None = None,
-    extra: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> argparse.Namespace:
-    """Parse the options shared by the long resumable jobs (``mnist-sweep``, ``epsilon-scan``, ``downstream``).
-
-    Options: ``--profile`` (default full), ``--out`` (default ``results/<profile>/<out_subdir>``,
-    filled in), ``--cache``, ``--no-progress`` and ``--threads`` (applied to torch here;
-    default ``threads``, None leaves torch's own). ``extra`` may add job-specific options.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
-    parser.add_argument("--profile", choices=list(PROFILES), default="full")
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"output folder (default: results/<profile>/{out_subdir})"
-    )
-    parser.add_argument(
-        "--cache", type=Path, default=None, help="model cache (default: $MDL_CACHE_DIR or ~/.cache/mdl-sae/models)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads")
-    if extra is not None:
-        extra(parser)
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.out is None:
-        args.out = results_dir() / args.profile / out_subdir
-    return args
 
 
 def code_version() -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from mdl_utils.array_types import Data
 from mdl_utils.entropy import description_length
 from mdl_utils.quantize import bin_widths, dequantize, quantize
 from mdl_utils.sae import BatchTopKSAE
@@ -148,7 +149,7 @@ def next_k_index(
 
 
 @torch.no_grad()
-def sparse_latents(sae: BatchTopKSAE, x: Any, *, batch_size: int = 4096) -> sparse.csr_array:
+def sparse_latents(sae: BatchTopKSAE, x: Data, *, batch_size: int = 4096) -> sparse.csr_array:
     """The SAE's inference latents on ``x`` (N, d_in) as a scipy CSR array (float32)."""
     x_ND = _x_tensor(x)
     sae.check_input(x_ND)
@@ -197,12 +198,12 @@ def quantised_latents(z: sparse.csr_array, bits: float) -> sparse.csr_array:
     return dequantize(quantize(z, bits=bits), bin_widths(z, bits=bits))
 
 
-def reconstruction_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any) -> float:
+def reconstruction_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Data) -> float:
     """Test MSE per element of the SAE's decoding of the latents ``z`` (unquantised)."""
     return _decode_mse(sae, z, _x_tensor(x))
 
 
-def quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Any, bits: float) -> float:
+def quantised_mse(sae: BatchTopKSAE, z: sparse.csr_array, x: Data, bits: float) -> float:
     """Test MSE per element when the latents ``z`` are quantised at ``bits`` (whole or
     fractional; :func:`mdl_utils.quantize.quantize`) and decoded from the bin centres."""
     return _quantised_mse(sae, z, _x_tensor(x), bits)
@@ -521,7 +522,7 @@ def two_part_bits(
     return float(dl_bits) + (width + 1) * d_in * bits_per_weight / n_samples
 
 
-def saebench_dl(z: Any, *, num_bins: int, max_floor: float = 100.0) -> float:
+def saebench_dl(z: np.ndarray | sparse.sparray | sparse.spmatrix, *, num_bins: int, max_floor: float = 100.0) -> float:
     """The description length as SAEBench's MDL evaluation counts it, bits per sample.
 
     Written here independently (none of SAEBench's code is copied). Per feature: the entropy of
@@ -534,7 +535,8 @@ def saebench_dl(z: Any, *, num_bins: int, max_floor: float = 100.0) -> float:
     """
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
-    z = sparse.csc_array(sparse.csr_array(z))
+    matrix: Any = z  # scipy's stubs type csr_array() per input kind, not for their union
+    z = sparse.csc_array(sparse.csr_array(matrix))
     n_samples, n_features = z.shape
     total = 0.0
     for i in range(n_features):
@@ -667,7 +669,9 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
             raise ValueError(f"width {s.width} has no measured seed")
     rel = [s.seed_std / s.mean for s in summaries if s.seed_std is not None and s.mean > 0]
     pooled = float(np.sqrt(np.mean(np.square(rel)))) if rel else None
-    best = summaries[optimum_index([s.mean for s in summaries], [s.width for s in summaries])]  # type: ignore[index]
+    best_at = optimum_index([s.mean for s in summaries], [s.width for s in summaries])
+    assert best_at is not None  # every summary has a mean
+    best = summaries[best_at]
 
     def seed_var(s: WidthSummary) -> float:
         std = s.seed_std

@@ -11,10 +11,12 @@ the quantised latents can be measured.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import overload
 
 import numpy as np
+from scipy import sparse
 
+from mdl_utils.array_types import Latents
 from mdl_utils.latents import NonZeros, nonzeros, scatter, smallest_int_dtype
 
 __all__ = [
@@ -72,6 +74,7 @@ def widths_of_nonzeros(nz: NonZeros, bits: float | None, step: float | None) -> 
         return widths
     feature_max = np.zeros(nz.n_features)
     np.maximum.at(feature_max, nz.cols, nz.values.astype(np.float64, copy=False))
+    assert bits is not None  # _check_precision: exactly one of bits and step
     widths = widths_from_max(feature_max, bits)
     if np.any((widths == 0) & (feature_max > 0)):
         raise ValueError(f"bits={bits}: a feature's range is so small that its bin width underflows")
@@ -120,7 +123,7 @@ def n_bins(bits: float) -> int:
     return int(math.ceil(2.0 ** float(bits) - 1e-9))
 
 
-def bin_widths(z: Any, *, bits: float | None = None, step: float | None = None) -> np.ndarray:
+def bin_widths(z: Latents, *, bits: float | None = None, step: float | None = None) -> np.ndarray:
     """Each feature's bin width, in activation units, for :func:`quantize` with these settings.
 
     Args:
@@ -134,7 +137,13 @@ def bin_widths(z: Any, *, bits: float | None = None, step: float | None = None) 
     return widths_of_nonzeros(nonzeros(z, "latents"), bits, step)
 
 
-def quantize(z: Any, *, bits: float | None = None, step: float | None = None) -> Any:
+@overload
+def quantize(
+    z: sparse.sparray | sparse.spmatrix, *, bits: float | None = None, step: float | None = None
+) -> sparse.csr_array: ...
+@overload
+def quantize(z: Latents, *, bits: float | None = None, step: float | None = None) -> np.ndarray | sparse.csr_array: ...
+def quantize(z: Latents, *, bits: float | None = None, step: float | None = None) -> np.ndarray | sparse.csr_array:
     """Quantise SAE latents to integer codes (section 3 of the paper: effective precision).
 
     Zero is its own symbol: code 0 means exactly 0, and only non-zero values are binned.
@@ -168,7 +177,11 @@ def quantize(z: Any, *, bits: float | None = None, step: float | None = None) ->
     return scatter(nz, codes, smallest_int_dtype(max_code))
 
 
-def dequantize(codes: Any, bin_width: float | np.ndarray) -> Any:
+@overload
+def dequantize(codes: sparse.sparray | sparse.spmatrix, bin_width: float | np.ndarray) -> sparse.csr_array: ...
+@overload
+def dequantize(codes: Latents, bin_width: float | np.ndarray) -> np.ndarray | sparse.csr_array: ...
+def dequantize(codes: Latents, bin_width: float | np.ndarray) -> np.ndarray | sparse.csr_array:
     """Map codes back to latents at bin centres: code k > 0 -> (k - 1/2) * w_i, code 0 -> 0.
 
     Args:

@@ -137,6 +137,8 @@ class BatchTopKSAE(nn.Module):
         seed: seed of the random unit-norm decoder initialisation (``None``: torch's global RNG).
     """
 
+    threshold: Tensor  # registered buffer (declared here for type checkers)
+
     def __init__(self, d_in: int, width: int, k: float, *, seed: int | None = None) -> None:
         super().__init__()
         check_sae_shape(d_in, width, k)
@@ -220,7 +222,7 @@ class BatchTopKSAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm, in place."""
-        self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True)
+        self.W_dec_FD.div_(self.W_dec_FD.norm(dim=1, keepdim=True))
 
     # --- persistence ---------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

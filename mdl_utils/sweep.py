@@ -1,10 +1,9 @@
 """Resumable sweeps of BatchTopK SAEs: a grid runner and a target-loss search over k.
 
-Every trained SAE is cached on disk under a key derived from its full training configuration
-and a fingerprint of the data, so rerunning a sweep skips finished SAEs, and a sweep killed at
-any moment (even ``kill -9``) resumes without retraining them and without a corrupt file:
-each cache entry is written into a temporary folder and moved into place with one
-``os.replace``, and the results tables are written to a temporary file and moved likewise.
+Every trained SAE is cached on disk by its full training configuration and the data
+(:mod:`mdl_utils.cache`), so rerunning a sweep skips finished SAEs, and a sweep killed at any
+moment (even ``kill -9``) resumes without retraining them and without a corrupt file; the
+results tables are written to a temporary file and moved into place likewise.
 
 Two modes (section 4 of the paper brief, step 2: "train a family of SAEs that reach loss < eps"):
 
@@ -44,32 +43,26 @@ Config file (JSON). Relative paths are relative to the config file's folder::
 Outputs beside the cache (``out_dir``): ``results.csv`` / ``results.json`` (one row per SAE:
 width, k, seed, MSE per split, mean L0 per split, dead fraction, epochs, training time, key)
 and, in target mode, ``targets.csv`` / ``targets.json`` (one row per width and seed: the
-status and the selected SAE). Cache layout: ``<cache>/<key>/`` holding ``sae.safetensors``,
-``sae.json`` (see :meth:`mdl_utils.sae.BatchTopKSAE.save`) and ``entry.json`` (the full
-training config, data fingerprint, metrics row and training history).
+status and the selected SAE). The cache's layout: :mod:`mdl_utils.cache`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from mdl_utils.executors import (
     Executor,
@@ -78,69 +71,27 @@ from mdl_utils.executors import (
     add_executor_args,
     executor_from_args,
 )
+from mdl_utils.cache import CacheMismatchError, TrainedPayload, clean_stale_tmp, train_cached, train_payload
+from mdl_utils.data import DataSpec, SweepData, prepare_data
 from mdl_utils.io import atomic_write_text
-from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.train import TrainConfig, evaluate_sae
+from mdl_utils.train import TrainConfig
 
 __all__ = [
-    "DataSpec",
     "TargetSpec",
     "SweepConfig",
-    "SweepData",
     "SweepResult",
-    "CacheMismatchError",
-    "CACHE_FORMAT_VERSION",
     "load_sweep_config",
-    "prepare_data",
-    "data_fingerprint",
-    "config_key",
-    "train_cached",
-    "store_trained",
-    "result_row",
-    "TrainedPayload",
-    "train_payload",
     "search_k_for_target",
     "run_sweep",
     "main",
 ]
 
-#: Part of every cache key: bump when training code changes what a config produces.
-CACHE_FORMAT_VERSION = 1
 #: Columns of results.csv, in order (grid fields that vary are appended).
 RESULT_COLUMNS = [
     "width", "k", "seed", "mse_train", "mse_val", "mse_test", "l0_train", "l0_val", "l0_test",
     "dead_fraction", "threshold", "epochs", "best_epoch", "stop_reason", "train_seconds", "key",
 ]  # fmt: skip
 TARGET_COLUMNS = ["width", "seed", "status", "k", "mse", "split", "epsilon", "n_trials", "key"]
-
-
-class CacheMismatchError(ValueError):
-    """A cache entry exists under a key but was written by a different configuration or data."""
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data a sweep trains on. See the module docstring for the JSON form."""
-
-    source: str = "mnist"
-    n_train: int | None = None
-    n_test: int | None = None
-    train_path: str | None = None
-    test_path: str | None = None
-    val_fraction: float = 0.1
-    split_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.source not in {"mnist", "npy"}:
-            raise ValueError(f"data.source must be 'mnist' or 'npy', got {self.source!r}")
-        if self.source == "npy" and not self.train_path:
-            raise ValueError("data.source='npy' needs data.train_path")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must lie in (0, 1), got {self.val_fraction!r}")
-        for name in ("n_train", "n_test"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -216,22 +167,6 @@ class SweepConfig:
 
 
 @dataclass
-class SweepData:
-    """The arrays a sweep trains and evaluates on, and their fingerprint (part of every key)."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray | None
-    fingerprint: str
-
-    def split(self, name: str) -> np.ndarray:
-        arr = {"train": self.train, "val": self.val, "test": self.test}[name]
-        if arr is None:
-            raise ValueError(f"the sweep's data has no {name!r} split")
-        return arr
-
-
-@dataclass
 class SweepResult:
     """What :func:`run_sweep` returns: the results rows and, in target mode, one row per width."""
 
@@ -281,263 +216,6 @@ def load_sweep_config(path: str | os.PathLike[str]) -> SweepConfig:
     )
 
 
-def data_fingerprint(*arrays: np.ndarray | None) -> str:
-    """SHA-256 over the shapes, dtypes and bytes of the arrays (``None`` counts as absent)."""
-    digest = hashlib.sha256()
-    for arr in arrays:
-        if arr is None:
-            digest.update(b"none;")
-            continue
-        arr = np.ascontiguousarray(arr)
-        digest.update(f"{arr.dtype.str}{arr.shape};".encode())
-        digest.update(memoryview(arr).cast("B"))
-    return digest.hexdigest()
-
-
-def prepare_data(spec: DataSpec) -> SweepData:
-    """Load the data a :class:`DataSpec` names and carve the validation split from training.
-
-    The validation split is a random ``val_fraction`` of the training samples (seeded by
-    ``split_seed``); the test split is never used for training or early stopping.
-    """
-    if spec.source == "mnist":
-        from mdl_utils.data import load_mnist
-
-        train_all = load_mnist("train")[0]
-        test = load_mnist("test")[0]
-        if spec.n_train is not None:
-            train_all = train_all[: spec.n_train]
-        if spec.n_test is not None:
-            test = test[: spec.n_test]
-    else:
-        train_all = np.load(spec.train_path)
-        test = np.load(spec.test_path) if spec.test_path else None
-    train_all = np.asarray(train_all, dtype=np.float32)
-    if train_all.ndim != 2 or len(train_all) < 2:
-        raise ValueError(f"training data must be a 2-D array with at least 2 samples, got shape {train_all.shape}")
-    if not np.isfinite(train_all).all():
-        raise ValueError("training data contains NaN or infinite values")
-    if test is not None:
-        test = np.asarray(test, dtype=np.float32)
-        if test.ndim != 2 or test.shape[1] != train_all.shape[1]:
-            raise ValueError(f"test data has shape {test.shape}, expected (N, {train_all.shape[1]})")
-        if len(test) == 0:
-            raise ValueError("test data is empty (0 samples)")
-        if not np.isfinite(test).all():
-            raise ValueError("test data contains NaN or infinite values")
-    n_val = max(1, int(round(spec.val_fraction * len(train_all))))
-    if n_val >= len(train_all):
-        raise ValueError(f"val_fraction={spec.val_fraction} leaves no training samples")
-    perm = np.random.default_rng(spec.split_seed).permutation(len(train_all))
-    val = np.ascontiguousarray(train_all[np.sort(perm[:n_val])])
-    train = np.ascontiguousarray(train_all[np.sort(perm[n_val:])])
-    return SweepData(train=train, val=val, test=test, fingerprint=data_fingerprint(train, val, test))
-
-
-def _semantic_config(config: TrainConfig) -> dict[str, Any]:
-    return config.semantic_dict()
-
-
-def config_key(config: TrainConfig, fingerprint: str) -> str:
-    """The cache key of one SAE: a hash of its full training config and the data fingerprint."""
-    payload = {"format": CACHE_FORMAT_VERSION, "config": _semantic_config(config), "data": fingerprint}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def result_row(config: TrainConfig, key: str, sae: BatchTopKSAE, history: Any, data: SweepData) -> dict[str, Any]:
-    metrics = {name: evaluate_sae(sae, data.split(name), batch_size=config.eval_batch_size, name=name)
-               for name in ("train", "val", "test") if name != "test" or data.test is not None}  # fmt: skip
-    test = metrics.get("test")
-    return {
-        "width": config.width,
-        "k": config.k,
-        "seed": config.seed,
-        "mse_train": metrics["train"].mse,
-        "mse_val": metrics["val"].mse,
-        "mse_test": test.mse if test else None,
-        "l0_train": metrics["train"].l0,
-        "l0_val": metrics["val"].l0,
-        "l0_test": test.l0 if test else None,
-        "dead_fraction": metrics["train"].dead_fraction,
-        "threshold": float(sae.threshold),
-        "epochs": len(history.epochs),
-        "best_epoch": history.best_epoch,
-        "stop_reason": history.stop_reason,
-        "train_seconds": history.seconds,
-        "key": key,
-    }
-
-
-@dataclass
-class TrainedPayload:
-    """What a training returns to the driver: the SAE, its history, its results row and the
-    device it trained on. Everything here is plain data (picklable), so it crosses processes."""
-
-    sae: Any
-    history: Any
-    row: dict[str, Any]
-    device: str
-
-
-def train_payload(config: Any, data: Any, threads: int | None = None) -> TrainedPayload:
-    """Train ``config`` on ``data`` (a :class:`SweepData`) and evaluate it,
-    writing nothing to disk. ``threads``: torch CPU threads for this training (restored)."""
-    import torch
-
-    from mdl_utils.train import resolve_device, train_sae
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        sae, history = train_sae(config, data.train, data.val)
-        row = result_row(config, config_key(config, data.fingerprint), sae, history, data)
-    finally:
-        torch.set_num_threads(previous)
-    return TrainedPayload(sae=sae.cpu(), history=history, row=row, device=str(resolve_device(config.device)))
-
-
-def _check_entry(entry: dict[str, Any], config: TrainConfig, fingerprint: str, entry_dir: Path) -> None:
-    stored_cfg = entry.get("config", {})
-    expected = _semantic_config(config)
-    diffs = [
-        f"{name}: stored {stored_cfg.get(name)!r}, requested {expected.get(name)!r}"
-        for name in sorted(set(stored_cfg) | set(expected))
-        if stored_cfg.get(name) != expected.get(name)
-    ]
-    if entry.get("data_fingerprint") != fingerprint:
-        diffs.append(f"data fingerprint: stored {entry.get('data_fingerprint')!r}, requested {fingerprint!r}")
-    if entry.get("format") != CACHE_FORMAT_VERSION:
-        diffs.append(f"cache format: stored {entry.get('format')!r}, requested {CACHE_FORMAT_VERSION}")
-    if diffs:
-        raise CacheMismatchError(
-            f"cache entry {entry_dir} was written by a different configuration ("
-            + "; ".join(diffs)
-            + "). Delete that folder or point the sweep at another cache_dir."
-        )
-
-
-def load_cached(cache_dir: Path, config: TrainConfig, fingerprint: str) -> dict[str, Any] | None:
-    """The cached results row of ``config`` on this data, or ``None`` when not trained yet.
-
-    Raises:
-        CacheMismatchError: the entry under this key was written by a different config/data.
-    """
-    entry_dir = Path(cache_dir) / config_key(config, fingerprint)
-    entry_path = entry_dir / "entry.json"
-    if not entry_path.is_file():
-        return None
-    entry = json.loads(entry_path.read_text())
-    _check_entry(entry, config, fingerprint, entry_dir)
-    return dict(entry["row"])
-
-
-def load_cached_sae(cache_dir: str | os.PathLike[str], key: str) -> BatchTopKSAE:
-    """The SAE stored under ``key`` in ``cache_dir``."""
-    return BatchTopKSAE.load(Path(cache_dir) / key / "sae")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_tmp(cache_dir: Path) -> None:
-    """Remove temporary entry folders left by killed runs (their writer process is gone)."""
-    if not cache_dir.is_dir():
-        return
-    for tmp in cache_dir.glob(".tmp-*"):
-        try:
-            pid = int(tmp.name.split("-")[2])
-        except (IndexError, ValueError):
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def train_cached(
-    config: TrainConfig,
-    data: SweepData,
-    cache_dir: str | os.PathLike[str],
-    *,
-    trainer: Callable[[TrainConfig], TrainedPayload] | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` on ``data`` unless its cache entry exists; return its results row.
-
-    ``trainer`` runs the training elsewhere (e.g. on a Ray worker, see
-    :mod:`mdl_utils.executors`) and returns a :class:`TrainedPayload`;
-    by default it runs here. Either way only this process writes the cache, with
-    :func:`store_trained`.
-    """
-    cache_dir = Path(cache_dir)
-    row = load_cached(cache_dir, config, data.fingerprint)
-    if row is not None:
-        return row
-    payload = trainer(config) if trainer is not None else train_payload(config, data)
-    return store_trained(cache_dir, config, data.fingerprint, payload)
-
-
-def store_trained(
-    cache_dir: str | os.PathLike[str], config: TrainConfig, fingerprint: str, payload: TrainedPayload
-) -> dict[str, Any]:
-    """Write a finished training into the cache; return its results row.
-
-    The entry is assembled in ``<cache>/.tmp-<key>-<pid>-<random>/`` and moved to
-    ``<cache>/<key>/`` with one ``os.replace``: at any moment the entry is either complete
-    or absent.
-    """
-    cache_dir = Path(cache_dir)
-    key = config_key(config, fingerprint)
-    if payload.row.get("key") != key:
-        raise ValueError(f"the trained SAE's key {payload.row.get('key')!r} is not this config's key {key!r}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    sae, history, row = payload.sae, payload.history, payload.row
-    tmp = cache_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        sae.save(tmp / "sae")
-        entry = {
-            "format": CACHE_FORMAT_VERSION,
-            "key": key,
-            "config": _semantic_config(config),
-            "data_fingerprint": fingerprint,
-            "row": row,
-            "history": history.to_dict(),
-        }
-        atomic_write_text(tmp / "entry.json", json.dumps(entry, indent=2, sort_keys=True))
-        _fsync_dir(tmp)
-        try:
-            os.replace(tmp, cache_dir / key)
-        except OSError:
-            # Another process finished the same entry first; its copy is equivalent.
-            if not (cache_dir / key / "entry.json").is_file():
-                raise
-        _fsync_dir(cache_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return row
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _round_sig(x: float, digits: int) -> float:
     if x == 0:
         return 0.0
@@ -562,7 +240,7 @@ def search_k_for_target(
         width: the SAE width (k is searched in ``[target.k_min, width]``).
         k_start: the first k tried (default ``target.k_start``, else ``min(width, 16)``).
         on_row: called with each trial's results row (e.g. to record progress).
-        trainer: where trainings run (see :func:`train_cached`; default: here).
+        trainer: where trainings run (see :func:`mdl_utils.cache.train_cached`; default: here).
 
     Returns:
         One targets row: ``status`` is ``"hit"`` (in the band), ``"unreachable"`` (MSE above
@@ -707,7 +385,7 @@ def run_sweep(config: SweepConfig, data: SweepData | None = None, *, executor: E
         data = prepare_data(config.data)
     cache = config.cache_path
     cache.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(cache)
+    clean_stale_tmp(cache)
     executor = executor if executor is not None else SerialExecutor()
     if executor.capacity > 1:
         return _run_sweep_parallel(config, data, executor)
@@ -853,6 +531,7 @@ def _run_sweep_parallel(config: SweepConfig, data: SweepData, executor: Executor
                 write()
                 finished_point()
 
+    jobs: list[tuple[Callable[..., None], tuple[Any, ...]]]
     if config.target is None:
         jobs = [(run_point, (i, p)) for i, p in enumerate(points)]
     else:

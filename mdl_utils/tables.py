@@ -49,6 +49,7 @@ class Table:
     caption: str | None = None
     numeric: Sequence[bool] | None = None
     _cells: list[list[str]] = field(init=False, repr=False)
+    _right: list[bool] = field(init=False, repr=False)  # right-align each column
 
     def __post_init__(self) -> None:
         self.columns = [str(c) for c in self.columns]
@@ -69,6 +70,7 @@ class Table:
             ]
         elif len(self.numeric) != len(self.columns):
             raise ValueError("numeric must give one flag per column")
+        self._right = [bool(n) for n in self.numeric]
 
     def to_markdown(self) -> str:
         """The table as GitHub-flavoured Markdown (``|`` in cells escaped)."""
@@ -78,7 +80,7 @@ class Table:
 
         lines = [] if self.caption is None else [self.caption, ""]
         lines.append("| " + " | ".join(esc(c) for c in self.columns) + " |")
-        lines.append("|" + "|".join("---:" if n else ":---" for n in self.numeric) + "|")
+        lines.append("|" + "|".join("---:" if n else ":---" for n in self._right) + "|")
         lines.extend("| " + " | ".join(esc(c) for c in row) + " |" for row in self._cells)
         return "\n".join(lines)
 
@@ -87,7 +89,7 @@ class Table:
         widths = [max([len(c)] + [len(r[j]) for r in self._cells]) for j, c in enumerate(self.columns)]
 
         def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, self.numeric)).rstrip()
+            return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, widths, self._right)).rstrip()
 
         lines = [] if self.caption is None else [self.caption]
         lines.append(line(self.columns))

@@ -31,6 +31,7 @@ import torch
 from mdl_utils.entropy import description_length
 from mdl_utils.io import atomic_write_text
 from mdl_utils.precision import effective_precision
+from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.toys import (
     best_cosines,
     correlated_pair_data,
@@ -162,8 +163,8 @@ def run_splitting_experiment(
                 _, intended_FD = pair_codes(data, n_pairs, split=split)
                 width = len(intended_FD)
                 l0 = splitting_l0(p, p, p_ab)
-                k = n_pairs * (l0.split if split else l0.unsplit)
-                runs = []
+                k = n_pairs * float(l0.split if split else l0.unsplit)
+                runs: list[dict[str, Any]] = []
                 for start, seed in [("intended", 0)] + [("random", s) for s in settings.random_seeds]:
                     init = dictionary_sae(intended_FD, k) if start == "intended" else None
                     sae, history = train_sae(settings.train_config(width, k, seed), x_train, x_val, init=init)
@@ -249,7 +250,7 @@ def run_hierarchy_experiment(
         k_parents = s.n_parents * s.p_parent
         k_children = s.n_parents * s.p_parent * s.p_child_given_parent
         width = s.n_parents * (1 + s.children_per_parent)
-        tree_runs = []
+        tree_runs: list[tuple[float, int, TreeSAE]] = []
         for seed in s.tree_seeds:
             untrained = TreeSAE(
                 s.dim, s.n_parents, s.children_per_parent, k_parents=k_parents, k_children=k_children, seed=seed
@@ -258,14 +259,14 @@ def run_hierarchy_experiment(
                 untrained, x_train, x_val, TreeTrainConfig(seed=seed, max_epochs=s.max_epochs)
             )
             tree_runs.append((min(history.val_mse), seed, sae))
-        flat_runs = []
+        flat_runs: list[tuple[float, int, BatchTopKSAE]] = []
         for seed in s.tree_seeds[: s.flat_runs]:
             config = TrainConfig(
                 width=width, k=k_parents + k_children, seed=seed, batch_size=256, max_epochs=s.max_epochs,
                 patience=8, lr=3e-3, device="cpu", progress=False,
             )  # fmt: skip
-            sae, history = train_sae(config, x_train, x_val)
-            flat_runs.append((min(e.val_mse for e in history.epochs), seed, sae))
+            flat, flat_history = train_sae(config, x_train, x_val)
+            flat_runs.append((min(e.val_mse for e in flat_history.epochs), seed, flat))
         _, tree_seed, tree_sae = min(tree_runs, key=lambda r: r[0])
         _, flat_seed, flat_sae = min(flat_runs, key=lambda r: r[0])
         x_test_t = torch.as_tensor(x_test)

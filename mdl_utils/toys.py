@@ -33,14 +33,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias, overload
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import brentq
+
+if TYPE_CHECKING:
+    from mdl_utils.sae import BatchTopKSAE
 
 __all__ = [
     "HierarchicalData",
     "HierarchyCodes",
+    "Probability",
     "SplitCodes",
     "ToyData",
     "best_cosines",
@@ -59,13 +64,21 @@ __all__ = [
 
 _LN2 = math.log(2.0)
 
+Probability: TypeAlias = npt.ArrayLike
+"""A probability or an array of them; functions taking one return the same shape (a float for
+a number)."""
+
 
 # --------------------------------------------------------------------------------------------
 # Entropy of a boolean feature
 # --------------------------------------------------------------------------------------------
 
 
-def binary_entropy(q):
+@overload
+def binary_entropy(q: float) -> float: ...
+@overload
+def binary_entropy(q: Probability) -> float | np.ndarray: ...
+def binary_entropy(q: Probability) -> float | np.ndarray:
     """H(q) = -q log2 q - (1 - q) log2(1 - q), in bits, with H(0) = H(1) = 0.
 
     The cost, in bits per sample, of coding on its own a boolean feature that fires with
@@ -97,7 +110,7 @@ class SplitCodes(NamedTuple):
     split: float | np.ndarray
 
 
-def _check_pair(p_a, p_b, p_ab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_pair(p_a: Probability, p_b: Probability, p_ab: Probability) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate (p_A, p_B, p_AB) as the probabilities of a joint distribution of two booleans."""
     p_a, p_b, p_ab = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (p_a, p_b, p_ab)))
     for name, value in (("p_a", p_a), ("p_b", p_b), ("p_ab", p_ab)):
@@ -118,11 +131,11 @@ def _check_pair(p_a, p_b, p_ab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return p_a, p_b, p_ab
 
 
-def _scalar_or_array(value: np.ndarray):
+def _scalar_or_array(value: np.ndarray) -> float | np.ndarray:
     return float(value) if value.ndim == 0 else value
 
 
-def splitting_l0(p_a, p_b, p_ab) -> SplitCodes:
+def splitting_l0(p_a: Probability, p_b: Probability, p_ab: Probability) -> SplitCodes:
     """Mean number of active features per sample for the unsplit and the split code.
 
     Unsplit (A, B): p_A + p_B. Split (A and not B, B and not A, A and B): p_A + p_B - p_AB,
@@ -140,7 +153,7 @@ def splitting_l0(p_a, p_b, p_ab) -> SplitCodes:
     return SplitCodes(_scalar_or_array(p_a + p_b), _scalar_or_array(p_a + p_b - p_ab))
 
 
-def splitting_dl(p_a, p_b, p_ab) -> SplitCodes:
+def splitting_dl(p_a: Probability, p_b: Probability, p_ab: Probability) -> SplitCodes:
     """Description length, bits per sample, of the unsplit and the split code (section 6).
 
     Unsplit: H(p_A) + H(p_B). Split: H(p_A - p_AB) + H(p_B - p_AB) + H(p_AB), with H the binary
@@ -156,7 +169,7 @@ def splitting_dl(p_a, p_b, p_ab) -> SplitCodes:
     return SplitCodes(_scalar_or_array(np.asarray(unsplit)), _scalar_or_array(np.asarray(split)))
 
 
-def joint_probability(p, rho):
+def joint_probability(p: Probability, rho: Probability) -> float | np.ndarray:
     """P(A and B) for two booleans that each fire with probability p and have correlation rho.
 
     p_AB = p^2 + rho p (1 - p): the Pearson correlation of two boolean variables with equal
@@ -178,7 +191,7 @@ def joint_probability(p, rho):
     return _scalar_or_array(p_ab)
 
 
-def correlation_range(p):
+def correlation_range(p: Probability) -> tuple[float | np.ndarray, float | np.ndarray]:
     """The attainable Pearson correlations (rho_min, rho_max) of two booleans with rate p.
 
     p_AB must lie in [max(0, 2p - 1), p]; rho_max = 1 (the two always fire together) and
@@ -255,7 +268,7 @@ class HierarchyCodes:
     tree_l0: float | np.ndarray
 
 
-def hierarchy_dl(p_parent, p_child) -> HierarchyCodes:
+def hierarchy_dl(p_parent: Probability, p_child: Probability) -> HierarchyCodes:
     """Description length and L0 of the flat and the tree code for a parent and its child.
 
     The child (e.g. "bird") implies the parent (e.g. "animal"), so 0 <= p_child <= p_parent.
@@ -553,7 +566,7 @@ def best_cosines(learned_FD: np.ndarray, true_GD: np.ndarray) -> np.ndarray:
     return (true @ learned.T).max(axis=1)
 
 
-def dictionary_sae(W_FD: np.ndarray, k: float, *, seed: int = 0):
+def dictionary_sae(W_FD: np.ndarray, k: float, *, seed: int = 0) -> BatchTopKSAE:
     """A :class:`mdl_utils.sae.BatchTopKSAE` whose decoder (and tied encoder) is ``W_FD``.
 
     Used to start training from an intended dictionary, to test whether it is a stable

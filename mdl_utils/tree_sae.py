@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mdl_utils.entropy import feature_entropies
+from mdl_utils.grads import project_decoder_grad_
 from mdl_utils.quantize import quantize
 from mdl_utils.sae import n_kept
 
@@ -74,6 +75,10 @@ class TreeSAE(nn.Module):
             (fractional allowed, > 0).
         seed: seed of the random unit-norm initialisation (encoder = decoder transpose).
     """
+
+    # registered buffers (declared here for type checkers)
+    thresholds: Tensor
+    parent_of_child: Tensor
 
     def __init__(
         self, d_in: int, n_parents: int, children_per_parent: int, *, k_parents: float, k_children: float, seed: int = 0
@@ -145,7 +150,7 @@ class TreeSAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row to unit norm, in place."""
-        self.W_dec_FD /= self.W_dec_FD.norm(dim=1, keepdim=True)
+        self.W_dec_FD.div_(self.W_dec_FD.norm(dim=1, keepdim=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,9 +293,7 @@ def train_tree_sae(
             loss = ((sae.decode(acts_BF) - x_BD) ** 2).sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            with torch.no_grad():
-                W, G = sae.W_dec_FD, sae.W_dec_FD.grad
-                G -= (G * W).sum(dim=1, keepdim=True) * W
+            project_decoder_grad_(sae)
             optimizer.step()
             sae.normalize_decoder_()
             with torch.no_grad():

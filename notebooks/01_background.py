@@ -74,7 +74,8 @@ from IPython.display import display
 from mdl_utils import plots
 from mdl_utils.dl import dense_dl, dl_upper_bound
 from mdl_utils.profiles import cache_dir, choose
-from mdl_utils.sweep import DataSpec, load_cached_sae, prepare_data, train_cached
+from mdl_utils.cache import load_cached_sae, train_cached
+from mdl_utils.data import DataSpec, prepare_data
 from mdl_utils.tables import Table
 from mdl_utils.train import TrainConfig
 

@@ -47,7 +47,8 @@ from mdl_utils.mdl import decoder_fn, latents
 from mdl_utils.protocol import quantised_latents
 from mdl_utils.profiles import cache_dir, choose, results_dir
 from mdl_utils.study import load_selected_sae
-from mdl_utils.sweep import DataSpec, load_cached_sae, prepare_data, train_cached
+from mdl_utils.cache import load_cached_sae, train_cached
+from mdl_utils.data import DataSpec, prepare_data
 from mdl_utils.tables import Table
 from mdl_utils.toys import binary_entropy
 from mdl_utils.train import TrainConfig

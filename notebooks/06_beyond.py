@@ -54,7 +54,7 @@ from mdl_utils.epsilon_scan import (
     EPSILONS, QUICK_EPSILONS, QUICK_SEEDS, load_scan, run_epsilon_scan,
 )
 from mdl_utils.profiles import cache_dir, choose, results_dir
-from mdl_utils.study import study_settings
+from mdl_utils.study_plan import study_settings
 from mdl_utils.tables import Table
 
 torch.set_num_threads(1)

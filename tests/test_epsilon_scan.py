@@ -17,14 +17,12 @@ from scipy import stats
 
 from mdl_utils.epsilon_scan import (
     K_MIN,
-    curve_crossings_with_spread,
-    fit_power_law,
-    fit_scan,
-    rate_distortion_curves,
     run_epsilon_scan,
     scan_settings,
     summarise_scan,
 )
+from mdl_utils.power_law import fit_power_law, fit_scan
+from mdl_utils.rate_distortion import curve_crossings_with_spread, rate_distortion_curves
 from mdl_utils.protocol import index_of_k, k_of_index
 from mdl_utils.study import load_rows, run_study
 
@@ -281,7 +279,7 @@ def test_committed_full_scan_reproduces_from_its_rows_and_saes(mnist_source_dir)
     import torch
 
     from mdl_utils.epsilon_scan import load_scan
-    from mdl_utils.study import study_settings
+    from mdl_utils.study_plan import study_settings
 
     stored = load_scan(FULL_SCAN)
     base = study_settings("full")

@@ -29,7 +29,8 @@ from mdl_utils.executors import (
     make_executor,
 )
 from mdl_utils.study import load_rows, run_study
-from mdl_utils.sweep import DataSpec, SweepConfig, SweepData, TargetSpec, run_sweep
+from mdl_utils.data import DataSpec, SweepData
+from mdl_utils.sweep import SweepConfig, TargetSpec, run_sweep
 from test_study import SETTINGS as STUDY_SETTINGS
 from test_study import _data as study_data
 

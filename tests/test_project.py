@@ -128,16 +128,55 @@ def test_unknown_profile_is_a_clear_error():
 
 
 def test_job_arguments_fill_the_output_folder_from_the_profile(monkeypatch, tmp_path):
-    from mdl_utils.profiles import parse_job_args
+    import torch
+
+    from mdl_utils.jobs import job_parser, parse_job
 
     monkeypatch.setenv("MDL_RESULTS_DIR", str(tmp_path))
-    args = parse_job_args(["--profile", "quick"], prog="job", doc="A job.", out_subdir="beyond")
-    assert args.out == tmp_path / "quick" / "beyond" and args.threads is None and not args.no_progress
-    args = parse_job_args(["--out", "x", "--sweep", "y"], prog="job", doc="A job.",
-                          extra=lambda p: p.add_argument("--sweep"))
-    assert (args.profile, args.out, args.sweep) == ("full", Path("x"), "y")
-    with pytest.raises(SystemExit):
-        parse_job_args(["--profile", "huge"], prog="job", doc="A job.")
+    threads = torch.get_num_threads()
+    try:
+        args = parse_job(job_parser(prog="job", doc="A job.", out_subdir="scan"), ["--profile", "quick"])
+        assert args.out == tmp_path / "quick" / "scan" and args.threads == 1 and not args.no_progress
+        assert torch.get_num_threads() == 1  # applied, so sums do not depend on the core count
+        parser = job_parser(prog="job", doc="A job.", out_subdir="scan", default_profile="quick")
+        parser.add_argument("--sweep")
+        args = parse_job(parser, ["--out", "x", "--sweep", "y", "--threads", "2"])
+        assert (args.profile, args.out, args.sweep, args.threads) == ("quick", Path("x"), "y", 2)
+        for bad in (["--profile", "huge"], ["--threads", "0"], ["--budget-hours", "-1"]):
+            with pytest.raises(SystemExit):
+                parse_job(job_parser(prog="job", doc="A job.", out_subdir="scan"), bad)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_jobs_exit_codes_and_the_summary_only_path(tmp_path, capsys):
+    import json
+
+    from mdl_utils.jobs import job_parser, parse_job, run_job
+
+    parser = job_parser(prog="job", doc="A job.", out_subdir="scan")
+    trained = []
+
+    def train(executor):
+        trained.append(type(executor).__name__)
+        return {"n": 1}
+
+    def failing():
+        raise FileNotFoundError("no rows in x")
+
+    args = parse_job(parser, ["--out", str(tmp_path), "--threads", "1"])
+    assert run_job(args, train=train, summarise=failing, report=lambda p: f"done {p['n']}") == 0
+    assert trained == ["SerialExecutor"] and capsys.readouterr().out == "done 1\n"
+    args = parse_job(parser, ["--out", str(tmp_path), "--summary-only"])
+    assert run_job(args, train=train, summarise=failing, report=str) == 1
+    assert "error: no rows in x" in capsys.readouterr().err and trained == ["SerialExecutor"]
+    path = tmp_path / "summary.json"
+    assert run_job(args, train=train, summarise=lambda: {"n": 2}, report=str, summary_path=path) == 0
+    written = json.loads(path.read_text())
+    assert written["n"] == 2 and written["stopped_by_budget"] is False and "code_version" in written
+    args = parse_job(parser, ["--out", str(tmp_path), "--workers", "0"])
+    assert run_job(args, train=train, summarise=failing, report=str) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
 
 
 def test_job_results_round_trip_and_bad_files_say_what_is_wrong(tmp_path):

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from mdl_utils.protocol import bootstrap_weights, measure_sae
-from mdl_utils.study import (
-    RESULTS_FORMAT_VERSION, StudySettings, load_rows, load_selected_sae, load_study, plan, run_study,
-    study_settings, summarise,
-)
-from mdl_utils.sweep import SweepData, data_fingerprint
+from mdl_utils.study import load_rows, load_selected_sae, load_study, run_study
+from mdl_utils.study_plan import StudySettings, plan, study_settings
+from mdl_utils.study_summary import RESULTS_FORMAT_VERSION, summarise
+from mdl_utils.data import SweepData, data_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "results" / "full" / "mnist-mdl"

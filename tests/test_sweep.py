@@ -16,19 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+import mdl_utils.cache as cache_mod
 import mdl_utils.sweep as sweep_mod
+from mdl_utils.cache import CacheMismatchError, config_key, load_cached_sae, train_cached
+from mdl_utils.data import DataSpec, SweepData, data_fingerprint, prepare_data
 from mdl_utils.sweep import (
-    CacheMismatchError,
-    DataSpec,
-    SweepData,
     TargetSpec,
-    config_key,
-    data_fingerprint,
     load_sweep_config,
-    prepare_data,
     run_sweep,
     search_k_for_target,
-    train_cached,
 )
 from mdl_utils.train import TrainConfig
 
@@ -126,12 +122,12 @@ def test_train_cached_trains_once_then_reads_the_cache(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE was retrained")
 
-    monkeypatch.setattr(sweep_mod, "train_payload", no_training)
+    monkeypatch.setattr(cache_mod, "train_payload", no_training)
     assert train_cached(cfg, data, tmp_path) == row
     # The stored SAE reproduces the stored test MSE.
     from mdl_utils.train import evaluate_sae
 
-    sae = sweep_mod.load_cached_sae(tmp_path, key)
+    sae = load_cached_sae(tmp_path, key)
     assert evaluate_sae(sae, data.test).mse == pytest.approx(row["mse_test"], rel=1e-6)
 
 

@@ -10,12 +10,11 @@ import torch
 
 import mdl_utils.train as train_mod
 from mdl_utils.sae import BatchTopKSAE, n_kept
+from mdl_utils.grads import compute_grads, project_decoder_grad_
 from mdl_utils.train import (
     TrainConfig,
-    compute_grads,
     evaluate_sae,
     geometric_median,
-    project_decoder_grad_,
     train_sae,
 )
 
@@ -279,7 +278,7 @@ def test_resampling_reinitialises_dead_features_and_their_adam_state():
 
 
 def test_new_recipe_fields_at_their_defaults_keep_old_cache_keys():
-    from mdl_utils.sweep import config_key
+    from mdl_utils.cache import config_key
 
     legacy = TrainConfig(width=64, k=8.0)
     # The key of a default config: the hash of exactly the fields that existed before.

@@ -19,8 +19,10 @@ Its jobs, each driven by what is in the repository rather than by typed-in text:
 - the book's stylesheet (``book/_static/mdl_book.css``): long code lines and printed outputs
   wrap at the page width rather than being cut off, and wide result tables scroll in their box.
 
-It also repairs two things for the strict (``-W -n``) build and the browser test: duplicate
-inline scripts that throw on page load, and napoleon's reading of prose attribute comments.
+It also repairs three things for the strict (``-W -n``) build and the browser test: duplicate
+inline scripts that throw on page load, napoleon's reading of prose attribute comments, and
+links from signatures to the library's type aliases (``mdl_utils.array_types.Latents``):
+autodoc documents an alias as data but links to it as a class.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def study_headline(summary_path: Path) -> str:
     the set of widths it cannot tell apart, and how much of the study the committed rows cover.
     """
     from mdl_utils.profiles import read_results
-    from mdl_utils.study import RESULTS_FORMAT_VERSION
+    from mdl_utils.study_summary import RESULTS_FORMAT_VERSION
 
     # The study's own reader: a summary in another format stops the strict build here.
     summary = read_results(summary_path, version=RESULTS_FORMAT_VERSION,
@@ -256,7 +258,27 @@ def _add_stylesheet(app: Sphinx, config: Config) -> None:
         config.html_static_path = [*config.html_static_path, static]
 
 
+def _resolve_type_alias(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
+    """Link a ``py:class`` reference that names a documented module-level alias (``py:data``),
+    by its full name or, when exactly one alias has it, by its bare name (``Latents``)."""
+    from sphinx.util.nodes import make_refnode
+
+    if node.get("refdomain") != "py" or node.get("reftype") not in {"class", "obj"}:
+        return None
+    target = node.get("reftarget", "")
+    objects = env.get_domain("py").objects
+    found = objects.get(target)
+    if found is None and "." not in target:
+        matches = [(name, obj) for name, obj in objects.items()
+                   if name.startswith("mdl_utils.") and name.endswith("." + target) and obj.objtype == "data"]
+        found = matches[0][1] if len(matches) == 1 else None
+    if found is None or found.objtype != "data":
+        return None
+    return make_refnode(app.builder, node["refdoc"], found.docname, found.node_id, contnode, target)
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("missing-reference", _resolve_type_alias)
     app.connect("config-inited", _substitutions)
     app.connect("config-inited", _add_stylesheet)
     app.add_css_file("mdl_book.css")

@@ -1,0 +1,226 @@
+"""Chapter 3's study, part 1: its settings, and which SAE to train next, read from the rows.
+
+The study (:mod:`mdl_utils.study`) writes one row per trained SAE; everything it decides is
+a function of the rows already written, so a stopped job resumes where it was. This module
+holds those decisions: for each (width, seed) the state of its k search (the DL of each grid
+index trained so far), whether the search is over (:func:`mdl_utils.protocol.next_k_index`
+has nothing left to try), where a further seed's search starts (seed 0's minimum), and the
+plan: every width's seed 0, then the fill-in widths around the seed-0 optimum, then the
+other seeds, widths closest to the optimum first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mdl_utils.profiles import choose
+from mdl_utils.protocol import index_of_k, next_k_index, optimum_index
+from mdl_utils.train import TrainConfig
+
+__all__ = [
+    "StudySettings",
+    "RECIPE",
+    "QUICK_RECIPE",
+    "study_settings",
+    "j_max",
+    "j_min",
+    "search_state",
+    "best_index",
+    "best_dl",
+    "search_done",
+    "start_index",
+    "plan",
+]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What the study trains and how it selects and compares SAEs.
+
+    Attributes:
+        n_train, n_test: MNIST digits used (first n; ``None``: all); a tenth of the training
+            digits is the validation split that decides early stopping.
+        widths: the doubling grid of widths, always run.
+        fill_widths: add the widths a factor sqrt(2) either side of the seed-0 optimum.
+        epsilon: the tolerance, test MSE per pixel.
+        reread: other tolerances, as multiples of epsilon, at which the same SAEs are reread.
+        seeds: training seeds; the first is run at every width before any other.
+        k_start: first k tried at every width (snapped to the grid ``2**(j/4)``).
+        k_min: the smallest k the search may try (snapped to the grid). BatchTopK's k is a
+            batch average, so k below 1 is meaningful (``round(k * batch_size)`` activations
+            per batch); loose tolerances need it (chapter 6's epsilon scan).
+        n_boot: bootstrap replicates over test digits.
+        max_trainings_per_search: cap on the k search of one (width, seed).
+        train: TrainConfig fields shared by every SAE (width, k, seed are set per SAE).
+    """
+
+    n_train: int | None
+    n_test: int | None
+    widths: tuple[int, ...]
+    fill_widths: bool = True
+    epsilon: float = 0.015
+    reread: tuple[float, ...] = (0.98, 1.02)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    k_start: float = 11.31
+    n_boot: int = 200
+    k_min: float = 1.0
+    max_trainings_per_search: int = 12
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self, width: int, k: float, seed: int, device: str = "auto") -> TrainConfig:
+        return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
+
+
+#: The training recipe of the study (see :class:`mdl_utils.train.TrainConfig`).
+RECIPE: dict[str, Any] = {
+    "batch_size": 1024,
+    "max_epochs": 300,
+    "patience": 5,
+    "min_rel_improvement": 1e-3,
+    "lr_schedule": "plateau",
+    "lr_factor": 0.3,
+    "lr_reductions": 3,
+    "decoder_init": "data",
+    "resample_every": 5,
+    "resample_until": 25,
+}
+
+
+#: The quick profile's recipe (CI): smaller batches and looser convergence thresholds.
+QUICK_RECIPE: dict[str, Any] = {
+    **RECIPE,
+    "batch_size": 256,
+    "max_epochs": 150,
+    "patience": 3,
+    "lr_reductions": 2,
+    "min_rel_improvement": 2e-3,
+    "resample_every": 5,
+    "resample_until": 10,
+}
+
+
+def study_settings(profile: str) -> StudySettings:
+    """The study's settings for a profile: ``quick`` (minutes, CI) or ``full`` (paper scale)."""
+    return choose(
+        profile,
+        quick=StudySettings(
+            n_train=6_000,
+            n_test=2_000,
+            widths=(64, 128, 256),
+            fill_widths=False,
+            seeds=(0, 1),
+            k_start=16.0,
+            n_boot=100,
+            train=dict(QUICK_RECIPE),
+        ),
+        full=StudySettings(
+            n_train=None,
+            n_test=None,
+            widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
+            train=dict(RECIPE),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The search state, derived from rows
+# --------------------------------------------------------------------------------------------
+
+
+def j_max(width: int) -> int:
+    """The largest grid index a width's search may try (k = width)."""
+    return int(math.floor(4 * math.log2(width) + 1e-9))
+
+
+def j_min(settings: StudySettings) -> int:
+    """The smallest grid index any search may try (``settings.k_min`` on the grid)."""
+    return index_of_k(settings.k_min)
+
+
+def search_state(rows: Sequence[dict[str, Any]], width: int, seed: int) -> dict[float, float | None]:
+    """The grid indices trained for ``(width, seed)`` and their DL (``None``: missed epsilon)."""
+    return {r["k_index"]: r["measure"]["dl_bits"] for r in rows if r["width"] == width and r["seed"] == seed}
+
+
+def best_index(state: Mapping[float, float | None], *, whole_only: bool = False) -> float | None:
+    """The grid index with the smallest DL (ties: the smaller index); ``whole_only`` ignores
+    the half steps; ``None`` when no SAE met the tolerance."""
+    feasible = {j: v for j, v in state.items() if v is not None and (not whole_only or float(j).is_integer())}
+    return min(feasible, key=lambda j: (feasible[j], j)) if feasible else None
+
+
+def best_dl(state: Mapping[float, float | None]) -> float | None:
+    """The smallest DL in a search's state (``None`` when no SAE met the tolerance)."""
+    feasible = [v for v in state.values() if v is not None]
+    return min(feasible) if feasible else None
+
+
+def search_done(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int, start: int) -> bool:
+    """Whether the k search of ``(width, seed)`` begun at ``start`` is over (bracketed,
+    unreachable, or at ``settings.max_trainings_per_search``)."""
+    state = search_state(rows, width, seed)
+    if len(state) >= settings.max_trainings_per_search:
+        return True
+    return bool(state) and next_k_index(state, start=start, j_max=j_max(width), j_min=j_min(settings)) is None
+
+
+def start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: int, seed: int) -> int:
+    """The first grid index of a search: seed 0's best whole index for later seeds (once
+    known), else ``settings.k_start`` on the grid."""
+    if seed != settings.seeds[0]:
+        # Further seeds start at seed 0's best whole grid index (then search and refine alike).
+        best = best_index(search_state(rows, width, settings.seeds[0]), whole_only=True)
+        if best is not None:
+            return int(best)
+    return max(min(index_of_k(settings.k_start), j_max(width)), j_min(settings))
+
+
+def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Widths a factor sqrt(2) either side of the seed-0 optimum, once every doubling width
+    has its seed-0 search finished; [] before that or when ``fill_widths`` is off."""
+    if not settings.fill_widths:
+        return []
+    seed = settings.seeds[0]
+    dl_star: dict[int, float] = {}
+    for w in settings.widths:
+        if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
+            return []
+        best = best_dl(search_state(rows, w, seed))
+        if best is not None:
+            dl_star[w] = best
+    if not dl_star:
+        return []
+    widths = sorted(dl_star)
+    best_at = optimum_index([dl_star[w] for w in widths], widths)
+    assert best_at is not None  # every width in dl_star has a DL
+    opt = widths[best_at]
+    fills = []
+    for w in (int(round(opt / math.sqrt(2))), int(round(opt * math.sqrt(2)))):
+        if min(settings.widths) < w < max(settings.widths) and w not in settings.widths:
+            fills.append(w)
+    return fills
+
+
+def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The (width, seed) searches of the study in priority order (finished ones included)."""
+    seed0 = settings.seeds[0]
+    fills = _fill_widths(settings, rows)
+    tasks = [(w, seed0) for w in settings.widths] + [(w, seed0) for w in fills]
+    widths = sorted(set(settings.widths) | set(fills))
+    # Further seeds: reachable widths only, the ones whose seed-0 DL* is closest to the best first.
+    dl0: dict[int, float] = {}
+    for w in widths:
+        # Further seeds start from seed 0's minimum, so only once that search has finished.
+        if not search_done(settings, rows, w, seed0, start_index(settings, rows, w, seed0)):
+            continue
+        best = best_dl(search_state(rows, w, seed0))
+        if best is not None:
+            dl0[w] = best
+    if dl0:
+        low = min(dl0.values())
+        order = sorted(dl0, key=lambda w: (dl0[w] - low, w))
+        tasks += [(w, s) for s in settings.seeds[1:] for w in order]
+    return tasks
