@@ -77,10 +77,10 @@ book: html
 	@echo "The book is in _build/html/index.html"
 
 # Static checks first (ruff and mypy, configured in pyproject.toml): lint over the package,
-# tests, benchmarks and book extension (unused imports, undefined names, ...), format and types
+# tests, benchmarks, book extension and chapter sources (unused imports, undefined names, ...), format and types
 # over the package (every function annotated, checked bodies).
 unit: $(INSTALLED)
-	python -m ruff check mdl_utils tests benchmarks book/_ext
+	python -m ruff check mdl_utils tests benchmarks book/_ext notebooks
 	python -m ruff format --check mdl_utils
 	python -m mypy
 	python -m pytest tests

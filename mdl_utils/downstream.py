@@ -16,7 +16,7 @@ The protocol is chapter 3's (:mod:`mdl_utils.study`), with only the loss changed
    unquantised SAE leaves of the tolerance;
 3. DL* of a (width, seed) is the minimum over k; the optimum is the width with the smallest
    mean DL*, called resolved only when every other width is longer by more than the combined
-   uncertainty (seeds and test-digit bootstrap, :func:`mdl_utils.protocol.resolve_optimum`).
+   uncertainty (seeds and test-digit bootstrap, :func:`mdl_utils.resolution.resolve_optimum`).
 
 It runs twice on the same activations: under the cross-entropy tolerance ``epsilon_ce``,
 and under an MSE tolerance *calibrated to be equally strict*: ``epsilon_mse`` is the median,
@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from mdl_utils.entropy import description_length
+from mdl_utils.resolution import Resolution
 from mdl_utils.executors import Executor, SerialExecutor
 from mdl_utils.io import atomic_write_text
 from mdl_utils.models import (
@@ -455,8 +456,8 @@ def _by_width(summary: dict[str, Any], field_name: str, *, complete_only: bool =
 
 def downstream_verdicts(ce: dict[str, Any] | None, mse: dict[str, Any] | None, epsilon_ce: float) -> list[V.Verdict]:
     """Chapter 7's claims, each judged by a rule of :mod:`mdl_utils.verdicts` (see there)."""
-    res_ce = None if ce is None else ce["resolution"]
-    res_mse = None if mse is None else mse["resolution"]
+    res_ce = None if ce is None or ce["resolution"] is None else Resolution.from_dict(ce["resolution"])
+    res_mse = None if mse is None or mse["resolution"] is None else Resolution.from_dict(mse["resolution"])
     out = [
         V.optimum_resolved("cross-entropy", res_ce),
         V.optimum_resolved("MSE", res_mse),

@@ -47,11 +47,8 @@ from typing import Any
 import numpy as np
 
 from mdl_utils.power_law import fit_scan
-from mdl_utils.protocol import (
-    index_of_k,
-    k_of_index,
-    optimum_index,
-)
+from mdl_utils.protocol import index_of_k, k_of_index
+from mdl_utils.resolution import optimum_index
 from mdl_utils.rate_distortion import allocation_comparisons, curve_crossings_with_spread, rate_distortion_curves
 from mdl_utils.study import load_rows, run_study
 from mdl_utils.study_plan import StudySettings, study_settings
@@ -247,7 +244,9 @@ def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, 
                 cands.append((s["dl_bits"], entry["width"], s))
         if not cands:
             continue
-        dl, width, s = cands[optimum_index([c[0] for c in cands], [c[1] for c in cands])]  # type: ignore[index]
+        best_at = optimum_index([c[0] for c in cands], [c[1] for c in cands])
+        assert best_at is not None  # every candidate has a DL
+        dl, width, s = cands[best_at]
         reach = sorted(c[1] for c in cands)
         out[str(seed)] = {
             "width": width,
@@ -263,7 +262,7 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
     """What the chapter reads about one tolerance, computed from its study's rows alone.
 
     Keys: ``epsilon``; ``complete`` and ``n_remaining`` (searches still to run);
-    ``n_saes_trained``; ``resolution`` (:func:`mdl_utils.protocol.resolve_optimum` on the
+    ``n_saes_trained``; ``resolution`` (:func:`mdl_utils.resolution.resolve_optimum` on the
     seed-mean DL*, None before any search finishes); ``at_edge`` (the optimum is the
     narrowest or widest reachable width, or an end of the grid, so the true optimum may lie
     outside it); ``optimum`` (its width, mean DL*, seed spread, mean L0 and k over its seeds);

@@ -24,7 +24,7 @@ import torch
 from mdl_utils.array_types import Latents, Data
 from mdl_utils.entropy import description_length
 from mdl_utils.precision import effective_precision
-from mdl_utils.protocol import optimum_index
+from mdl_utils.resolution import optimum_index
 from mdl_utils.sae import BatchTopKSAE
 
 __all__ = [

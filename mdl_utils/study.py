@@ -60,7 +60,7 @@ import torch
 
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
-from mdl_utils.profiles import provenance, read_results, write_results
+from mdl_utils.profiles import provenance, write_results
 from mdl_utils.protocol import (
     bootstrap_weights,
     k_of_index,
@@ -97,7 +97,7 @@ from mdl_utils.study_plan import (
     start_index,
     study_settings,
 )
-from mdl_utils.study_summary import RESULTS_FORMAT_VERSION, summarise
+from mdl_utils.study_summary import StudySummary, read_summary, summarise
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
@@ -548,17 +548,16 @@ def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[in
 # --------------------------------------------------------------------------------------------
 
 
-def load_study(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The study's ``summary.json`` and all its rows.
+def load_study(out_dir: str | os.PathLike[str]) -> tuple[StudySummary, list[dict[str, Any]]]:
+    """The study's summary (typed, :class:`mdl_utils.study_summary.StudySummary`) and all its rows.
 
     Raises:
         FileNotFoundError: no summary (the message says how to make it).
-        ValueError: another results format.
+        ValueError: another results format, or not a study summary.
     """
     out = Path(out_dir)
-    summary = read_results(
+    summary = read_summary(
         out / "summary.json",
-        version=RESULTS_FORMAT_VERSION,
         how_to_make=f"run `python -m mdl_utils mnist-sweep --profile full --out {out}` to compute it",
     )
     return summary, load_rows(out)

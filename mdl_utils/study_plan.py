@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mdl_utils.profiles import choose
-from mdl_utils.protocol import index_of_k, next_k_index, optimum_index
+from mdl_utils.protocol import index_of_k, next_k_index
+from mdl_utils.resolution import optimum_index
 from mdl_utils.train import TrainConfig
 
 __all__ = [

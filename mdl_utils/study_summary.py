@@ -3,10 +3,15 @@
 :func:`summarise` gives everything chapter 3 reads: per (width, seed) the DL-optimal SAE of
 its k search and how it trained; DL*(width) over seeds with its spread and a bootstrap
 interval over test digits; the resolution of the optimum
-(:func:`mdl_utils.protocol.resolve_optimum`), also at the reread tolerances; the points A-D;
+(:func:`mdl_utils.resolution.resolve_optimum`), also at the reread tolerances; the points A-D;
 and what remains to train. It is a pure function of the rows, so ``--summary-only`` rewrites
 the committed ``summary.json`` from the committed rows, byte for byte. Chapters 6 and 7 use it
 for their own studies.
+
+:class:`StudySummary` is the same summary as typed records (:class:`SeedSearch` per
+(width, seed) with its :class:`Selection`, :class:`DLStar` per width, :class:`mdl_utils.resolution.Resolution`), with one
+JSON reader (:func:`read_summary`) and the dict form back (:meth:`StudySummary.to_dict`, key
+for key what :func:`summarise` writes).
 """
 
 from __future__ import annotations
@@ -14,15 +19,27 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from mdl_utils.protocol import WidthSummary, resolve_optimum, two_part_bits
+from mdl_utils.profiles import read_results
+from mdl_utils.protocol import two_part_bits
+from mdl_utils.resolution import Resolution, WidthSummary, resolve_optimum
 from mdl_utils.study_plan import StudySettings, j_max, j_min, plan, search_done, start_index
 
-__all__ = ["RESULTS_FORMAT_VERSION", "summarise", "points_from"]
+__all__ = [
+    "RESULTS_FORMAT_VERSION",
+    "summarise",
+    "points_from",
+    "StudySummary",
+    "SeedSearch",
+    "Selection",
+    "DLStar",
+    "read_summary",
+]
 
 #: The version of the study's ``summary.json`` (and rows) format.
 RESULTS_FORMAT_VERSION = 2
@@ -115,12 +132,12 @@ def summarise(
         per_width.append(entry)
 
     summaries = _width_summaries(settings, rows, lambda r: r["measure"]["dl_bits"])
-    resolution = resolve_optimum(summaries).to_dict() if summaries else None
-    rereads = {}
+    resolution = resolve_optimum(summaries) if summaries else None
+    rereads: dict[str, Resolution | None] = {}
     for ratio in settings.reread:
         key = f"{settings.epsilon * ratio:.6g}"
         at = _width_summaries(settings, rows, functools.partial(_dl_at, key=key))
-        rereads[key] = resolve_optimum(at).to_dict() if at else None
+        rereads[key] = resolve_optimum(at) if at else None
     table = [
         {
             "width": s.width,
@@ -137,11 +154,13 @@ def summarise(
         for (w, s) in plan(settings, rows)
         if not search_done(settings, rows, w, s, start_index(settings, rows, w, s))
     ]
-    for res in [resolution, *rereads.values()]:
-        if res is not None:
-            # Widths or seeds still to come can change the optimum: never final before they are in.
-            res["provisional"] = bool(remaining)
-            res["resolved"] = res["resolved"] and not remaining
+
+    def final(res: Resolution | None) -> dict[str, Any] | None:
+        # Widths or seeds still to come can change the optimum: never final before they are in.
+        if res is None:
+            return None
+        return replace(res, provisional=bool(remaining), resolved=res.resolved and not remaining).to_dict()
+
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": asdict(settings),
@@ -151,9 +170,9 @@ def summarise(
         "devices": sorted({r.get("device", "cpu") for r in rows}),
         "widths": per_width,
         "dl_star": table,
-        "resolution": resolution,
-        "rereads": rereads,
-        "points": points_from(per_width, resolution, seed0),
+        "resolution": final(resolution),
+        "rereads": {key: final(res) for key, res in rereads.items()},
+        "points": points_from(per_width, final(resolution), seed0),
         "remaining": [list(t) for t in remaining],
         "complete": not remaining,
     }
@@ -211,3 +230,271 @@ def points_from(
             target = 0.5 * (math.log2(reach[0]) + math.log2(b))
             picks["C"] = min(between, key=lambda w: (abs(math.log2(w) - target), w))
     return {name: {"width": w, "seed": seed} for name, w in sorted(picks.items())}
+
+
+# --------------------------------------------------------------------------------------------
+# The summary as typed records, with one JSON read and write
+# --------------------------------------------------------------------------------------------
+
+#: Keys of a (width, seed) entry that exist only when its search found an SAE within epsilon.
+_SELECTION_KEYS: tuple[str, ...] = (
+    "k", "k_index", "dl_bits", "mse", "mse_quantised", "bits", "precision_status", "whole_bits",
+    "whole_dl_bits", "l0", "n_live", "dead_fraction", "upper_bound_bits", "saebench_bits",
+    "two_part_bits", "epochs", "best_epoch", "stop_reason", "bracketed",
+)  # fmt: skip
+#: The keys of every (width, seed) entry, reachable or not.
+_SEARCH_KEYS: tuple[str, ...] = ("complete", "n_trained", "n_at_epoch_cap", "reachable")
+#: The keys :func:`summarise` writes; anything else in a summary file is the writer's metadata.
+_SUMMARY_KEYS: tuple[str, ...] = (
+    "format_version", "settings", "epsilon", "n_saes_trained", "training_time_s", "devices", "widths",
+    "dl_star", "resolution", "rereads", "points", "remaining", "complete",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The DL-optimal SAE of one (width, seed) search and its readings.
+
+    Attributes:
+        k, k_index: its k and grid index (``k = 2**(k_index/4)``).
+        dl_bits: its description length at the tolerance, bits per sample.
+        mse, mse_quantised: test MSE per element, unquantised and at precision ``bits``.
+        bits, precision_status: the continuous precision found and how the bisection ended.
+        whole_bits, whole_dl_bits: the paper's whole-bit reading and the DL there.
+        l0, n_live, dead_fraction: test L0, live features, features never firing on test.
+        upper_bound_bits, saebench_bits, two_part_bits: the bound, SAEBench's count and the
+            whole two-part code (decoder included), bits per sample.
+        epochs, best_epoch, stop_reason: how its training ended.
+        bracketed: both grid neighbours of its k were trained and are not shorter.
+        extra: further readings the study's measure added (chapter 7's cross-entropy).
+    """
+
+    k: float
+    k_index: float
+    dl_bits: float
+    mse: float
+    mse_quantised: float
+    bits: float
+    precision_status: str
+    whole_bits: int | None
+    whole_dl_bits: float | None
+    l0: float
+    n_live: int
+    dead_fraction: float
+    upper_bound_bits: float
+    saebench_bits: float | None
+    two_part_bits: float
+    epochs: int
+    best_epoch: int | None
+    stop_reason: str
+    bracketed: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Selection:
+        missing = [k for k in _SELECTION_KEYS if k not in d]
+        if missing:
+            raise KeyError(f"a selected SAE's entry lacks {missing}")
+        return cls(**{k: d[k] for k in _SELECTION_KEYS}, extra={k: v for k, v in d.items() if k not in _SELECTION_KEYS})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in _SELECTION_KEYS}, **self.extra}
+
+
+@dataclass(frozen=True)
+class SeedSearch:
+    """One (width, seed) k search.
+
+    Attributes:
+        complete: the search is over (its minimum is bracketed or the width is unreachable).
+        n_trained: SAEs trained in it; ``n_at_epoch_cap``: how many stopped at the epoch cap.
+        reachable: some SAE met the tolerance; then ``selected`` is the DL-optimal one.
+    """
+
+    complete: bool
+    n_trained: int
+    n_at_epoch_cap: int
+    reachable: bool
+    selected: Selection | None = None
+
+    @property
+    def dl_bits(self) -> float | None:
+        """The selected SAE's DL, bits per sample (``None``: unreachable)."""
+        return None if self.selected is None else self.selected.dl_bits
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeedSearch:
+        return cls(
+            complete=bool(d["complete"]),
+            n_trained=int(d["n_trained"]),
+            n_at_epoch_cap=int(d["n_at_epoch_cap"]),
+            reachable=bool(d["reachable"]),
+            selected=Selection.from_dict({k: v for k, v in d.items() if k not in _SEARCH_KEYS})
+            if d["reachable"]
+            else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "complete": self.complete,
+            "n_trained": self.n_trained,
+            "n_at_epoch_cap": self.n_at_epoch_cap,
+            "reachable": self.reachable,
+        }
+        if self.selected is not None:
+            out.update(self.selected.to_dict())
+        return out
+
+
+@dataclass(frozen=True)
+class DLStar:
+    """DL*(width) over seeds: each seed's minimum over k, their mean and spread, and the 95%
+    bootstrap interval over test digits of the seed mean (``None`` without replicates)."""
+
+    width: int
+    n_seeds: int
+    mean: float
+    seed_std: float | None
+    boot_ci: tuple[float, float] | None
+    dl_by_seed: dict[int, float]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DLStar:
+        ci = d["boot_ci"]
+        return cls(
+            width=int(d["width"]),
+            n_seeds=int(d["n_seeds"]),
+            mean=float(d["mean"]),
+            seed_std=d["seed_std"],
+            boot_ci=None if ci is None else (float(ci[0]), float(ci[1])),
+            dl_by_seed={int(s): float(v) for s, v in d["dl_by_seed"].items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "n_seeds": self.n_seeds,
+            "mean": self.mean,
+            "seed_std": self.seed_std,
+            "boot_ci": None if self.boot_ci is None else list(self.boot_ci),
+            "dl_by_seed": {str(s): v for s, v in self.dl_by_seed.items()},
+        }
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's ``summary.json`` as typed records (what :func:`summarise` computes).
+
+    Attributes:
+        settings: the :class:`mdl_utils.study_plan.StudySettings` the rows were trained with.
+        epsilon: the tolerance (test MSE per element).
+        n_saes_trained, training_time_s, devices: what the rows cost and where they trained.
+        searches: (width, seed) -> :class:`SeedSearch`, for every search with a row.
+        dl_star: :class:`DLStar` per width with a finished search, narrow to wide.
+        resolution: the optimum and whether it is resolved (``None`` before any search has
+            finished); provisional while searches remain.
+        rereads: the same at the reread tolerances (keyed by the tolerance as written).
+        points: the points A-D, name -> (width, seed).
+        remaining: the (width, seed) searches still to finish; ``complete``: none remain.
+        metadata: what the writer added: the run's provenance (machine, date, wall time,
+            code version, budget stop; :func:`mdl_utils.profiles.provenance`) and any other
+            key (chapter 7's arm ``name``); empty for a summary computed in memory.
+    """
+
+    format_version: int
+    settings: StudySettings
+    epsilon: float
+    n_saes_trained: int
+    training_time_s: float
+    devices: tuple[str, ...]
+    searches: dict[tuple[int, int], SeedSearch]
+    dl_star: tuple[DLStar, ...]
+    resolution: Resolution | None
+    rereads: dict[str, Resolution | None]
+    points: dict[str, tuple[int, int]]
+    remaining: tuple[tuple[int, int], ...]
+    complete: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> list[int]:
+        """Every width with a row, narrow to wide."""
+        return sorted({w for w, _ in self.searches})
+
+    def dl_star_of(self, width: int) -> DLStar:
+        """The :class:`DLStar` of ``width`` (KeyError naming the widths that have one)."""
+        for entry in self.dl_star:
+            if entry.width == width:
+                return entry
+        raise KeyError(f"width {width} has no finished search; widths with DL*: {[e.width for e in self.dl_star]}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudySummary:
+        """Read the dict form (as :func:`summarise` returns it or ``summary.json`` holds it)."""
+        settings = dict(d["settings"])
+        for name in ("widths", "reread", "seeds"):
+            settings[name] = tuple(settings[name])
+        res = d["resolution"]
+        return cls(
+            format_version=int(d["format_version"]),
+            settings=StudySettings(**settings),
+            epsilon=float(d["epsilon"]),
+            n_saes_trained=int(d["n_saes_trained"]),
+            training_time_s=float(d["training_time_s"]),
+            devices=tuple(d["devices"]),
+            searches={
+                (int(e["width"]), int(s)): SeedSearch.from_dict(v) for e in d["widths"] for s, v in e["seeds"].items()
+            },
+            dl_star=tuple(DLStar.from_dict(e) for e in d["dl_star"]),
+            resolution=None if res is None else Resolution.from_dict(res),
+            rereads={k: None if v is None else Resolution.from_dict(v) for k, v in d["rereads"].items()},
+            points={name: (int(p["width"]), int(p["seed"])) for name, p in d["points"].items()},
+            remaining=tuple((int(w), int(s)) for w, s in d["remaining"]),
+            complete=bool(d["complete"]),
+            metadata={k: v for k, v in d.items() if k not in _SUMMARY_KEYS},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form, key for key as :func:`summarise` writes it (JSON-ready)."""
+
+        def resolution(r: Resolution | None) -> dict[str, Any] | None:
+            return None if r is None else r.to_dict()
+
+        widths = []
+        for width in self.widths:
+            seeds = {str(s): v.to_dict() for (w, s), v in sorted(self.searches.items()) if w == width}
+            widths.append({"width": width, "seeds": seeds})
+        return {
+            "format_version": self.format_version,
+            "settings": asdict(self.settings),
+            "epsilon": self.epsilon,
+            "n_saes_trained": self.n_saes_trained,
+            "training_time_s": self.training_time_s,
+            "devices": list(self.devices),
+            "widths": widths,
+            "dl_star": [e.to_dict() for e in self.dl_star],
+            "resolution": resolution(self.resolution),
+            "rereads": {k: resolution(v) for k, v in self.rereads.items()},
+            "points": {name: {"width": w, "seed": s} for name, (w, s) in self.points.items()},
+            "remaining": [list(t) for t in self.remaining],
+            "complete": self.complete,
+            **self.metadata,
+        }
+
+
+def read_summary(path: str | os.PathLike[str], *, how_to_make: str | None = None) -> StudySummary:
+    """A study's ``summary.json`` as a :class:`StudySummary`, its format checked.
+
+    Raises:
+        FileNotFoundError: no such file (the message says how to make it).
+        ValueError: another results format, or a file that lacks what a summary holds.
+    """
+    payload = read_results(
+        path,
+        version=RESULTS_FORMAT_VERSION,
+        how_to_make=how_to_make or "run `python -m mdl_utils mnist-sweep --profile full --summary-only` to compute it",
+    )
+    try:
+        return StudySummary.from_dict(payload)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a study summary ({type(err).__name__}: {err})") from err

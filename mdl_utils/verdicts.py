@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mdl_utils.resolution import Resolution
+
 __all__ = [
     "Verdict",
     "MEMORISED_FRACTION",
@@ -86,13 +88,12 @@ def _weighted_mean(values: Any, weights: Any) -> float:
     return float(np.sum(v * w) / np.sum(w))
 
 
-def u_shape(resolution: Mapping[str, Any] | None, reachable_widths: Sequence[int]) -> Verdict:
+def u_shape(resolution: Resolution | None, reachable_widths: Sequence[int]) -> Verdict:
     """DL*(width) is U-shaped: the optimum sits strictly inside, both ends distinguishably above.
 
-    ``resolution`` is the dict form of a :class:`mdl_utils.protocol.Resolution` (its
-    ``to_dict()``). "no" when the
-    optimum is the narrowest or the widest reachable width (the curve is monotone there);
-    "not resolved" when the optimum is inside but an end cannot be told apart from it.
+    "no" when the optimum is the narrowest or the widest reachable width (the curve is
+    monotone there); "not resolved" when the optimum is inside but an end cannot be told apart
+    from it.
     """
     claim = "DL against width is U-shaped (minimum strictly inside the widths)"
     rule = (
@@ -102,8 +103,7 @@ def u_shape(resolution: Mapping[str, Any] | None, reachable_widths: Sequence[int
     widths = sorted(reachable_widths)
     if resolution is None or len(widths) < 3:
         return Verdict(claim, "not resolved", rule, f"{len(widths)} reachable widths measured")
-    opt, tie = int(resolution["optimum"]), [int(w) for w in resolution["tie_set"]]
-    margins = {int(w): v for w, v in resolution["margins"].items()}
+    opt, tie, margins = resolution.optimum, list(resolution.tie_set), resolution.margins
     evidence = f"optimum width {opt}, tie set {tie}, reachable widths {widths[0]}..{widths[-1]}"
     if opt in (widths[0], widths[-1]):
         return Verdict(claim, "no", rule, evidence)
@@ -218,8 +218,8 @@ def t_interval(values: Sequence[float], coverage: float = INTERVAL) -> tuple[flo
     return float(v.mean()) - half, float(v.mean()) + half
 
 
-def optimum_resolved(name: str, resolution: Mapping[str, Any] | None) -> Verdict:
-    """The optimum under one tolerance is resolved (see :func:`mdl_utils.protocol.resolve_optimum`)."""
+def optimum_resolved(name: str, resolution: Resolution | None) -> Verdict:
+    """The optimum under one tolerance is resolved (see :func:`mdl_utils.resolution.resolve_optimum`)."""
     claim = f"the {name} optimum is resolved"
     rule = (
         "yes when every other width's mean DL* exceeds the optimum's by more than the combined "
@@ -227,13 +227,13 @@ def optimum_resolved(name: str, resolution: Mapping[str, Any] | None) -> Verdict
     )
     if resolution is None:
         return Verdict(claim, "not resolved", rule, "no finished search yet")
-    evidence = f"optimum width {resolution['optimum']}, tie set {list(resolution['tie_set'])}"
-    if resolution.get("provisional"):
+    evidence = f"optimum width {resolution.optimum}, tie set {list(resolution.tie_set)}"
+    if resolution.provisional:
         evidence += " (searches still to run)"
-    return Verdict(claim, "yes" if resolution["resolved"] else "no", rule, evidence)
+    return Verdict(claim, "yes" if resolution.resolved else "no", rule, evidence)
 
 
-def optimum_moves(res_ce: Mapping[str, Any] | None, res_mse: Mapping[str, Any] | None) -> Verdict:
+def optimum_moves(res_ce: Resolution | None, res_mse: Resolution | None) -> Verdict:
     """The epsilon-MDL-optimal width differs between the two tolerances."""
     claim = "the optimal width moves when the tolerance is the classifier's loss"
     rule = (
@@ -242,11 +242,11 @@ def optimum_moves(res_ce: Mapping[str, Any] | None, res_mse: Mapping[str, Any] |
     )
     if res_ce is None or res_mse is None:
         return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
-    ce, mse = set(res_ce["tie_set"]), set(res_mse["tie_set"])
+    ce, mse = set(res_ce.tie_set), set(res_mse.tie_set)
     evidence = f"cross-entropy tie set {sorted(ce)}, MSE tie set {sorted(mse)}"
     if not ce & mse:
         return Verdict(claim, "yes", rule, evidence)
-    if res_ce["resolved"] and res_mse["resolved"] and res_ce["optimum"] == res_mse["optimum"]:
+    if res_ce.resolved and res_mse.resolved and res_ce.optimum == res_mse.optimum:
         return Verdict(claim, "no", rule, evidence)
     return Verdict(claim, "not resolved", rule, evidence)
 

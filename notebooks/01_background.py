@@ -66,7 +66,6 @@ profile = "quick"
 # %% tags=["hide-input"]
 import math
 
-import numpy as np
 import torch
 
 from IPython.display import display

@@ -87,7 +87,7 @@ from mdl_utils import plots, verdicts
 from mdl_utils.data import load_mnist
 from mdl_utils.mdl import max_cosine_to_data, pixel_coverage
 from mdl_utils.profiles import cache_dir, results_dir
-from mdl_utils.protocol import REL_BAND, k_of_index, saebench_dl, sparse_latents, two_part_bits
+from mdl_utils.protocol import REL_BAND, k_of_index, saebench_dl, sparse_latents
 from mdl_utils.dl import description_length
 from mdl_utils.study import load_selected_sae, load_study, run_study
 from mdl_utils.study_plan import study_settings
@@ -100,19 +100,19 @@ if profile == "full" and not retrain:
 else:
     out_dir = cache_dir() / "mnist-mdl" / profile
     run_study(settings, out_dir, progress=False)
-summary, rows = load_study(out_dir)
-eps = summary["epsilon"]
-seeds = [str(s) for s in summary["settings"]["seeds"]]
-by_width = {e["width"]: e for e in summary["widths"]}
-star = {r["width"]: r for r in summary["dl_star"]}
-res = summary["resolution"]
+summary, rows = load_study(out_dir)  # a StudySummary (typed) and the rows of every SAE trained
+eps = summary.epsilon
+run = summary.settings
+seeds = list(run.seeds)
+searches = summary.searches  # (width, seed) -> its k search and the DL-optimal SAE it selected
+star = {e.width: e for e in summary.dl_star}
+res = summary.resolution
 if res is None:
     raise RuntimeError(f"{out_dir} has no finished search yet: run the study longer")
-run = summary["settings"]
-recipe = run["train"]
-print(f"digits: {run['n_train'] or 60_000} training (a tenth for validation), {run['n_test'] or 10_000} test; "
-      f"epsilon {eps}; widths {run['widths']}{' + sqrt(2) fill-ins' if run['fill_widths'] else ''}; "
-      f"seeds {run['seeds']}")
+recipe = run.train
+print(f"digits: {run.n_train or 60_000} training (a tenth for validation), {run.n_test or 10_000} test; "
+      f"epsilon {eps}; widths {list(run.widths)}{' + sqrt(2) fill-ins' if run.fill_widths else ''}; "
+      f"seeds {seeds}")
 print(f"training: batch {recipe['batch_size']}; learning rate cut by {recipe['lr_factor']} after "
       f"{recipe['patience']} epochs without a {recipe['min_rel_improvement']:.1%} gain, {recipe['lr_reductions']} "
       f"cuts, then stop; epoch cap {recipe['max_epochs']}; decoder init '{recipe['decoder_init']}'; "
@@ -127,15 +127,15 @@ print(f"training: batch {recipe['batch_size']}; learning rate cut by {recipe['lr
 # %%
 # NBVAL_CHECK_OUTPUT
 n_capped = sum(r["train"]["stop_reason"] == "max_epochs" for r in rows)
-print(f"{summary['n_saes_trained']} SAEs trained ({summary['training_time_s'] / 3600:.2f} h of training, "
-      f"devices: {', '.join(summary['devices'])}); {n_capped} stopped at the epoch cap "
-      f"of {summary['settings']['train']['max_epochs']}")
-print("searches complete:" if summary["complete"] else
-      f"incomplete: {len(summary['remaining'])} (width, seed) searches remain, next: "
-      + ", ".join(f"width {w} seed {s}" for w, s in summary["remaining"][:6]))
-for w in sorted(by_width):
-    states = [f"seed {s}: " + ("done" if e["complete"] else "running") + ("" if e["reachable"] else ", misses eps")
-              for s, e in by_width[w]["seeds"].items()]
+print(f"{summary.n_saes_trained} SAEs trained ({summary.training_time_s / 3600:.2f} h of training, "
+      f"devices: {', '.join(summary.devices)}); {n_capped} stopped at the epoch cap "
+      f"of {recipe['max_epochs']}")
+print("searches complete:" if summary.complete else
+      f"incomplete: {len(summary.remaining)} (width, seed) searches remain, next: "
+      + ", ".join(f"width {w} seed {s}" for w, s in summary.remaining[:6]))
+for w in summary.widths:
+    states = [f"seed {s}: " + ("done" if e.complete else "running") + ("" if e.reachable else ", misses eps")
+              for (w_, s), e in searches.items() if w_ == w]
     print(f"  width {w:5d}: " + "; ".join(states))
 
 # %% [markdown]
@@ -147,7 +147,7 @@ for w in sorted(by_width):
 # bracketed when both its grid neighbours were trained and are longer or infeasible.
 
 # %% tags=["hide-input"]
-widths_all = sorted(by_width)
+widths_all = summary.widths
 k_tried = sorted({r["k"] for r in rows})
 
 
@@ -165,14 +165,14 @@ for i, w in enumerate(widths_all):
     color = cmap(i / max(1, len(widths_all) - 1))
     for s in seeds:
         pts = sorted((r["k"], r["measure"]["dl_bits"]) for r in rows
-                     if r["width"] == w and str(r["seed"]) == s and r["measure"]["dl_bits"] is not None)
+                     if r["width"] == w and r["seed"] == s and r["measure"]["dl_bits"] is not None)
         if not pts:
             continue
         k_, d_ = zip(*pts)
         ax.plot(k_, d_, "o-" if s == seeds[0] else "o:", color=color, ms=3, lw=1,
                 label=f"width {w}" if s == seeds[0] else None)
-        sel = by_width[w]["seeds"][s]
-        ax.plot([sel["k"]], [sel["dl_bits"]], "o", mfc="none", mec=color, ms=9)
+        sel = searches[(w, s)].selected
+        ax.plot([sel.k], [sel.dl_bits], "o", mfc="none", mec=color, ms=9)
 k_axis(ax)
 plots.label(ax, title="DL against k (solid: seed 0, dotted: other seeds)",
             xlabel="k (mean active features per sample in training)", ylabel="DL (bits per test digit)")
@@ -180,7 +180,7 @@ _ = ax.legend(fontsize=7, ncol=2)
 ax = axes[0, 1]
 for i, w in enumerate(widths_all):
     color = cmap(i / max(1, len(widths_all) - 1))
-    pts = sorted((r["k"], r["measure"]["mse"]) for r in rows if r["width"] == w and r["seed"] == int(seeds[0]))
+    pts = sorted((r["k"], r["measure"]["mse"]) for r in rows if r["width"] == w and r["seed"] == seeds[0])
     if pts:
         k_, m_ = zip(*pts)
         ax.plot(k_, m_, "o-", color=color, ms=3, lw=1, label=f"width {w}")
@@ -202,22 +202,22 @@ _ = ax.legend(fontsize=7, ncol=2)
 # %%
 # NBVAL_CHECK_OUTPUT
 table = []
-for w in widths_all:
-    for s, e in by_width[w]["seeds"].items():
-        if not e["reachable"]:
-            k_max = k_of_index(max(r["k_index"] for r in rows if r["width"] == w and str(r["seed"]) == s))
-            table.append([w, s, f"misses epsilon at every k tried (up to {k_max:g})"] + [None] * 11)
-            continue
-        flag = " (search running)" if not e["complete"] else ("" if e["bracketed"] else " (minimum not bracketed)")
-        table.append([w, s, f"{e['k']:.2f}", f"{e['bits']:.2f}", f"{e['mse_quantised']:.6f}", f"{e['dl_bits']:.2f}",
-                      e["whole_bits"], f"{e['whole_dl_bits']:.2f}", f"{e['l0']:.2f}", f"{e['n_live']}/{w}",
-                      f"{e['two_part_bits']:.1f}", e["epochs"], e["best_epoch"], e["stop_reason"] + flag])
+for (w, s), search in sorted(searches.items()):
+    e = search.selected
+    if e is None:
+        k_max = k_of_index(max(r["k_index"] for r in rows if r["width"] == w and r["seed"] == s))
+        table.append([w, s, f"misses epsilon at every k tried (up to {k_max:g})"] + [None] * 11)
+        continue
+    flag = " (search running)" if not search.complete else ("" if e.bracketed else " (minimum not bracketed)")
+    table.append([w, s, f"{e.k:.2f}", f"{e.bits:.2f}", f"{e.mse_quantised:.6f}", f"{e.dl_bits:.2f}",
+                  e.whole_bits, f"{e.whole_dl_bits:.2f}", f"{e.l0:.2f}", f"{e.n_live}/{w}",
+                  f"{e.two_part_bits:.1f}", e.epochs, e.best_epoch, e.stop_reason + flag])
 display(Table(["width", "seed", "k", "b (bits)", "MSE(b)", "DL (bits)", "B (bits)", "DL(B) (bits)", "L0",
                "live", "2-part (bits)", "epochs", "best epoch", "stop"], table))
-selected = [e for w in widths_all for e in by_width[w]["seeds"].values() if e["reachable"]]
-in_band = all((1 - REL_BAND) * eps <= e["mse_quantised"] <= eps for e in selected)
+selected = [search.selected for search in searches.values() if search.selected is not None]
+in_band = all((1 - REL_BAND) * eps <= e.mse_quantised <= eps for e in selected)
 print(f"every selected SAE's quantised test MSE in [{(1 - REL_BAND) * eps:.6f}, {eps}]: {in_band}")
-print(f"selected SAEs that stopped at the epoch cap: {sum(e['stop_reason'] == 'max_epochs' for e in selected)}")
+print(f"selected SAEs that stopped at the epoch cap: {sum(e.stop_reason == 'max_epochs' for e in selected)}")
 
 # %% [markdown]
 # ## The optimum, with its uncertainty
@@ -233,42 +233,44 @@ print(f"selected SAEs that stopped at the epoch cap: {sum(e['stop_reason'] == 'm
 table = []
 for w in sorted(star):
     r = star[w]
-    m = res["margins"].get(str(w))
-    table.append([w, r["n_seeds"], f"{r['mean']:.2f}", None if r["seed_std"] is None else f"{r['seed_std']:.2f}",
-                  None if r["boot_ci"] is None else f"[{r['boot_ci'][0]:.2f}, {r['boot_ci'][1]:.2f}]",
+    m = res.margins.get(w)
+    table.append([w, r.n_seeds, f"{r.mean:.2f}", None if r.seed_std is None else f"{r.seed_std:.2f}",
+                  None if r.boot_ci is None else f"[{r.boot_ci[0]:.2f}, {r.boot_ci[1]:.2f}]",
                   "optimum" if m is None else f"{m[0]:+.2f}", None if m is None else f"{m[1]:.2f}"])
 display(Table(["width", "seeds", "mean DL* (bits)", "seed sd (bits)", "bootstrap 95% (bits)",
                "difference to optimum (bits)", "2 x se (bits)"], table))
-if res["provisional"]:
+if res.provisional:
     print(f"Provisional: the study is incomplete, so no optimum is final. Among the widths "
-          f"measured so far the smallest mean DL* is at width {res['optimum']}, and widths "
-          f"{list(res['tie_set'])} cannot be told apart from it.")
-elif res["resolved"]:
-    print(f"The epsilon-MDL optimum is resolved: width {res['optimum']}.")
+          f"measured so far the smallest mean DL* is at width {res.optimum}, and widths "
+          f"{list(res.tie_set)} cannot be told apart from it.")
+elif res.resolved:
+    print(f"The epsilon-MDL optimum is resolved: width {res.optimum}.")
 else:
-    print(f"The optimum is not resolved: widths {list(res['tie_set'])} cannot be told apart "
-          f"(smallest mean DL* at width {res['optimum']}).")
-if not res["seed_spread_known"]:
+    print(f"The optimum is not resolved: widths {list(res.tie_set)} cannot be told apart "
+          f"(smallest mean DL* at width {res.optimum}).")
+if not res.seed_spread_known:
     print("No width has two seeds yet, so the training noise is unknown and the margins above "
           "count the test digits' noise only.")
-few = [w for w in sorted(star) if star[w]["n_seeds"] < len(seeds)]
+few = [w for w in sorted(star) if star[w].n_seeds < len(seeds)]
 if few:
     print(f"widths with fewer than {len(seeds)} seeds (they borrow the pooled seed spread, "
-          f"{res['pooled_rel_seed_std'] if res['pooled_rel_seed_std'] is not None else 'unknown'}): {few}")
-for key, other in summary["rereads"].items():
+          f"{res.pooled_rel_seed_std if res.pooled_rel_seed_std is not None else 'unknown'}): {few}")
+for key, other in summary.rereads.items():
     if other is None:
         continue
-    inside = other["optimum"] in res["tie_set"]
-    print(f"reread at epsilon {key}: optimum width {other['optimum']}, tie set {list(other['tie_set'])}; "
+    inside = other.optimum in res.tie_set
+    print(f"reread at epsilon {key}: optimum width {other.optimum}, tie set {list(other.tie_set)}; "
           f"{'inside' if inside else 'outside'} the tie set at epsilon {eps:g}")
 
 # %% tags=["hide-input"]
 ws = np.array(sorted(star))
-mean = np.array([star[w]["mean"] for w in ws])
-sd = np.array([star[w]["seed_std"] or 0.0 for w in ws])
-lo = np.array([star[w]["boot_ci"][0] if star[w]["boot_ci"] else star[w]["mean"] for w in ws])
-hi = np.array([star[w]["boot_ci"][1] if star[w]["boot_ci"] else star[w]["mean"] for w in ws])
-sel0 = {w: by_width[w]["seeds"][seeds[0]] for w in ws if by_width[w]["seeds"].get(seeds[0], {}).get("reachable")}
+mean = np.array([star[w].mean for w in ws])
+sd = np.array([star[w].seed_std or 0.0 for w in ws])
+lo = np.array([star[w].boot_ci[0] if star[w].boot_ci else star[w].mean for w in ws])
+hi = np.array([star[w].boot_ci[1] if star[w].boot_ci else star[w].mean for w in ws])
+# Seed 0's DL-optimal SAE at each width whose seed-0 search reached epsilon.
+sel0 = {int(w): searches[(w, seeds[0])].selected for w in ws
+        if (w, seeds[0]) in searches and searches[(w, seeds[0])].selected is not None}
 
 
 def width_axis(ax, widths):
@@ -282,7 +284,7 @@ fig, axes = plots.figure(ncols=3, width=13.0, height=4.4)
 ax = axes[0, 0]
 ax.errorbar(ws, mean, yerr=sd, fmt="o-", capsize=3, label="DL* (mean over seeds, $\\pm$ seed sd)")
 ax.fill_between(ws, lo, hi, alpha=0.25, label="bootstrap 95% over test digits")
-for w in res["tie_set"]:
+for w in res.tie_set:
     ax.axvline(w, color=plots.COLORS[3], alpha=0.3, lw=6)
 width_axis(ax, ws)
 plots.label(ax, title="DL* against width (shaded bars: tie set)",
@@ -290,21 +292,21 @@ plots.label(ax, title="DL* against width (shaded bars: tie set)",
 _ = ax.legend(fontsize=7)
 ax = axes[0, 1]
 w0 = np.array(sorted(sel0))
-ax.plot(w0, [sel0[w]["dl_bits"] for w in w0], "o-", label="DL (per-sample part)")
-ax.plot(w0, [sel0[w]["two_part_bits"] for w in w0], "s--", label="DL + decoder bits / 60,000")
+ax.plot(w0, [sel0[w].dl_bits for w in w0], "o-", label="DL (per-sample part)")
+ax.plot(w0, [sel0[w].two_part_bits for w in w0], "s--", label="DL + decoder bits / 60,000")
 width_axis(ax, w0)
 plots.label(ax, title="The whole two-part code (seed 0)",
             xlabel="SAE width D (features)", ylabel="bits per digit")
 _ = ax.legend(fontsize=7)
 ax = axes[0, 2]
-ax.plot(w0, [100 * (1 - sel0[w]["n_live"] / w) for w in w0], "o-", color=plots.COLORS[1],
+ax.plot(w0, [100 * (1 - sel0[w].n_live / w) for w in w0], "o-", color=plots.COLORS[1],
         label="dead features (%)")
 twin = ax.twinx()
-twin.plot(w0, [sel0[w]["l0"] for w in w0], "s--", color=plots.COLORS[2], label="test L0")
+twin.plot(w0, [sel0[w].l0 for w in w0], "s--", color=plots.COLORS[2], label="test L0")
 twin.set_ylabel("L0 (active features per test digit)")
 twin.grid(False)
 width_axis(ax, w0)
-ax.set_ylim(-1, max(10.0, 110 * max(1 - sel0[w]["n_live"] / w for w in w0)))
+ax.set_ylim(-1, max(10.0, 110 * max(1 - sel0[w].n_live / w for w in w0)))
 plots.label(ax, title="Dead features and L0 at each width's DL* (seed 0)",
             xlabel="SAE width D (features)", ylabel="dead features (% never firing on test digits)")
 lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -326,7 +328,7 @@ if profile == "full" and legacy_path.is_file():
     legacy = {r["width"]: r for r in json.loads(legacy_path.read_text())["rows"] if r.get("dead_fraction") is not None}
 table = []
 for w in w0:
-    dead_w = 1 - sel0[w]["n_live"] / w
+    dead_w = 1 - sel0[w].n_live / w
     target = 0.05 if w <= 1024 else 0.20
     minutes = sum(r["train"]["train_seconds"] or 0 for r in rows if r["width"] == w) / 60
     table.append([w, f"{dead_w:.3f}", f"{target:.2f}", dead_w <= target,
@@ -346,11 +348,11 @@ fig, axes = plots.figure(width=7.0, height=4.0)
 ax = axes[0, 0]
 for i, w in enumerate(sorted(sel0)):
     e = sel0[w]
-    row = next(r for r in rows if r["width"] == w and r["seed"] == int(seeds[0]) and r["k_index"] == e["k_index"])
+    row = next(r for r in rows if r["width"] == w and r["seed"] == seeds[0] and r["k_index"] == e.k_index)
     val = np.array(row["train"]["curve"]["val_mse"])
     color = cmap(i / max(1, len(sel0) - 1))
     ax.plot(np.arange(1, len(val) + 1), val / val.min(), color=color, lw=1, label=f"width {w}")
-    ax.plot([e["best_epoch"]], [val[e["best_epoch"] - 1] / val.min()], "o", color=color, ms=4)
+    ax.plot([e.best_epoch], [val[e.best_epoch - 1] / val.min()], "o", color=color, ms=4)
 ax.set_ylim(0.99, 1.5)
 plots.label(ax, title="Validation MSE relative to its best, per epoch",
             xlabel="epoch", ylabel="validation MSE / best validation MSE")
@@ -365,17 +367,17 @@ _ = ax.legend(fontsize=7, ncol=2)
 # geometric mean. Below, a sample of each one's live decoder rows as 28 x 28 images.
 
 # %% tags=["hide-input"]
-points = summary["points"]
+points = summary.points  # name -> (width, seed)
 x_test, _ = load_mnist("test")
-x_test = x_test[: summary["settings"]["n_test"]]
+x_test = x_test[: run.n_test]
 x_train, _ = load_mnist("train")
-x_train = x_train[: summary["settings"]["n_train"]]
+x_train = x_train[: run.n_train]
 shown, not_stored = {}, []
-for name, p in points.items():
+for name, (width, seed) in points.items():
     try:
-        shown[name] = load_selected_sae(out_dir, p["width"], p["seed"])
+        shown[name] = load_selected_sae(out_dir, width, seed)
     except FileNotFoundError:  # weights over the repository's 5 MB file limit are not committed
-        not_stored.append(f"{name} (width {p['width']})")
+        not_stored.append(f"{name} (width {width})")
 if not_stored:
     print("SAEs not stored in the repository (over its 5 MB file limit; `python -m mdl_utils "
           "mnist-sweep --profile full` recreates them): " + ", ".join(not_stored))
@@ -393,7 +395,7 @@ for name, sae in sorted(shown.items()):
         suptitle=f"Point {name}: width {sae.width}, 24 of its {len(alive)} live features "
                  "(decoder weights per pixel)",
     )
-print("points: " + ", ".join(f"{n} = width {p['width']}" for n, p in sorted(points.items())))
+print("points: " + ", ".join(f"{n} = width {w}" for n, (w, _) in sorted(points.items())))
 
 # %% [markdown]
 # ## The paper's claims, as tests that can fail
@@ -416,7 +418,7 @@ for name, sae in shown.items():
     alive = rate > 0
     W = sae.W_dec_FD.detach().numpy()[alive]
     stats[name] = dict(cos=max_cosine_to_data(W, x_train), cov=pixel_coverage(W), use=rate[alive])
-claims = [verdicts.u_shape(res, [w for w in widths_all if by_width[w]["seeds"].get(seeds[0], {}).get("reachable")])]
+claims = [verdicts.u_shape(res, [w for w in widths_all if (w, seeds[0]) in searches and searches[(w, seeds[0])].reachable])]
 if "A" in stats:
     claims.append(verdicts.memorised_digits(stats["A"]["cos"], stats["A"]["use"], baseline))
 if "D" in stats:
@@ -424,10 +426,10 @@ if "D" in stats:
 if "C" in stats and "B" in stats:
     cov = {n: float(np.average(stats[n]["cov"], weights=stats[n]["use"])) for n in ("B", "C")}
     claims.append(verdicts.fragments(cov["C"], cov["B"]))
-claims.append(verdicts.l0_falls_with_width(list(w0), [sel0[w]["l0"] for w in w0]))
-claims.append(verdicts.dead_rise_near_turn(list(w0), [1 - sel0[w]["n_live"] / w for w in w0], res["optimum"]))
+claims.append(verdicts.l0_falls_with_width(list(w0), [sel0[w].l0 for w in w0]))
+claims.append(verdicts.dead_rise_near_turn(list(w0), [1 - sel0[w].n_live / w for w in w0], res.optimum))
 missing = sorted({"A", "B", "C", "D"} - set(stats))
-if not summary["complete"]:
+if not summary.complete:
     # Widths and seeds still to come can change every claim: report what the data so far give,
     # but no verdict.
     claims = [verdicts.Verdict(v.claim, "not resolved", v.rule,
@@ -459,10 +461,11 @@ if missing:
 table = []
 for name in sorted(shown):
     z, _ = usage[name]
-    e = sel0.get(points[name]["width"]) or by_width[points[name]["width"]]["seeds"][seeds[0]]
-    bins = 2 ** e["whole_bits"]
-    ours = description_length(z, bits=e["whole_bits"]).dl_bits
-    table.append([name, points[name]["width"], bins, f"{ours:.2f}", f"{saebench_dl(z, num_bins=bins):.2f}",
+    width, seed = points[name]
+    e = searches[(width, seed)].selected
+    bins = 2 ** e.whole_bits
+    ours = description_length(z, bits=e.whole_bits).dl_bits
+    table.append([name, width, bins, f"{ours:.2f}", f"{saebench_dl(z, num_bins=bins):.2f}",
                   f"{saebench_dl(z, num_bins=bins, max_floor=0.0):.2f}"])
 display(Table(["point", "width", "bins", "ours (bits)", "SAEBench (bits)", "SAEBench, no floor (bits)"], table))
 max_act = {name: float(usage[name][0].max()) for name in shown}
@@ -480,15 +483,16 @@ print("largest activation at each point: " + ", ".join(f"{n} {v:.2f}" for n, v i
 
 # %%
 for w in sorted({int(w0[0]), int(w0[-1])}):
-    share = sel0[w]["two_part_bits"] - sel0[w]["dl_bits"]
-    print(f"width {w}: DL {sel0[w]['dl_bits']:.1f} bits per digit; the float16 decoder adds {share:.1f} "
-          f"bits per digit over 60,000 digits ({share / sel0[w]['two_part_bits']:.0%} of the whole)")
+    share = sel0[w].two_part_bits - sel0[w].dl_bits
+    print(f"width {w}: DL {sel0[w].dl_bits:.1f} bits per digit; the float16 decoder adds {share:.1f} "
+          f"bits per digit over 60,000 digits ({share / sel0[w].two_part_bits:.0%} of the whole)")
 
 # %% [markdown]
 # ## Provenance
 
 # %%
-print(f"profile: {profile}; settings: {summary['settings']}")
-print(f"machine: {summary['machine']}; date: {summary['date']}; code version: {summary['code_version']}")
-print(f"{summary['n_saes_trained']} SAEs trained; training time {summary['training_time_s'] / 60:.1f} min; "
-      f"devices {summary['devices']}")
+meta = summary.metadata
+print(f"profile: {profile}; settings: {run}")
+print(f"machine: {meta.get('machine')}; date: {meta.get('date')}; code version: {meta.get('code_version')}")
+print(f"{summary.n_saes_trained} SAEs trained; training time {summary.training_time_s / 60:.1f} min; "
+      f"devices {list(summary.devices)}")

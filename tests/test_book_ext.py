@@ -33,15 +33,25 @@ def test_headline_says_not_yet_computed_without_committed_results(tmp_path):
 
 
 def _study_summary(resolved, tie, complete):
+    from dataclasses import asdict
+
+    from mdl_utils.study_plan import study_settings
+
+    seed = {"complete": True, "n_trained": 4, "n_at_epoch_cap": 0, "reachable": False}
     return {
-        "format_version": 2, "epsilon": 0.015, "n_saes_trained": 40, "complete": complete,
-        "remaining": [] if complete else [[1024, 0], [128, 1]],
-        "machine": "2-core CPU", "date": "2026-12-02", "code_version": "abc",
-        "widths": [{"width": w, "seeds": {"0": {"complete": True}}} for w in (64, 128, 256)],
-        "dl_star": [{"width": 64, "mean": 90.0, "n_seeds": 1, "boot_ci": [89.0, 91.0]},
-                    {"width": 128, "mean": 70.25, "n_seeds": 3, "boot_ci": [69.5, 71.0]},
-                    {"width": 256, "mean": 71.0, "n_seeds": 2, "boot_ci": None}],
-        "resolution": {"optimum": 128, "resolved": resolved, "tie_set": tie},
+        "format_version": 2, "settings": asdict(study_settings("quick")), "epsilon": 0.015,
+        "n_saes_trained": 40, "training_time_s": 100.0, "devices": ["cpu"],
+        "widths": [{"width": w, "seeds": {"0": seed}} for w in (64, 128, 256)],
+        "dl_star": [{"width": 64, "mean": 90.0, "n_seeds": 1, "seed_std": None, "boot_ci": [89.0, 91.0],
+                     "dl_by_seed": {"0": 90.0}},
+                    {"width": 128, "mean": 70.25, "n_seeds": 3, "seed_std": 0.5, "boot_ci": [69.5, 71.0],
+                     "dl_by_seed": {"0": 70.0, "1": 70.25, "2": 70.5}},
+                    {"width": 256, "mean": 71.0, "n_seeds": 2, "seed_std": 0.1, "boot_ci": None,
+                     "dl_by_seed": {"0": 71.0, "1": 71.0}}],
+        "resolution": {"optimum": 128, "resolved": resolved, "tie_set": tie, "margins": {},
+                       "pooled_rel_seed_std": None, "z": 2.0},
+        "rereads": {}, "points": {}, "remaining": [] if complete else [[1024, 0], [128, 1]],
+        "complete": complete, "machine": "2-core CPU", "date": "2026-12-02", "code_version": "abc",
     }
 
 
@@ -78,6 +88,11 @@ def test_headline_refuses_a_study_summary_in_another_format(tmp_path):
     path.unlink()
     (tmp_path / "meta.json").write_text(json.dumps({"machine": "x", "rows": [{"width": 8, "dl_bits": 3.0}]}))
     assert mdl_book.headline(tmp_path)[1] is False
+    broken = _study_summary(True, [128], True)
+    del broken["dl_star"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="is not a study summary.*dl_star"):
+        mdl_book.headline(tmp_path)
 
 
 def test_build_record_sums_papermill_durations_and_names_the_profile(tmp_path):

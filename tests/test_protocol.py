@@ -13,7 +13,6 @@ from scipy import sparse
 from mdl_utils.dl import description_length, feature_entropies, quantize
 from mdl_utils.protocol import (
     REL_BAND,
-    WidthSummary,
     bootstrap_dl,
     bootstrap_weights,
     continuous_precision,
@@ -22,11 +21,11 @@ from mdl_utils.protocol import (
     measure_sae,
     next_k_index,
     quantised_mse,
-    resolve_optimum,
     saebench_dl,
     sparse_latents,
     two_part_bits,
 )
+from mdl_utils.resolution import WidthSummary, resolve_optimum
 
 
 def _uniform_latents(n=20_000, d=8, density=0.5, seed=0):
@@ -215,7 +214,7 @@ def test_measure_sae_on_the_identity_sae(identity_sae):
 
 
 def test_optimum_rule_is_smallest_dl_then_narrowest_and_skips_misses():
-    from mdl_utils.protocol import optimum_index
+    from mdl_utils.resolution import optimum_index
 
     assert optimum_index([5.0, None, 3.0, 3.0], [8, 4, 32, 16]) == 3  # tie at 3.0: width 16 < 32
     assert optimum_index([None, None], [8, 16]) is None

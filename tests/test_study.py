@@ -170,9 +170,11 @@ def test_missing_study_says_how_to_make_it(tmp_path):
 def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir):
     from mdl_utils.data import load_mnist
 
-    summary, rows = load_study(FULL)
-    assert summary["format_version"] == RESULTS_FORMAT_VERSION
+    typed, rows = load_study(FULL)
+    summary = json.loads(json.dumps(typed.to_dict()))  # as stored: tuples become lists
+    assert typed.format_version == RESULTS_FORMAT_VERSION
     settings = study_settings("full")
+    assert typed.settings == settings
     recomputed = json.loads(json.dumps(summarise(settings, rows)))  # as stored: tuples become lists
     for key in ("dl_star", "resolution", "rereads", "points", "remaining", "widths"):
         assert recomputed[key] == summary[key], key
@@ -194,3 +196,39 @@ def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir
         assert (1 - 1e-3) * settings.epsilon <= m.precision.mse_quantised <= settings.epsilon
         checked += 1
     assert checked >= 1
+
+
+def test_the_typed_summary_reads_and_writes_the_summary_file_key_for_key(tiny, tmp_path):
+    from mdl_utils.study_summary import StudySummary, read_summary
+
+    root, _, summary = tiny
+    written = (root / "out" / "summary.json").read_text()
+    typed = read_summary(root / "out" / "summary.json")
+    assert json.dumps(typed.to_dict(), indent=2) == written  # byte for byte, metadata included
+    assert typed.settings == SETTINGS and typed.complete and typed.remaining == ()
+    # The typed view says what the dict says, by an independent reading of the dict.
+    for entry in summary["widths"]:
+        for seed, s in entry["seeds"].items():
+            search = typed.searches[(entry["width"], int(seed))]
+            assert (search.complete, search.reachable, search.dl_bits) == (s["complete"], s["reachable"],
+                                                                           s.get("dl_bits"))
+    best = typed.dl_star_of(summary["resolution"]["optimum"])
+    assert best.mean == min(w["mean"] for w in summary["dl_star"])
+    assert typed.resolution.tie_set == tuple(summary["resolution"]["tie_set"])
+    assert typed.points == {n: (p["width"], p["seed"]) for n, p in summary["points"].items()}
+    with pytest.raises(KeyError, match="no finished search"):
+        typed.dl_star_of(12345)
+    # An unreachable search keeps only its four base keys; an in-memory summary has no metadata.
+    bare = StudySummary.from_dict(json.loads(json.dumps(summary)))
+    assert json.loads(json.dumps(bare.to_dict())) == json.loads(json.dumps(summary))
+    other = dict(json.loads(written), format_version=1)
+    (tmp_path / "old.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="results format 1"):
+        read_summary(tmp_path / "old.json")
+
+
+def test_the_committed_summary_round_trips_through_the_typed_summary():
+    from mdl_utils.study_summary import read_summary
+
+    for path in (FULL / "summary.json", REPO / "results" / "full" / "downstream" / "ce" / "summary.json"):
+        assert json.dumps(read_summary(path).to_dict(), indent=2) == path.read_text(), path

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from mdl_utils import verdicts
+from mdl_utils.resolution import Resolution
 
 
 def _resolution(optimum, tie, margins):
-    return {"optimum": optimum, "tie_set": tie, "margins": {str(w): v for w, v in margins.items()}}
+    return Resolution(optimum=optimum, resolved=len(tie) == 1, tie_set=tuple(tie), margins=margins,
+                      pooled_rel_seed_std=None, z=2.0)
 
 
 def test_u_shape():
@@ -74,7 +76,8 @@ def test_dead_rise_near_turn():
 
 
 def _res(optimum, tie, resolved, provisional=False):
-    return {"optimum": optimum, "tie_set": list(tie), "resolved": resolved, "provisional": provisional}
+    return Resolution(optimum=optimum, resolved=resolved, tie_set=tuple(tie), margins={}, pooled_rel_seed_std=None,
+                      z=2.0, provisional=provisional)
 
 
 def test_t_interval_matches_the_formula_by_hand():

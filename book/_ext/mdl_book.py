@@ -59,40 +59,38 @@ def study_headline(summary_path: Path) -> str:
     States the optimum as the study's resolution rule gives it: one width when resolved, else
     the set of widths it cannot tell apart, and how much of the study the committed rows cover.
     """
-    from mdl_utils.profiles import read_results
-    from mdl_utils.study_summary import RESULTS_FORMAT_VERSION
+    from mdl_utils.study_summary import read_summary
 
     # The study's own reader: a summary in another format stops the strict build here.
-    summary = read_results(summary_path, version=RESULTS_FORMAT_VERSION,
-                           how_to_make="run `python -m mdl_utils mnist-sweep --profile full --summary-only`")
-    res = summary.get("resolution")
-    done = sum(1 for w in summary["widths"] for s in w["seeds"].values() if s["complete"])
-    status = ("the study is complete" if summary.get("complete") else
+    summary = read_summary(summary_path)
+    res = summary.resolution
+    done = sum(1 for s in summary.searches.values() if s.complete)
+    status = ("the study is complete" if summary.complete else
               f"the committed rows cover {done} (width, seed) searches so far, "
-              f"{len(summary.get('remaining', []))} remain")
+              f"{len(summary.remaining)} remain")
     if res is None:
-        return (f"**In progress.** The chapter-3 study has trained {summary['n_saes_trained']} SAEs; "
+        return (f"**In progress.** The chapter-3 study has trained {summary.n_saes_trained} SAEs; "
                 f"no width has a finished search yet ({status}).")
-    star = {row["width"]: row for row in summary["dl_star"]}
-    best = star[res["optimum"]]
-    ci = best.get("boot_ci")
-    ci_text = f" (bootstrap 95% interval {ci[0]:.1f} to {ci[1]:.1f})" if ci else ""
-    tie = ", ".join(str(w) for w in res["tie_set"])
-    if res.get("provisional"):
+    widths = [e.width for e in summary.dl_star]
+    best = summary.dl_star_of(res.optimum)
+    ci_text = f" (bootstrap 95% interval {best.boot_ci[0]:.1f} to {best.boot_ci[1]:.1f})" if best.boot_ci else ""
+    tie = ", ".join(str(w) for w in res.tie_set)
+    if res.provisional:
         opt = (f"this is **provisional**, as the study is incomplete (so far widths {tie} "
                "cannot be told apart)")
-    elif res["resolved"]:
-        opt = f"the optimum is **resolved: width {res['optimum']}**"
+    elif res.resolved:
+        opt = f"the optimum is **resolved: width {res.optimum}**"
     else:
         opt = f"the optimum is **not resolved**: widths {tie} cannot be told apart"
     source = (RESULTS_DIR / STUDY_SUMMARY).as_posix()
+    meta = summary.metadata
     return (
-        f"At a test MSE of {summary['epsilon']:g} per pixel, among {len(star)} widths measured "
-        f"({min(star)} to {max(star)}), the smallest mean description length is "
-        f"**{best['mean']:.1f} bits per test digit** at width {res['optimum']}{ci_text}, over "
-        f"{best['n_seeds']} seed(s); {opt}. Of {summary['n_saes_trained']} SAEs trained, "
-        f"{status}. (Read from `{source}`; machine: {summary.get('machine')}, date: "
-        f"{summary.get('date')}, code version: {summary.get('code_version')}.)"
+        f"At a test MSE of {summary.epsilon:g} per pixel, among {len(widths)} widths measured "
+        f"({min(widths)} to {max(widths)}), the smallest mean description length is "
+        f"**{best.mean:.1f} bits per test digit** at width {res.optimum}{ci_text}, over "
+        f"{best.n_seeds} seed(s); {opt}. Of {summary.n_saes_trained} SAEs trained, "
+        f"{status}. (Read from `{source}`; machine: {meta.get('machine')}, date: "
+        f"{meta.get('date')}, code version: {meta.get('code_version')}.)"
     )
 
 

@@ -1,0 +1,180 @@
+"""Across widths: which epsilon-MDL optimum the data can tell apart from the rest.
+
+DL*(width) varies with the training seed and with the test digits it is measured on
+(:func:`mdl_utils.protocol.bootstrap_dl`). :func:`resolve_optimum` calls the width with the
+smallest mean DL* *resolved* only when every other width's DL* is higher by more than the
+combined uncertainty of the difference; otherwise it reports the set of widths that cannot be
+told apart. :func:`optimum_index` is the selection rule itself (smallest DL, ties to the
+narrower width), written once for the whole library.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WidthSummary", "Resolution", "optimum_index", "resolve_optimum"]
+
+
+@dataclass(frozen=True)
+class WidthSummary:
+    """DL*(width) over seeds: each seed's minimum over k, and their bootstrap replicates.
+
+    Attributes:
+        width: the SAE width.
+        dl_by_seed: each seed's DL*, the minimum over k (seed -> bits per sample).
+        boot_by_seed: the bootstrap replicates of each seed's DL* SAE (seed -> array).
+    """
+
+    width: int
+    dl_by_seed: dict[int, float]
+    boot_by_seed: dict[int, list[float]]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.dl_by_seed)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.dl_by_seed.values())))
+
+    @property
+    def seed_std(self) -> float | None:
+        """Sample standard deviation over seeds (None with fewer than 2 seeds)."""
+        if self.n_seeds < 2:
+            return None
+        return float(np.std(list(self.dl_by_seed.values()), ddof=1))
+
+    def boot_mean(self) -> np.ndarray | None:
+        """The seed-mean DL* on each bootstrap replicate (None without replicates)."""
+        arrays = [np.asarray(v) for v in self.boot_by_seed.values() if len(v)]
+        if len(arrays) != self.n_seeds or not arrays:
+            return None
+        return np.mean(arrays, axis=0)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which width is the epsilon-MDL optimum, and whether the data can say so.
+
+    Attributes:
+        optimum: the width with the smallest mean DL*.
+        resolved: every other width's mean DL* exceeds the optimum's by more than
+            ``z`` combined standard errors of the difference.
+        tie_set: the widths not distinguishable from the optimum (the optimum included).
+        margins: for each other width, (difference of mean DL*, its combined uncertainty
+            ``z * se``), bits per sample.
+        pooled_rel_seed_std: the relative seed spread used for widths with one seed.
+        z: the multiplier (2: about 95% for a normal difference).
+        seed_spread_known: False when some width has one seed and no width has two, so the
+            training noise is unknown; the margins then hold the test-digit noise alone and
+            the optimum is never called resolved.
+        provisional: searches that can still change the optimum remain (a study's summary
+            sets it; :func:`resolve_optimum` leaves it False); a provisional optimum is
+            never resolved.
+    """
+
+    optimum: int
+    resolved: bool
+    tie_set: tuple[int, ...]
+    margins: dict[int, tuple[float, float]]
+    pooled_rel_seed_std: float | None
+    z: float
+    seed_spread_known: bool = True
+    provisional: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict form (margins keyed by the width as text), as summaries store it."""
+        out = asdict(self)
+        out["margins"] = {str(w): list(v) for w, v in self.margins.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Resolution:
+        """Read the form :meth:`Resolution.to_dict` writes."""
+        return cls(
+            optimum=int(d["optimum"]),
+            resolved=bool(d["resolved"]),
+            tie_set=tuple(int(w) for w in d["tie_set"]),
+            margins={int(w): (float(v[0]), float(v[1])) for w, v in d["margins"].items()},
+            pooled_rel_seed_std=d["pooled_rel_seed_std"],
+            z=float(d["z"]),
+            seed_spread_known=bool(d.get("seed_spread_known", True)),
+            provisional=bool(d.get("provisional", False)),
+        )
+
+
+def optimum_index(dl_bits: Sequence[float | None], widths: Sequence[int]) -> int | None:
+    """The epsilon-MDL rule, written once: the index of the smallest DL, ties to the narrower
+    width, among the entries that have a DL (None: the SAE misses the tolerance).
+
+    Returns None when no entry has a DL. Every selection in the library goes through it.
+    """
+    if len(dl_bits) != len(widths):
+        raise ValueError(f"dl_bits and widths differ in length ({len(dl_bits)} and {len(widths)})")
+    have = [i for i, v in enumerate(dl_bits) if v is not None]
+    return min(have, key=lambda i: (dl_bits[i], widths[i])) if have else None
+
+
+def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Resolution:
+    """Decide whether the width with the smallest mean DL* is distinguishable from the rest.
+
+    For widths a (the optimum) and b, the difference of mean DL* has two sources of
+    uncertainty, added in quadrature: training seeds (``s_a**2 / n_a + s_b**2 / n_b``, with
+    each width's sample standard deviation over seeds; a width with one seed borrows the
+    pooled *relative* spread of the widths with several) and the test digits (the variance
+    of the difference over paired bootstrap replicates, when both have them). Width b is
+    distinguishable when the difference exceeds ``z`` times the combined standard error.
+
+    The optimum is never called resolved when it is the only width, or when the training
+    noise is unknown (see :attr:`Resolution.seed_spread_known`).
+
+    Raises:
+        ValueError: no summaries, or a summary without seeds.
+    """
+    if not summaries:
+        raise ValueError("no widths to compare")
+    for s in summaries:
+        if s.n_seeds == 0:
+            raise ValueError(f"width {s.width} has no measured seed")
+    rel = [s.seed_std / s.mean for s in summaries if s.seed_std is not None and s.mean > 0]
+    pooled = float(np.sqrt(np.mean(np.square(rel)))) if rel else None
+    best_at = optimum_index([s.mean for s in summaries], [s.width for s in summaries])
+    assert best_at is not None  # every summary has a mean
+    best = summaries[best_at]
+
+    def seed_var(s: WidthSummary) -> float:
+        std = s.seed_std
+        if std is None:
+            std = (pooled or 0.0) * s.mean
+        return std**2 / s.n_seeds
+
+    best_boot = best.boot_mean()
+    margins: dict[int, tuple[float, float]] = {}
+    tie = [best.width]
+    for s in summaries:
+        if s.width == best.width:
+            continue
+        diff = s.mean - best.mean
+        var = seed_var(s) + seed_var(best)
+        other_boot = s.boot_mean()
+        if best_boot is not None and other_boot is not None and len(other_boot) == len(best_boot):
+            var += float(np.var(other_boot - best_boot, ddof=1))
+        unc = z * math.sqrt(var)
+        margins[s.width] = (diff, unc)
+        if diff <= unc:
+            tie.append(s.width)
+    known = pooled is not None or all(s.seed_std is not None for s in summaries)
+    return Resolution(
+        optimum=best.width,
+        resolved=len(tie) == 1 and len(summaries) > 1 and known,
+        tie_set=tuple(sorted(tie)),
+        margins=margins,
+        pooled_rel_seed_std=pooled,
+        z=z,
+        seed_spread_known=known,
+    )
