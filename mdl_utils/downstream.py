@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdl_utils.downstream_results import ARMS, DownstreamResults
 from mdl_utils.entropy import description_length
 from mdl_utils.resolution import Resolution
 from mdl_utils.executors import Executor, SerialExecutor
@@ -109,14 +110,10 @@ __all__ = [
     "load_arm_sae",
     "main",
     "RESULTS_FORMAT_VERSION",
-    "ARMS",
     "EXTRA_FIELDS",
 ]
 
 RESULTS_FORMAT_VERSION = 2
-
-#: The two arms: the tolerance on the classifier's cross-entropy, and the calibrated MSE one.
-ARMS: tuple[str, ...] = ("ce", "mse")
 
 #: Cross-entropy readings copied from each selected SAE's row into the arm's summary.
 EXTRA_FIELDS: tuple[str, ...] = (
@@ -184,7 +181,16 @@ class DownstreamSettings:
             train=dict(self.train),
         )
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DownstreamSettings:
+        """Rebuild the settings from :meth:`to_dict`'s form (as ``downstream.json`` stores them)."""
+        fields = dict(d)
+        fields["classifier"] = ClassifierConfig(**fields["classifier"])
+        fields["reread"] = tuple(fields["reread"])
+        return cls(**fields)
+
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict form (lists for the tuples, the classifier's config nested)."""
         d = asdict(self)
         d["classifier"] = self.classifier.to_dict()
         d["widths"], d["seeds"], d["reread"] = list(self.widths), list(self.seeds), list(self.reread)
@@ -628,12 +634,13 @@ def summarise_downstream(
     }
 
 
-def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], MLPClassifier]:
-    """Read a (finished or partial) run: ``downstream.json`` and the classifier.
+def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[DownstreamResults, MLPClassifier]:
+    """Read a (finished or partial) run: ``downstream.json`` (typed,
+    :class:`mdl_utils.downstream_results.DownstreamResults`) and the classifier.
 
     Raises:
         FileNotFoundError: ``out_dir`` holds no ``downstream.json`` (the message says how to make it).
-        ValueError: the file was written by another results format.
+        ValueError: the file was written by another results format, or lacks what it should hold.
     """
     out = Path(out_dir)
     payload = read_results(
@@ -642,8 +649,12 @@ def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], ML
         how_to_make=f"run `python -m mdl_utils downstream --profile full --out {out}` (or the "
         "chapter with retrain=True) to compute it",
     )
-    model, _ = load_classifier(out / payload["classifier"]["path"])
-    return payload, model
+    try:
+        results = DownstreamResults.from_dict(payload)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{out / 'downstream.json'} is not chapter 7's results ({type(err).__name__}: {err})") from err
+    model, _ = load_classifier(out / results.classifier.path)
+    return results, model
 
 
 def load_arm_sae(out_dir: str | os.PathLike[str], arm: str, width: int, seed: int) -> BatchTopKSAE:

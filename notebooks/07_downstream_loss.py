@@ -73,7 +73,10 @@ from IPython.display import display
 
 from mdl_utils import plots
 from mdl_utils.data import load_mnist
-from mdl_utils.downstream import ARMS, load_arm_sae, load_downstream, precision_curve, run_downstream, settings_for
+from mdl_utils.downstream import (
+    DownstreamSettings, load_arm_sae, load_downstream, precision_curve, run_downstream, settings_for,
+)
+from mdl_utils.downstream_results import ARMS
 from mdl_utils.models import accuracy, hidden_activations, splice_loss
 from mdl_utils.profiles import cache_dir, results_dir
 from mdl_utils.study import load_rows
@@ -86,10 +89,10 @@ if profile == "full" and not retrain:
 else:
     out_dir = cache_dir() / "downstream" / profile
     run_downstream(settings_for(profile), out_dir, progress=False)
-run, model = load_downstream(out_dir)
-settings = run["settings"]
-eps = {"ce": run["epsilon_ce"], "mse": run["epsilon_mse"]}
-arms = {arm: run[arm] for arm in ARMS if run[arm] is not None}
+run, model = load_downstream(out_dir)  # typed results (DownstreamResults) and the classifier
+settings = DownstreamSettings.from_dict(run.settings)
+eps = {arm: run.epsilon(arm) for arm in ARMS}
+arms = run.arms  # arm -> its study summary (StudySummary), for the arms that have started
 rows = {arm: load_rows(out_dir / arm) for arm in arms}
 NAMES = {"ce": "cross-entropy", "mse": "MSE"}
 UNITS = {"ce": "nats per digit", "mse": "per hidden unit"}
@@ -102,7 +105,7 @@ UNITS = {"ce": "nats per digit", "mse": "per hidden unit"}
 
 # %%
 x_test, y_test = load_mnist("test")
-n_test = settings["n_test"] or len(x_test)
+n_test = settings.n_test or len(x_test)
 x_test, y_test = x_test[:n_test], y_test[:n_test]
 h_test = hidden_activations(model, x_test)
 identity = splice_loss(model, h_test, h_test, y_test)
@@ -114,15 +117,14 @@ print(f"classifier: hidden layer of {model.d_hidden} units; "
 print(f"on the {n_test} test digits used here: cross-entropy {identity.ce_clean:.4f} nats per digit, "
       f"accuracy {identity.accuracy_clean:.4f}")
 print(f"splicing in the activations themselves: cross-entropy increase {identity.ce_increase:.4f} nats")
-print(f"activation variance {run['activation_variance']:.4f} per unit (mean over units)")
+print(f"activation variance {run.activation_variance:.4f} per unit (mean over units)")
 print(f"epsilon_CE = {eps['ce']} nats per digit")
-if run["calibration"] is None:
+if run.calibration is None:
     print("epsilon_MSE: not calibrated yet (the first seed's cross-entropy searches are still running)")
 else:
-    cal = run["calibration"]
-    print(f"epsilon_MSE = {eps['mse']} per unit ({eps['mse'] / run['activation_variance']:.1%} of the variance): "
-          f"{cal['rule']}; per width: "
-          + ", ".join(f"{w}: {v:.4f}" for w, v in sorted(cal["per_width"].items(), key=lambda kv: int(kv[0]))))
+    cal = run.calibration
+    print(f"epsilon_MSE = {eps['mse']} per unit ({eps['mse'] / run.activation_variance:.1%} of the variance): "
+          f"{cal.rule}; per width: " + ", ".join(f"{w}: {v:.4f}" for w, v in sorted(cal.per_width.items())))
 
 # %% [markdown]
 # ## How far the study has got
@@ -132,20 +134,20 @@ else:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{run['n_saes_trained']} SAE rows in all ({run['training_time_s'] / 3600:.2f} h of training); "
-      f"{'complete' if run['complete'] else 'not complete'}")
+print(f"{run.n_saes_trained} SAE rows in all ({run.training_time_s / 3600:.2f} h of training); "
+      f"{'complete' if run.complete else 'not complete'}")
 for arm in ARMS:
     if arm not in arms:
         print(f"{NAMES[arm]}: not started")
         continue
     s = arms[arm]
     n_capped = sum(r["train"]["stop_reason"] == "max_epochs" for r in rows[arm])
-    state = "complete" if s["complete"] else f"{len(s['remaining'])} (width, seed) searches remain"
-    print(f"{NAMES[arm]}: {s['n_saes_trained']} SAEs, {n_capped} stopped at the epoch cap; {state}")
-    for e in s["widths"]:
-        print(f"  width {e['width']:5d}: " + "; ".join(
-            f"seed {seed}: " + ("done" if v["complete"] else "running") + ("" if v["reachable"] else ", misses eps")
-            for seed, v in e["seeds"].items()))
+    state = "complete" if s.complete else f"{len(s.remaining)} (width, seed) searches remain"
+    print(f"{NAMES[arm]}: {s.n_saes_trained} SAEs, {n_capped} stopped at the epoch cap; {state}")
+    for w in s.widths:
+        print(f"  width {w:5d}: " + "; ".join(
+            f"seed {seed}: " + ("done" if v.complete else "running") + ("" if v.reachable else ", misses eps")
+            for (w_, seed), v in s.searches.items() if w_ == w))
 
 # %% [markdown]
 # ## Results per width
@@ -158,15 +160,15 @@ for arm in ARMS:
 # NBVAL_CHECK_OUTPUT
 for arm, s in arms.items():
     table = []
-    for e in s["widths"]:
-        for seed, v in e["seeds"].items():
-            if not v["reachable"]:
-                table.append([e["width"], seed, "misses eps"] + [None] * 9)
-                continue
-            table.append([e["width"], seed, f"{v['k']:.3g}", f"{v['bits']:.2f}", f"{v['dl_bits']:.2f}",
-                          f"{v['l0']:.2f}", f"{v['n_live']}/{e['width']}", f"{v['ce_increase_quantised']:.4f}",
-                          f"{v['mse_quantised']:.5f}", f"{v['accuracy_spliced']:.4f}",
-                          f"{v['epochs']} ({v['best_epoch']})", v["stop_reason"] + ("" if v["complete"] else ", search running")])
+    for (w, seed), v in sorted(s.searches.items()):
+        e = v.selected  # the measure's cross-entropy readings are in e.extra
+        if e is None:
+            table.append([w, seed, "misses eps"] + [None] * 9)
+            continue
+        table.append([w, seed, f"{e.k:.3g}", f"{e.bits:.2f}", f"{e.dl_bits:.2f}", f"{e.l0:.2f}", f"{e.n_live}/{w}",
+                      f"{e.extra['ce_increase_quantised']:.4f}", f"{e.mse_quantised:.5f}",
+                      f"{e.extra['accuracy_spliced']:.4f}", f"{e.epochs} ({e.best_epoch})",
+                      e.stop_reason + ("" if v.complete else ", search running")])
     display(Table(["width", "seed", "k", "b (bits)", "DL (bits)", "L0", "live", "dCE(b) (nats)", "MSE(b)",
                    "accuracy(b)", "epochs (best)", "stop"], table,
                   caption=f"{NAMES[arm]} tolerance, epsilon = {eps[arm]} {UNITS[arm]}"))
@@ -181,17 +183,16 @@ for arm, s in arms.items():
 # %% tags=["hide-input"]
 fig, axes = plots.figure(ncols=2, width=11.0, height=4.2)
 for color, (arm, s) in zip(plots.COLORS, arms.items()):
-    star = s["dl_star"]
+    star = s.dl_star
     if not star:
         continue
-    ws = [r["width"] for r in star]
-    axes[0, 0].errorbar(ws, [r["mean"] for r in star], yerr=[r["seed_std"] or 0.0 for r in star], fmt="o-",
+    ws = [r.width for r in star]
+    axes[0, 0].errorbar(ws, [r.mean for r in star], yerr=[r.seed_std or 0.0 for r in star], fmt="o-",
                         capsize=3, color=color, label=f"{NAMES[arm]}, $\\epsilon$ = {eps[arm]}")
-    res = s["resolution"]
-    best = next(r for r in star if r["width"] == res["optimum"])
-    axes[0, 0].plot([best["width"]], [best["mean"]], "*", color=color, ms=16)
-    l0 = [np.mean([v["l0"] for v in e["seeds"].values() if v.get("reachable") and v["complete"]] or [np.nan])
-          for e in s["widths"] if e["width"] in ws]
+    best = s.dl_star_of(s.resolution.optimum)
+    axes[0, 0].plot([best.width], [best.mean], "*", color=color, ms=16)
+    l0 = [np.mean([v.selected.l0 for (w_, _), v in s.searches.items()
+                   if w_ == w and v.selected is not None and v.complete] or [np.nan]) for w in ws]
     axes[0, 1].plot(ws, l0, "o-", color=color, label=NAMES[arm])
 for ax in axes[0]:
     ax.set_xscale("log", base=2)
@@ -205,18 +206,18 @@ plots.label(axes[0, 1], title="L0 at DL* against width (mean over seeds)",
 # %%
 # NBVAL_CHECK_OUTPUT
 for arm, s in arms.items():
-    res = s["resolution"]
+    res = s.resolution
     if res is None:
         print(f"{NAMES[arm]}: no finished search yet")
         continue
-    word = "resolved" if res["resolved"] else "not resolved"
-    print(f"{NAMES[arm]}: optimum width {res['optimum']} ({word}); tie set {list(res['tie_set'])}"
-          + ("; provisional, searches remain" if res.get("provisional") else ""))
-    for r in s["dl_star"]:
-        margin = res["margins"].get(str(r["width"]))
+    word = "resolved" if res.resolved else "not resolved"
+    print(f"{NAMES[arm]}: optimum width {res.optimum} ({word}); tie set {list(res.tie_set)}"
+          + ("; provisional, searches remain" if res.provisional else ""))
+    for r in s.dl_star:
+        margin = res.margins.get(r.width)
         extra = "" if margin is None else f"; {margin[0]:+.2f} bits from the optimum (uncertainty {margin[1]:.2f})"
-        print(f"  width {r['width']:5d}: DL* {r['mean']:.2f} bits, {r['n_seeds']} seed(s)"
-              + ("" if r["seed_std"] is None else f", seed sd {r['seed_std']:.2f}") + extra)
+        print(f"  width {r.width:5d}: DL* {r.mean:.2f} bits, {r.n_seeds} seed(s)"
+              + ("" if r.seed_std is None else f", seed sd {r.seed_std:.2f}") + extra)
 
 # %% [markdown]
 # ## Equal MSE is not equal harm
@@ -229,11 +230,13 @@ for arm, s in arms.items():
 
 # %% tags=["hide-input"]
 def by_width(s, key):
+    """Mean and seed sd of one reading (a Selection field, or the measure's extra) per width."""
     out = {}
-    for e in s["widths"]:
-        vals = [v[key] for v in e["seeds"].values() if v.get("reachable") and v["complete"]]
+    for w in s.widths:
+        vals = [v.selected.extra.get(key, getattr(v.selected, key, None)) for (w_, _), v in s.searches.items()
+                if w_ == w and v.selected is not None and v.complete]
         if vals:
-            out[e["width"]] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+            out[w] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
     return out
 
 
@@ -264,23 +267,23 @@ plots.label(axes[0, 1], title="SAEs selected at equal harm: their MSE",
 # curves approach as the bins shrink, and the vertical line is the SAE's precision.
 
 # %% tags=["hide-input"]
-if "ce" in arms and arms["ce"]["resolution"] is not None:
-    w_best = arms["ce"]["resolution"]["optimum"]
-    first = str(settings["seeds"][0])
-    entry = next(e for e in arms["ce"]["widths"] if e["width"] == w_best)["seeds"][first]
-    sae = load_arm_sae(out_dir, "ce", w_best, int(first))
+if "ce" in arms and arms["ce"].resolution is not None:
+    w_best = arms["ce"].resolution.optimum
+    first = settings.seeds[0]
+    entry = arms["ce"].searches[(w_best, first)].selected
+    sae = load_arm_sae(out_dir, "ce", w_best, first)
     curve = precision_curve(sae, model, h_test, y_test)
     fig, axes = plots.figure(ncols=2, width=11.0, height=4.0)
     axes[0, 0].plot(curve["bits"], curve["ce_increase"], "o-", ms=3, label="quantised latents")
-    axes[0, 0].axhline(entry["ce_increase"], ls=":", color="gray", label="unquantised")
+    axes[0, 0].axhline(entry.extra["ce_increase"], ls=":", color="gray", label="unquantised")
     axes[0, 0].axhline(eps["ce"], ls="--", color=plots.COLORS[0], label="$\\epsilon_{CE}$")
-    axes[0, 0].axvline(entry["bits"], color=plots.COLORS[2], lw=1, label="precision b")
+    axes[0, 0].axvline(entry.bits, color=plots.COLORS[2], lw=1, label="precision b")
     axes[0, 0].legend(fontsize=8)
     plots.label(axes[0, 0], title=f"Width-{w_best} SAE: harm against precision",
                 xlabel="b (bits per non-zero latent)", ylabel="cross-entropy increase (nats per digit)")
     axes[0, 1].plot(curve["bits"], curve["mse"], "o-", ms=3, color=plots.COLORS[1], label="quantised latents")
-    axes[0, 1].axhline(entry["mse"], ls=":", color="gray", label="unquantised")
-    axes[0, 1].axvline(entry["bits"], color=plots.COLORS[2], lw=1, label="precision b")
+    axes[0, 1].axhline(entry.mse, ls=":", color="gray", label="unquantised")
+    axes[0, 1].axvline(entry.bits, color=plots.COLORS[2], lw=1, label="precision b")
     axes[0, 1].set_yscale("log")
     axes[0, 1].legend(fontsize=8)
     plots.label(axes[0, 1], title=f"Width-{w_best} SAE: MSE against precision",
@@ -295,8 +298,8 @@ if "ce" in arms and arms["ce"]["resolution"] is not None:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for v in run["verdicts"]:
-    print(f"[{v['answer']}] {v['claim']}\n    rule: {v['rule']}\n    evidence: {v['evidence']}")
+for v in run.verdicts:
+    print(f"[{v.answer}] {v.claim}\n    rule: {v.rule}\n    evidence: {v.evidence}")
 
 # %% [markdown]
 # ## Reading the verdicts
@@ -317,6 +320,7 @@ for v in run["verdicts"]:
 
 # %%
 print(f"profile: {profile}; settings: {settings}")
-print(f"machine: {run['machine']}; date: {run['date']}; executor: {run.get('executor')}")
-print(f"{run['n_saes_trained']} SAE rows; training time {run['training_time_s'] / 60:.1f} min; "
-      f"wall time of the last run {run['wall_time_s'] / 60:.1f} min")
+meta = run.metadata
+print(f"machine: {meta.get('machine')}; date: {meta.get('date')}; executor: {meta.get('executor')}")
+print(f"{run.n_saes_trained} SAE rows; training time {run.training_time_s / 60:.1f} min; "
+      f"wall time of the last run {meta.get('wall_time_s', 0.0) / 60:.1f} min")

@@ -191,7 +191,7 @@ def test_miniature_study_of_both_arms_resumes_and_reproduces_from_its_stored_sae
     settings, out, cache = _mini(), tmp_path / "out", tmp_path / "cache"
     payload = run_downstream(settings, out, cache=cache, progress=False)
     assert payload["complete"] and payload["calibration"] is not None
-    assert payload == load_downstream(out)[0] == json.loads((out / "downstream.json").read_text())
+    assert payload == load_downstream(out)[0].to_dict() == json.loads((out / "downstream.json").read_text())
     eps = {"ce": settings.epsilon_ce, "mse": payload["epsilon_mse"]}
     # The calibration is the rule applied to the cross-entropy arm's first seed.
     assert payload["calibration"] == calibrate_epsilon_mse(payload["ce"], 0)
@@ -244,7 +244,8 @@ def test_committed_selected_saes_reproduce_their_rows(mnist_source_dir):
         pytest.skip("no committed full-profile results (python -m mdl_utils downstream --profile full)")
     from mdl_utils.data import load_mnist
 
-    payload, model = load_downstream(COMMITTED)
+    typed, model = load_downstream(COMMITTED)
+    payload = typed.to_dict()
     x_test, y_test = load_mnist("test")
     n_test = payload["settings"]["n_test"]
     x_test, y_test = (x_test[:n_test], y_test[:n_test]) if n_test else (x_test, y_test)
@@ -269,3 +270,28 @@ def test_committed_selected_saes_reproduce_their_rows(mnist_source_dir):
                 checked += 1
     if not checked:
         pytest.skip("no finished search committed yet")
+
+
+def test_the_typed_results_read_and_write_downstream_json_key_for_key(tmp_path):
+    from mdl_utils.downstream_results import DownstreamResults
+
+    path = COMMITTED / "downstream.json"
+    if not path.is_file():
+        pytest.skip("no committed full-profile results")
+    raw = json.loads(path.read_text())
+    typed = DownstreamResults.from_dict(raw)
+    assert json.dumps(typed.to_dict(), indent=2) == path.read_text()
+    # The typed view says what the dict says.
+    assert set(typed.arms) == {arm for arm in ("ce", "mse") if raw[arm] is not None}
+    assert typed.epsilon("ce") == raw["epsilon_ce"] and typed.epsilon("mse") == raw["epsilon_mse"]
+    assert [v.answer for v in typed.verdicts] == [v["answer"] for v in raw["verdicts"]]
+    if typed.ce is not None and typed.ce.resolution is not None:
+        assert typed.ce.resolution.optimum == raw["ce"]["resolution"]["optimum"]
+    with pytest.raises(ValueError, match="arm must be one of"):
+        typed.epsilon("kl")
+    # A file without what the job writes is refused by name.
+    broken = tmp_path / "out"
+    broken.mkdir()
+    (broken / "downstream.json").write_text(json.dumps({**raw, "verdicts": None}))
+    with pytest.raises(ValueError, match="is not chapter 7's results"):
+        load_downstream(broken)
