@@ -191,7 +191,8 @@ def test_miniature_study_of_both_arms_resumes_and_reproduces_from_its_stored_sae
     settings, out, cache = _mini(), tmp_path / "out", tmp_path / "cache"
     payload = run_downstream(settings, out, cache=cache, progress=False)
     assert payload["complete"] and payload["calibration"] is not None
-    assert payload == load_downstream(out)[0].to_dict() == json.loads((out / "downstream.json").read_text())
+    stored = json.loads((out / "downstream.json").read_text())
+    assert payload == stored == json.loads(json.dumps(load_downstream(out)[0].to_dict()))
     eps = {"ce": settings.epsilon_ce, "mse": payload["epsilon_mse"]}
     # The calibration is the rule applied to the cross-entropy arm's first seed.
     assert payload["calibration"] == calibrate_epsilon_mse(payload["ce"], 0)
