@@ -73,7 +73,7 @@ from mdl_utils.models import (
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
-from mdl_utils.profiles import choose, provenance, read_results, write_results
+from mdl_utils.profiles import choose, provenance, read_record, write_results
 from mdl_utils.protocol import (
     REL_BAND,
     ContinuousPrecision,
@@ -643,16 +643,14 @@ def load_downstream(out_dir: str | os.PathLike[str]) -> tuple[DownstreamResults,
         ValueError: the file was written by another results format, or lacks what it should hold.
     """
     out = Path(out_dir)
-    payload = read_results(
+    results = read_record(
         out / "downstream.json",
+        DownstreamResults.from_dict,
         version=RESULTS_FORMAT_VERSION,
         how_to_make=f"run `python -m mdl_utils downstream --profile full --out {out}` (or the "
         "chapter with retrain=True) to compute it",
+        what="chapter 7's results",
     )
-    try:
-        results = DownstreamResults.from_dict(payload)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{out / 'downstream.json'} is not chapter 7's results ({type(err).__name__}: {err})") from err
     model, _ = load_classifier(out / results.classifier.path)
     return results, model
 

@@ -40,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from mdl_utils.protocol import index_of_k, k_of_index
 from mdl_utils.resolution import optimum_index
 from mdl_utils.rate_distortion import allocation_comparisons, curve_crossings_with_spread, rate_distortion_curves
 from mdl_utils.study import load_rows, run_study
+from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
 from mdl_utils.study_summary import summarise
 
@@ -69,7 +70,7 @@ __all__ = [
     "summarise_scan",
 ]
 
-RESULTS_FORMAT_VERSION = 1
+RESULTS_FORMAT_VERSION = SCAN_FORMAT_VERSION
 #: Tolerances of the full scan (test MSE per pixel).
 EPSILONS: tuple[float, ...] = (0.008, 0.010, 0.0125, 0.015, 0.020, 0.030, 0.050)
 #: Tolerances of the quick profile (minutes): chapter 3's quick study and one looser tolerance.
@@ -146,7 +147,7 @@ def run_epsilon_scan(
     executor: Any = None,
     curves: bool = True,
     seeds: Sequence[int] | None = None,
-) -> dict[str, Any]:
+) -> ScanResults:
     """Run (or resume) chapter 3's study at every tolerance; write and return ``scan.json``.
 
     Work is ordered so that a partial run is the most useful part of the whole: first seed
@@ -325,7 +326,7 @@ def summarise_scan(
     seeds: Sequence[int] | None = None,
     started: float | None = None,
     write: bool = True,
-) -> dict[str, Any]:
+) -> ScanResults:
     """``scan.json`` from the rows on disk (no training): entries, fits, curves, crossings,
     and per-feature against uniform precision (:func:`mdl_utils.allocation.compare_at_equal_mse`)
     for every stored SAE of the reference study up to ``curve_max_width``."""
@@ -361,7 +362,7 @@ def summarise_scan(
     result: dict[str, Any] = {
         "format_version": RESULTS_FORMAT_VERSION,
         "reference_epsilon": base.epsilon,
-        "settings": asdict(base),
+        "settings": base.to_dict(),
         "entries": entries,
         "fits": fit_scan([e for e in entries if e["n_saes_trained"]]),
         "complete": all(e["complete"] for e in entries),
@@ -375,7 +376,7 @@ def summarise_scan(
     previous: dict[str, Any] = {}
     if (out / "scan.json").is_file():
         try:
-            previous = load_scan(out)
+            previous = load_scan(out).to_dict()
         except (ValueError, OSError):
             previous = {}
     if curves and (ref_folder / "saes").is_dir():
@@ -391,59 +392,39 @@ def summarise_scan(
             ref_folder, base, data.split("test"), max_width=curve_max_width, previous=previous.get("allocations", [])
         )
     result.update(provenance(started))
+    scan = ScanResults.from_dict(result)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        write_results(out / "scan.json", result, indent=1)
-    return result
+        write_results(out / "scan.json", scan.to_dict(), indent=1)
+    return scan
 
 
-def load_scan(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``out_dir/scan.json`` (see :func:`summarise_scan`).
+def load_scan(out_dir: str | os.PathLike[str]) -> ScanResults:
+    """Read ``out_dir/scan.json`` (see :func:`summarise_scan`) as typed records.
 
     Raises:
         FileNotFoundError: no such file (the message gives the command that makes it).
-        ValueError: another results format.
+        ValueError: another results format, or not a scan.
     """
-    from mdl_utils.profiles import read_results
-
-    return read_results(
-        Path(out_dir) / "scan.json",
-        version=RESULTS_FORMAT_VERSION,
-        how_to_make="run `python -m mdl_utils epsilon-scan --profile full`",
-    )
+    return read_scan(Path(out_dir) / "scan.json")
 
 
-def _report(result: dict[str, Any], path: Path) -> str:
+def _report(result: ScanResults, path: Path) -> str:
     lines = []
-    for e in result["entries"]:
-        o = e["optimum"]
-        state = (
-            "complete"
-            if e["complete"]
-            else ("not run yet" if not e["n_saes_trained"] else f"{e['n_remaining']} searches left")
-        )
+    for e in result.entries:
+        o = e.optimum
         if o is None:
-            lines.append(f"eps={e['epsilon']:g}: no optimum yet ({state})")
+            lines.append(f"eps={e.epsilon:g}: no optimum yet ({e.state})")
         else:
-            verdict = (
-                "resolved"
-                if o["resolved"]
-                else (
-                    "provisional"
-                    if o.get("provisional") and len(o["tie_set"]) == 1
-                    else f"not resolved, tie set {list(o['tie_set'])}"
-                )
-            )
+            verdict = o.verdict.replace("tie set", "not resolved, tie set")
             lines.append(
-                f"eps={e['epsilon']:g}: optimum width {o['width']} ({verdict}), DL* {o['dl_bits']:.2f} "
-                f"bits, L0 {o['l0']:.2f}{', at the grid edge' if e['at_edge'] else ''} ({state})"
+                f"eps={e.epsilon:g}: optimum width {o.width} ({verdict}), DL* {o.dl_bits:.2f} "
+                f"bits, L0 {o.l0:.2f}{', at the grid edge' if e.at_edge else ''} ({e.state})"
             )
-    for q, f in result["fits"].items():
-        interval = "no interval" if f["low"] is None else f"[{f['low']:.3g}, {f['high']:.3g}]"
-        lines.append(
-            f"{q} ~ eps^alpha: alpha {f['mean'] if f['mean'] is None else round(f['mean'], 3)} "
-            f"{interval}: {'supported' if f['supported'] else 'not supported'}"
-        )
+    for q, f in result.fits.items():
+        interval = "no interval" if f.low is None or f.high is None else f"[{f.low:.3g}, {f.high:.3g}]"
+        alpha = None if f.mean is None else round(f.mean, 3)
+        lines.append(f"{q} ~ eps^alpha: alpha {alpha} {interval}: {'supported' if f.supported else 'not supported'}")
     lines.append(f"wrote {path}")
     return "\n".join(lines)
 

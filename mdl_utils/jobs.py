@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mdl_utils.executors import Executor, add_executor_args, executor_from_args
 from mdl_utils.profiles import PROFILES, provenance, results_dir, write_results
@@ -93,12 +93,16 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: A job's summary: a dict, or a typed record that writes itself (chapter 6's scan).
+_Summary = TypeVar("_Summary")
+
+
 def run_job(
     args: argparse.Namespace,
     *,
-    train: Callable[[Executor], dict[str, Any]],
-    summarise: Callable[[], dict[str, Any]],
-    report: Callable[[dict[str, Any]], str],
+    train: Callable[[Executor], _Summary],
+    summarise: Callable[[], _Summary],
+    report: Callable[[_Summary], str],
     summary_path: Path | None = None,
 ) -> int:
     """Train (or, with ``--summary-only``, only summarise), print the report, return the exit code.
@@ -117,6 +121,8 @@ def run_job(
             started = time.time()
             payload = summarise()
             if summary_path is not None:
+                if not isinstance(payload, dict):
+                    raise TypeError("summary_path needs a summary in dict form (a typed one writes itself)")
                 payload.update(provenance(started))
                 payload["stopped_by_budget"] = False
                 write_results(summary_path, payload)

@@ -52,6 +52,22 @@ class ExponentInterval:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExponentInterval:
+        """Read the form :meth:`to_dict` writes (as ``scan.json`` holds it)."""
+        return cls(
+            quantity=str(d["quantity"]),
+            exponents={str(s): float(a) for s, a in d["exponents"].items()},
+            mean=d["mean"],
+            low=d["low"],
+            high=d["high"],
+            method=str(d["method"]),
+            n_epsilons=int(d["n_epsilons"]),
+            excludes_zero=bool(d["excludes_zero"]),
+            supported=bool(d["supported"]),
+            reasons=tuple(d["reasons"]),
+        )
+
 
 def _fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
     """Least-squares exponent of ``y = c * x**alpha``: (alpha, its standard error, n)."""

@@ -9,6 +9,7 @@ import subprocess
 import time
 from datetime import datetime, UTC
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "code_version",
     "provenance",
     "write_results",
+    "read_record",
     "read_results",
 ]
 
@@ -123,3 +125,27 @@ def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str
     if payload.get("format_version") != version:
         raise ValueError(f"{target} has results format {payload.get('format_version')}, this code reads {version}")
     return payload
+
+
+_Record = TypeVar("_Record")
+
+
+def read_record(
+    path: str | os.PathLike[str],
+    parse: Callable[[dict[str, Any]], _Record],
+    *,
+    version: int,
+    how_to_make: str,
+    what: str,
+) -> _Record:
+    """Read a job's JSON results (:func:`read_results`) into its typed record with ``parse``.
+
+    Raises:
+        FileNotFoundError: no such file; the message ends with ``how_to_make``.
+        ValueError: another results format, or a file that lacks what ``what`` holds.
+    """
+    payload = read_results(path, version=version, how_to_make=how_to_make)
+    try:
+        return parse(payload)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not {what} ({type(err).__name__}: {err})") from err

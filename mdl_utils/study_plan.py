@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdl_utils.profiles import choose
@@ -73,6 +73,18 @@ class StudySettings:
 
     def train_config(self, width: int, k: float, seed: int, device: str = "auto") -> TrainConfig:
         return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict form, as results files record it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudySettings:
+        """Read the form :meth:`to_dict` writes (lists back to tuples)."""
+        settings = dict(d)
+        for name in ("widths", "reread", "seeds"):
+            settings[name] = tuple(settings[name])
+        return cls(**settings)
 
 
 #: The training recipe of the study (see :class:`mdl_utils.train.TrainConfig`).

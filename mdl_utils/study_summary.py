@@ -20,12 +20,12 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from mdl_utils.profiles import read_results
+from mdl_utils.profiles import read_record
 from mdl_utils.protocol import two_part_bits
 from mdl_utils.resolution import Resolution, WidthSummary, resolve_optimum
 from mdl_utils.study_plan import StudySettings, j_max, j_min, plan, search_done, start_index
@@ -163,7 +163,7 @@ def summarise(
 
     return {
         "format_version": RESULTS_FORMAT_VERSION,
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
         "epsilon": settings.epsilon,
         "n_saes_trained": len(rows),
         "training_time_s": round(sum(r["train"]["train_seconds"] or 0.0 for r in rows), 1),
@@ -431,13 +431,10 @@ class StudySummary:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySummary:
         """Read the dict form (as :func:`summarise` returns it or ``summary.json`` holds it)."""
-        settings = dict(d["settings"])
-        for name in ("widths", "reread", "seeds"):
-            settings[name] = tuple(settings[name])
         res = d["resolution"]
         return cls(
             format_version=int(d["format_version"]),
-            settings=StudySettings(**settings),
+            settings=StudySettings.from_dict(d["settings"]),
             epsilon=float(d["epsilon"]),
             n_saes_trained=int(d["n_saes_trained"]),
             training_time_s=float(d["training_time_s"]),
@@ -466,7 +463,7 @@ class StudySummary:
             widths.append({"width": width, "seeds": seeds})
         return {
             "format_version": self.format_version,
-            "settings": asdict(self.settings),
+            "settings": self.settings.to_dict(),
             "epsilon": self.epsilon,
             "n_saes_trained": self.n_saes_trained,
             "training_time_s": self.training_time_s,
@@ -489,12 +486,10 @@ def read_summary(path: str | os.PathLike[str], *, how_to_make: str | None = None
         FileNotFoundError: no such file (the message says how to make it).
         ValueError: another results format, or a file that lacks what a summary holds.
     """
-    payload = read_results(
+    return read_record(
         path,
+        StudySummary.from_dict,
         version=RESULTS_FORMAT_VERSION,
         how_to_make=how_to_make or "run `python -m mdl_utils mnist-sweep --profile full --summary-only` to compute it",
+        what="a study summary",
     )
-    try:
-        return StudySummary.from_dict(payload)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a study summary ({type(err).__name__}: {err})") from err

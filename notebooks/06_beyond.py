@@ -71,10 +71,10 @@ else:
         seeds=choose(profile, quick=QUICK_SEEDS, full=None),
         progress=False,
     )
-eps = scan["reference_epsilon"]
-allocs = scan["allocations"]
-curves = scan["curves"]
-entries = scan["entries"]
+eps = scan.reference_epsilon
+allocs = scan.allocations
+curves = scan.curves
+entries = scan.entries
 
 # %% [markdown]
 # ## 1. One precision per feature, compared at equal loss
@@ -99,19 +99,19 @@ entries = scan["entries"]
 # %%
 # NBVAL_CHECK_OUTPUT
 rows = []
-for a in sorted(allocs, key=lambda a: (a["width"], a["seed"])):
-    g, u, s = a["greedy"], a["uniform_at_greedy_mse"], a["swaps"]
-    rows.append([a["width"], a["seed"], f"{a['uniform_at_epsilon']['dl_bits']:.2f}", f"{g['mse']:.6f}",
-                 f"{u['dl_bits']:.2f}", f"{g['entropy_bits']:.2f}", f"{100 * a['greedy_saving']:+.2f}%",
-                 s["n_swaps"], f"{s['gain_bits']:.3f}", f"{100 * a['swap_saving']:+.2f}%",
-                 f"{g['table_bits_per_sample']:.3f}"])
+for a in sorted(allocs, key=lambda a: (a.width, a.seed)):
+    g, u, s = a.greedy, a.uniform_at_greedy_mse, a.swaps
+    rows.append([a.width, a.seed, f"{a.uniform_at_epsilon.dl_bits:.2f}", f"{g.mse:.6f}",
+                 f"{u.dl_bits:.2f}", f"{g.entropy_bits:.2f}", f"{100 * a.greedy_saving:+.2f}%",
+                 s.n_swaps, f"{s.gain_bits:.3f}", f"{100 * a.swap_saving:+.2f}%",
+                 f"{g.table_bits_per_sample:.3f}"])
 display(Table(
     ["width", "seed", "uniform DL at eps", "per-feature MSE", "uniform DL at that MSE", "per-feature DL",
      "saving", "swaps", "swap gain (bits)", "saving after swaps", "table (bits)"],
     rows, caption=f"Per-feature against uniform precision at equal MSE (epsilon = {eps}; DL in bits per test digit)"))
-gaps = [1 - a[u]["mse"] / a[g]["mse"] for a in allocs
-        for u, g in (("uniform_at_greedy_mse", "greedy"), ("uniform_at_swap_mse", "swaps"))]
-missed = sum(a[u]["status"] != "in_band" for a in allocs for u in ("uniform_at_greedy_mse", "uniform_at_swap_mse"))
+gaps = [1 - u.mse / g.mse for a in allocs
+        for u, g in ((a.uniform_at_greedy_mse, a.greedy), (a.uniform_at_swap_mse, a.swaps))]
+missed = sum(u.status != "in_band" for a in allocs for u in (a.uniform_at_greedy_mse, a.uniform_at_swap_mse))
 if allocs:
     print(f"equal loss: the uniform code's MSE lies at most {max(gaps):.1e} (relative) below the per-feature "
           f"code's; {missed} of {len(gaps)} readings could not reach the 1e-4 band (their quantised MSE "
@@ -121,15 +121,15 @@ if allocs:
 # NBVAL_CHECK_OUTPUT
 by_width = {}
 for a in allocs:
-    by_width.setdefault(a["width"], []).append(100 * a["swap_saving"])
+    by_width.setdefault(a.width, []).append(100 * a.swap_saving)
 for w, v in sorted(by_width.items()):
     spread = f" +/- {np.std(v, ddof=1):.2f} (seed std, {len(v)} seeds)" if len(v) > 1 else " (1 seed)"
     print(f"width {w:5d}: saving at equal MSE {np.mean(v):+.2f}%{spread}")
-gains = [a["swaps"]["gain_bits"] for a in allocs]
-rel = [a["swaps"]["gain_bits"] / a["greedy"]["entropy_bits"] for a in allocs]
+gains = [a.swaps.gain_bits for a in allocs]
+rel = [a.swaps.gain_bits / a.greedy.entropy_bits for a in allocs]
 if allocs:
     print(f"swap move: at most {max(gains):.3f} bits per digit over the greedy ({100 * max(rel):.2f}% of its DL); "
-          f"{sum(a['swaps']['n_swaps'] > 0 for a in allocs)} of {len(allocs)} SAEs changed")
+          f"{sum(a.swaps.n_swaps > 0 for a in allocs)} of {len(allocs)} SAEs changed")
     verdict = {w: ("saves" if np.mean(v) - 2 * (np.std(v, ddof=1) if len(v) > 1 else 0) > 0 else
                    "costs" if np.mean(v) + 2 * (np.std(v, ddof=1) if len(v) > 1 else 0) < 0 else "unresolved")
                for w, v in by_width.items()}
@@ -154,11 +154,11 @@ if allocs:
 # %% tags=["hide-input"]
 fig, axes = plots.figure(width=7.5, height=4.5)
 ax = axes[0, 0]
-curve_widths = sorted({c["width"] for c in curves})
+curve_widths = sorted({c.width for c in curves})
 for i, w in enumerate(curve_widths):
-    mine = [c for c in curves if c["width"] == w]
-    tol = np.array(mine[0]["tolerances"])
-    dl = np.array([[np.nan if v is None else v for v in c["dl_bits"]] for c in mine], dtype=float)
+    mine = [c for c in curves if c.width == w]
+    tol = np.array(mine[0].tolerances)
+    dl = np.array([[np.nan if v is None else v for v in c.dl_bits] for c in mine], dtype=float)
     ok = ~np.isnan(dl).any(axis=0)
     err = dl[:, ok].std(axis=0, ddof=1) if len(mine) > 1 else None
     ax.errorbar(tol[ok], dl[:, ok].mean(axis=0), yerr=err, fmt="o-", ms=3, capsize=2,
@@ -185,17 +185,17 @@ plots.label(ax, title="DL of each width's selected SAEs as the tolerance varies"
 
 # %%
 # NBVAL_CHECK_OUTPUT
-pairs = scan["crossings"]
-raw = [p for p in pairs if p["raw_crossings"]]
-kept = [p for p in pairs if p["crossings"]]
+pairs = scan.crossings
+raw = [p for p in pairs if p.raw_crossings]
+kept = [p for p in pairs if p.crossings]
 print(f"{len(pairs)} pairs of widths; mean curves cross for {len(raw)}; crossings that survive the seed spread: {len(kept)}")
 for p in raw:
-    status = "survives" if p["crossings"] else "inside the seed spread"
-    where = p["crossings"] or p["raw_crossings"]
-    print(f"  widths {p['widths'][0]} and {p['widths'][1]}: between tolerances "
+    status = "survives" if p.crossings else "inside the seed spread"
+    where = p.crossings or p.raw_crossings
+    print(f"  widths {p.widths[0]} and {p.widths[1]}: between tolerances "
           + "; ".join(f"{lo:.5f} and {hi:.5f}" for lo, hi in where) + f" ({status})")
 print("does 'which SAE is better' depend on the tolerance (within the range read)? "
-      + ("yes, for " + ", ".join(f"{p['widths'][0]} vs {p['widths'][1]}" for p in kept) if kept else
+      + ("yes, for " + ", ".join(f"{p.widths[0]} vs {p.widths[1]}" for p in kept) if kept else
          "not shown: no crossing survives the seed spread"))
 
 # %% [markdown]
@@ -213,18 +213,14 @@ print("does 'which SAE is better' depend on the tolerance (within the range read
 # NBVAL_CHECK_OUTPUT
 table = []
 for e in entries:
-    o = e["optimum"]
-    state = "complete" if e["complete"] else (
-        "not run yet" if not e["n_saes_trained"] else f"{e['n_remaining']} searches left")
+    o = e.optimum
     if o is None:
-        table.append([f"{e['epsilon']:g}", e["n_saes_trained"], state, None, None, None, None, None])
+        table.append([f"{e.epsilon:g}", e.n_saes_trained, e.state, None, None, None, None, None])
         continue
-    verdict = "resolved" if o["resolved"] else (
-        "provisional (study unfinished)" if o.get("provisional") and len(o["tie_set"]) == 1
-        else "tie set " + ", ".join(str(w) for w in o["tie_set"]))
-    spread = "" if o["seed_std"] is None else f" +/- {o['seed_std']:.2f}"
-    table.append([f"{e['epsilon']:g}", e["n_saes_trained"], state, o["width"], verdict,
-                  f"{o['dl_bits']:.2f}{spread}", f"{o['l0']:.2f}", "yes" if e["at_edge"] else "no"])
+    verdict = o.verdict.replace("provisional", "provisional (study unfinished)")
+    spread = "" if o.seed_std is None else f" +/- {o.seed_std:.2f}"
+    table.append([f"{e.epsilon:g}", e.n_saes_trained, e.state, o.width, verdict,
+                  f"{o.dl_bits:.2f}{spread}", f"{o.l0:.2f}", "yes" if e.at_edge else "no"])
 display(Table(["epsilon", "SAEs trained", "study", "optimal width", "verdict", "DL* (bits, mean +/- seed std)",
                "L0 at the optimum", "at the grid edge"], table,
               caption="The epsilon-MDL optimum at each tolerance"))
@@ -234,23 +230,23 @@ fig, axes = plots.figure(ncols=3, width=12.0, height=3.8)
 panels = [("width", "Optimal width", "optimal width (features)"),
           ("l0", "L0 at the optimum", "L0 (active features per digit)"),
           ("dl_bits", "DL at the optimum", "DL (bits per test digit)")]
-fits = scan["fits"]
-seeds_seen = sorted({s for e in entries for s in e["seed_optima"]}, key=int)
+fits = scan.fits
+seeds_seen = sorted({s for e in entries for s in e.seed_optima}, key=int)
 for ax, (name, title, ylabel) in zip(axes[0], panels):
     for i, seed in enumerate(seeds_seen):
-        pts = [(e["epsilon"], e["seed_optima"][seed][name]) for e in entries if seed in e["seed_optima"]]
+        pts = [(e.epsilon, e.seed_optima[seed].value(name)) for e in entries if seed in e.seed_optima]
         if pts:
             x, y = zip(*pts)
             ax.plot(x, y, "o", color=plots.COLORS[i % len(plots.COLORS)], label=f"seed {seed}")
     f = fits[name]
-    used = [e["epsilon"] for e in entries if e["seed_optima"]]
-    if f["mean"] is not None and len(used) >= 2:
+    used = [e.epsilon for e in entries if e.seed_optima]
+    if f.mean is not None and len(used) >= 2:
         # Drawn through the geometric mean of all the seeds' optima, with the mean exponent.
-        ys = [e["seed_optima"][s][name] for e in entries for s in e["seed_optima"]]
-        xs = [e["epsilon"] for e in entries for s in e["seed_optima"]]
-        c = np.exp(np.mean(np.log(ys)) - f["mean"] * np.mean(np.log(xs)))
+        ys = [e.seed_optima[s].value(name) for e in entries for s in e.seed_optima]
+        xs = [e.epsilon for e in entries for s in e.seed_optima]
+        c = np.exp(np.mean(np.log(ys)) - f.mean * np.mean(np.log(xs)))
         grid = np.geomspace(min(used), max(used), 50)
-        ax.plot(grid, c * grid ** f["mean"], "-", color="grey", label=f"mean exponent {f['mean']:+.2f}")
+        ax.plot(grid, c * grid ** f.mean, "-", color="grey", label=f"mean exponent {f.mean:+.2f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -268,20 +264,21 @@ for ax, (name, title, ylabel) in zip(axes[0], panels):
 # %%
 # NBVAL_CHECK_OUTPUT
 for name, f in fits.items():
-    interval = "no interval" if f["low"] is None else f"95% interval [{f['low']:+.2f}, {f['high']:+.2f}]"
-    alpha = "no fit" if f["mean"] is None else f"exponent {f['mean']:+.2f}"
-    print(f"{name:>8s}: {alpha}, {interval} ({f['method']}, {len(f['exponents'])} seeds, "
-          f"{f['n_epsilons']} tolerances) -> {'supported' if f['supported'] else 'not supported'}")
-    for reason in f["reasons"]:
+    interval = "no interval" if f.low is None or f.high is None else f"95% interval [{f.low:+.2f}, {f.high:+.2f}]"
+    alpha = "no fit" if f.mean is None else f"exponent {f.mean:+.2f}"
+    print(f"{name:>8s}: {alpha}, {interval} ({f.method}, {len(f.exponents)} seeds, "
+          f"{f.n_epsilons} tolerances) -> {'supported' if f.supported else 'not supported'}")
+    for reason in f.reasons:
         print(f"          - {reason}")
 
 # %% [markdown]
 # ## Provenance
 
 # %%
-print(f"profile: {profile}; tolerances: {[e['epsilon'] for e in entries]}")
-print(f"machine: {scan['machine']}; date: {scan['date']}; code version: {scan['code_version']}")
-print(f"SAEs trained across the scan: {scan['n_saes_trained']}; their training time: "
-      f"{scan['training_time_s'] / 3600:.2f} CPU-hours; devices: "
-      f"{sorted({d for e in entries for d in e['devices']})}")
-print(f"wall time of the run that wrote scan.json: {scan['wall_time_s'] / 60:.1f} min")
+run = scan.metadata
+print(f"profile: {profile}; tolerances: {[e.epsilon for e in entries]}")
+print(f"machine: {run['machine']}; date: {run['date']}; code version: {run['code_version']}")
+print(f"SAEs trained across the scan: {scan.n_saes_trained}; their training time: "
+      f"{scan.training_time_s / 3600:.2f} CPU-hours; devices: "
+      f"{sorted({d for e in entries for d in e.devices})}")
+print(f"wall time of the run that wrote scan.json: {run['wall_time_s'] / 60:.1f} min")

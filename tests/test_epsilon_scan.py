@@ -22,6 +22,7 @@ from mdl_utils.epsilon_scan import (
     summarise_scan,
 )
 from mdl_utils.power_law import fit_power_law, fit_scan
+from mdl_utils.scan_results import ScanResults, read_scan
 from mdl_utils.rate_distortion import curve_crossings_with_spread, rate_distortion_curves
 from mdl_utils.protocol import index_of_k, k_of_index
 from mdl_utils.study import load_rows, run_study
@@ -33,7 +34,7 @@ EPSILONS = (0.08, 0.12, 0.35, 1.6)
 
 
 def _strip(result):
-    out = json.loads(json.dumps(result))
+    out = json.loads(json.dumps(result.to_dict() if isinstance(result, ScanResults) else result))
     for key in ("date", "machine", "wall_time_s", "code_version"):
         out.pop(key, None)
     return out
@@ -68,22 +69,21 @@ def test_scan_settings_change_only_the_tolerance_k_min_and_the_first_k():
 
 def test_reference_tolerance_is_chapter_3s_study_and_loose_tolerances_go_below_k_1(scan):
     root, _, result, n_ref = scan
-    assert [e["epsilon"] for e in result["entries"]] == sorted(EPSILONS)
+    assert [e.epsilon for e in result.entries] == sorted(EPSILONS)
     assert not (root / "scan" / f"eps-{SETTINGS.epsilon:.4f}").exists()  # reused, not rerun
     assert len(load_rows(root / "ref")) == n_ref  # and not extended
-    ref_entry = next(e for e in result["entries"] if e["epsilon"] == SETTINGS.epsilon)
-    assert ref_entry["n_saes_trained"] == n_ref
-    assert all(e["complete"] for e in result["entries"])
+    assert result.entry(SETTINGS.epsilon).n_saes_trained == n_ref
+    assert all(e.complete for e in result.entries)
     loosest = load_rows(root / "scan" / "eps-1.6000")
     assert all(r["k"] >= K_MIN for r in loosest)
     # At the loosest tolerance the DL-optimal k lies below one feature per sample.
-    (entry,) = [e for e in result["entries"] if e["epsilon"] == 1.6]
-    assert entry["seed_optima"] and all(o["k"] < 1 for o in entry["seed_optima"].values())
+    entry = result.entry(1.6)
+    assert entry.seed_optima and all(o.k < 1 for o in entry.seed_optima.values())
 
 
 def test_seed_optima_and_resolution_follow_from_the_rows(scan):
     root, _, result, _ = scan
-    for e in result["entries"]:
+    for e in result.to_dict()["entries"]:
         folder = root / "ref" if e["epsilon"] == SETTINGS.epsilon else root / "scan" / f"eps-{e['epsilon']:.4f}"
         rows = load_rows(folder)
         for seed in SETTINGS.seeds:
@@ -134,13 +134,13 @@ def test_curves_reread_the_measured_dl_at_the_studys_own_tolerance(scan):
 def test_scan_compares_per_feature_and_uniform_precision_for_every_stored_sae(scan):
     root, _, result, _ = scan
     stored = sorted(p.stem for p in (root / "ref" / "saes").glob("w*-s*.json"))
-    got = sorted(f"w{a['width']:05d}-s{a['seed']}" for a in result["allocations"])
-    assert got == stored and len(result["curves"]) == len(stored)
-    for a in result["allocations"]:
-        g, u = a["greedy"], a["uniform_at_greedy_mse"]
-        assert g["mse"] <= SETTINGS.epsilon and u["mse"] <= g["mse"]
-        if u["status"] == "in_band":
-            assert (1 - 1e-4) * g["mse"] <= u["mse"]
+    got = sorted(f"w{a.width:05d}-s{a.seed}" for a in result.allocations)
+    assert got == stored and len(result.curves) == len(stored)
+    for a in result.allocations:
+        g, u = a.greedy, a.uniform_at_greedy_mse
+        assert g.mse <= SETTINGS.epsilon and u.mse <= g.mse
+        if u.status == "in_band":
+            assert (1 - 1e-4) * g.mse <= u.mse
 
 
 def test_rewrite_reuses_curves_and_allocations_only_for_unchanged_weights(scan, tmp_path):
@@ -153,9 +153,9 @@ def test_rewrite_reuses_curves_and_allocations_only_for_unchanged_weights(scan, 
     doctored["curves"][1]["sae_sha256"] = "0" * 64  # as if its weights had changed
     (out / "scan.json").write_text(json.dumps(doctored))
     again = summarise_scan(SETTINGS, out, epsilons=(SETTINGS.epsilon,), reference_dir=root / "ref", data=data)
-    assert again["curves"][0]["dl_bits"][0] == -1.0  # same weights: reused, not remeasured
-    assert again["allocations"][0]["greedy_saving"] == -1.0
-    assert again["curves"][1] == result["curves"][1]  # other weights: measured afresh
+    assert again.curves[0].dl_bits[0] == -1.0  # same weights: reused, not remeasured
+    assert again.allocations[0].greedy_saving == -1.0
+    assert again.curves[1] == result.curves[1]  # other weights: measured afresh
 
 
 def _entry(eps, optima, *, resolved=True, at_edge=False, complete=True):
@@ -254,10 +254,44 @@ def test_a_crossing_inside_the_noise_is_reported_raw_but_does_not_count():
     assert single["order"] == ["tie"] * 4 and single["crossings"] == []
 
 
+def test_scan_json_reads_as_typed_records_and_writes_back_byte_for_byte(scan, tmp_path):
+    root, _, result, _ = scan
+    path = root / "scan" / "scan.json"
+    typed = read_scan(path)
+    assert json.dumps(typed.to_dict(), indent=1) == path.read_text()
+    raw = json.loads(path.read_text())
+    # The typed fields hold what the file says, read independently from the JSON.
+    for e, d in zip(typed.entries, raw["entries"]):
+        assert e.epsilon == d["epsilon"] and e.n_saes_trained == d["n_saes_trained"]
+        assert {s: o.width for s, o in e.seed_optima.items()} == {s: o["width"] for s, o in d["seed_optima"].items()}
+        if d["optimum"] is not None:
+            assert e.optimum.width == d["optimum"]["width"] and e.optimum.tie_set == tuple(d["optimum"]["tie_set"])
+            assert e.resolution.optimum == d["resolution"]["optimum"]
+            assert [x.width for x in e.dl_star] == [x["width"] for x in d["dl_star"]]
+    assert [c.sae_sha256 for c in typed.curves] == [c["sae_sha256"] for c in raw["curves"]]
+    assert typed.allocations[0].greedy.mse == raw["allocations"][0]["greedy"]["mse"]
+    assert typed.fits["width"].reasons == tuple(raw["fits"]["width"]["reasons"])
+    assert typed.metadata.keys() == {"date", "machine", "wall_time_s", "code_version"}
+    # A file that lacks a part, or another format, is refused with the reason.
+    del raw["entries"][0]["seed_optima"]
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="not an epsilon scan.*seed_optima"):
+        read_scan(tmp_path / "bad.json")
+    raw["format_version"] = 99
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="results format 99"):
+        read_scan(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="epsilon-scan --profile full"):
+        read_scan(tmp_path / "none.json")
+    with pytest.raises(KeyError, match="no entry at epsilon 0.5"):
+        typed.entry(0.5)
+
+
 def test_summary_without_rows_reports_nothing_yet(tmp_path):
     result = summarise_scan(SETTINGS, tmp_path / "scan", epsilons=(0.1, 0.2), curves=False)
-    assert [e["n_saes_trained"] for e in result["entries"]] == [0, 0]
-    assert not result["complete"] and result["fits"]["width"]["mean"] is None
+    assert [e.n_saes_trained for e in result.entries] == [0, 0]
+    assert not result.complete and result.fits["width"].mean is None
+    assert [e.state for e in result.entries] == ["not run yet"] * 2 and result.entries[0].optimum is None
     assert (tmp_path / "scan" / "scan.json").is_file()
 
 
@@ -281,7 +315,7 @@ def test_committed_full_scan_reproduces_from_its_rows_and_saes(mnist_source_dir)
     from mdl_utils.epsilon_scan import load_scan
     from mdl_utils.study_plan import study_settings
 
-    stored = load_scan(FULL_SCAN)
+    stored = load_scan(FULL_SCAN).to_dict()
     base = study_settings("full")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the command that wrote scan.json (--threads 1)
@@ -297,9 +331,9 @@ def _recheck_full_scan(stored, base):
     from mdl_utils.study import load_selected_sae
 
     eps = [e["epsilon"] for e in stored["entries"]]
-    again = json.loads(json.dumps(summarise_scan(
+    again = summarise_scan(
         base, FULL_SCAN, epsilons=eps, reference_dir=REPO / "results" / "full" / "mnist-mdl",
-        curves=False, write=False)))
+        curves=False, write=False).to_dict()
     assert again["entries"] == stored["entries"] and again["fits"] == stored["fits"]
     # One stored SAE, re-measured on one torch thread: its curve and its allocation.
     x_test, _ = load_mnist("test")

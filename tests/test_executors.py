@@ -248,9 +248,9 @@ def test_an_epsilon_scan_runs_its_tolerances_side_by_side_and_writes_the_serial_
         for path in sorted((tmp_path / "serial" / folder / "rows").glob("*.json")):
             other = tmp_path / "ray" / folder / "rows" / path.name
             assert _without_times(json.loads(path.read_text())) == _without_times(json.loads(other.read_text()))
-    for a, b in zip(serial["entries"], parallel["entries"]):
+    for a, b in zip(serial.to_dict()["entries"], parallel.to_dict()["entries"]):
         a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
         for e in (a, b):
             e.pop("training_time_s")
         assert a == b
-    assert serial["fits"] == parallel["fits"]
+    assert serial.fits == parallel.fits
