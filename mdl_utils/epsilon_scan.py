@@ -328,7 +328,7 @@ def summarise_scan(
     write: bool = True,
 ) -> ScanResults:
     """``scan.json`` from the rows on disk (no training): entries, fits, curves, crossings,
-    and per-feature against uniform precision (:func:`mdl_utils.allocation.compare_at_equal_mse`)
+    and per-feature against uniform precision (:func:`mdl_utils.allocation_checks.compare_at_equal_mse`)
     for every stored SAE of the reference study up to ``curve_max_width``."""
     from mdl_utils.profiles import provenance, write_results
 

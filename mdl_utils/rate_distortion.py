@@ -122,10 +122,10 @@ def allocation_comparisons(
     max_width: int | None = None,
     previous: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """:func:`mdl_utils.allocation.compare_at_equal_mse` at the study's epsilon for every stored
+    """:func:`mdl_utils.allocation_checks.compare_at_equal_mse` at the study's epsilon for every stored
     (width, seed) SAE up to ``max_width``, each tagged with its width, seed and weights' SHA-256
     (``previous`` results for the same weights and epsilon are reused)."""
-    from mdl_utils.allocation import compare_at_equal_mse
+    from mdl_utils.allocation_checks import compare_at_equal_mse
 
     x = np.asarray(x_test, dtype=np.float32)
     out = []

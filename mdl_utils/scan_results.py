@@ -94,7 +94,7 @@ class GreedyReading:
 
 @dataclass(frozen=True)
 class SwapReading:
-    """The swap refinement after the greedy (:func:`mdl_utils.allocation.swap_refine`)."""
+    """The swap refinement after the greedy (:func:`mdl_utils.allocation_checks.swap_refine`)."""
 
     entropy_bits: float
     entropy_bits_before: float
@@ -109,7 +109,7 @@ class SwapReading:
 @dataclass(frozen=True)
 class AllocationComparison:
     """Per-feature against uniform precision at equal MSE for one stored SAE
-    (:func:`mdl_utils.allocation.compare_at_equal_mse`); the savings are relative DL saved
+    (:func:`mdl_utils.allocation_checks.compare_at_equal_mse`); the savings are relative DL saved
     by the per-feature code (negative: it is longer). The swap fields are None when the
     comparison ran without swaps."""
 

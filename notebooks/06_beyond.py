@@ -86,7 +86,7 @@ entries = scan.entries
 # it keeps taking bits from the feature whose loss raises the MSE least per bit of DL saved,
 # until no removal fits under $\epsilon$. The greedy only removes bits, so it can stop where
 # one feature finer and another coarser would do better;
-# {py:func}`mdl_utils.allocation.swap_refine` then tries exactly those swaps, with the MSE
+# {py:func}`mdl_utils.allocation_checks.swap_refine` then tries exactly those swaps, with the MSE
 # change of every candidate computed exactly.
 #
 # The greedy ends a little below $\epsilon$, and a uniform code with whole bits ends

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_utils.allocation import compare_at_equal_mse, swap_refine
+from mdl_utils.allocation_checks import compare_at_equal_mse, swap_refine
 from mdl_utils.dl import dequantize_per_feature, feature_entropies, quantize
 
 

@@ -326,7 +326,7 @@ def test_committed_full_scan_reproduces_from_its_rows_and_saes(mnist_source_dir)
 
 
 def _recheck_full_scan(stored, base):
-    from mdl_utils.allocation import compare_at_equal_mse
+    from mdl_utils.allocation_checks import compare_at_equal_mse
     from mdl_utils.data import load_mnist
     from mdl_utils.study import load_selected_sae
 
