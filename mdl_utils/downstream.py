@@ -23,7 +23,7 @@ and under an MSE tolerance *calibrated to be equally strict*: ``epsilon_mse`` is
 over widths, of the quantised test MSE of the SAEs the cross-entropy protocol selected for
 the first seed. The rule is fixed here; the value is computed once, written to
 ``calibration.json`` and never recomputed, so later seeds cannot move it. Each SAE is
-measured under both losses (:class:`DownstreamMeasure`), so the chapter can show the harm an
+measured under both losses (:class:`mdl_utils.downstream_measure.DownstreamMeasure`), so the chapter can show the harm an
 MSE-selected SAE does to the classifier. An SAE trained for one arm is reused by the other
 from the cache when the search asks for the same (width, k, seed).
 
@@ -55,10 +55,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from mdl_utils.downstream_measure import DownstreamMeasure
 from mdl_utils.downstream_results import ARMS, DownstreamResults
-from mdl_utils.entropy import description_length
 from mdl_utils.resolution import Resolution
 from mdl_utils.executors import Executor, SerialExecutor
 from mdl_utils.io import atomic_write_text
@@ -68,26 +67,11 @@ from mdl_utils.models import (
     hidden_activations,
     load_classifier,
     save_classifier,
-    splice_loss,
     train_or_load_classifier,
 )
 from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
 from mdl_utils.profiles import choose, provenance, read_record, write_results
-from mdl_utils.protocol import (
-    REL_BAND,
-    ContinuousPrecision,
-    bisect_precision,
-    bootstrap_dl,
-    coarsest_whole_bits,
-    measure_sae,
-    quantised_latents,
-    quantised_mse,
-    reconstruction_mse,
-    saebench_dl,
-    sparse_decode,
-    sparse_latents,
-)
 from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.study import load_rows, load_selected_sae, run_study
 from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
@@ -97,11 +81,8 @@ from mdl_utils import verdicts as V
 
 __all__ = [
     "DownstreamSettings",
-    "DownstreamMeasure",
     "settings_for",
     "activation_data",
-    "measure_downstream",
-    "precision_curve",
     "calibrate_epsilon_mse",
     "downstream_verdicts",
     "run_downstream",
@@ -247,174 +228,6 @@ def activation_data(
         DataSpec(source="npy", train_path=str(folder / "train.npy"), test_path=str(folder / "test.npy"))
     )
     return data, np.array(y_test)
-
-
-# --------------------------------------------------------------------------------------------
-# One SAE measured under both losses
-# --------------------------------------------------------------------------------------------
-
-
-def _ce_of(
-    model: MLPClassifier, sae: BatchTopKSAE, z: Any, h_ND: torch.Tensor, y: np.ndarray
-) -> tuple[float, float, float]:
-    """(cross-entropy increase, spliced accuracy, clean cross-entropy) for the latents ``z``."""
-    with torch.no_grad():
-        result = splice_loss(model, h_ND, sparse_decode(sae, z), y)
-    return result.ce_increase, result.accuracy_spliced, result.ce_clean
-
-
-def measure_downstream(
-    sae: BatchTopKSAE,
-    model: MLPClassifier,
-    h: Any,
-    y: Any,
-    *,
-    loss: str,
-    epsilon: float,
-    other_tolerances: Sequence[float] = (),
-    boot_weights: np.ndarray | None = None,
-    rel_band: float = REL_BAND,
-) -> dict[str, Any]:
-    """Measure ``sae`` on held-out activations ``h`` (labels ``y``) under one arm's tolerance.
-
-    ``loss="mse"``: :func:`mdl_utils.protocol.measure_sae` (chapter 3's measurement), plus
-    the classifier's readings at the SAE's precision. ``loss="ce"``: the same measurement with
-    the cross-entropy increase in place of the MSE: feasible when the unquantised increase is
-    at most ``epsilon``; the continuous precision is the coarsest at which the quantised
-    increase meets ``epsilon`` (:func:`mdl_utils.protocol.bisect_precision`; the
-    ``precision`` entry's ``mse`` fields then hold the cross-entropy increase, as do
-    ``whole_mse_quantised`` and the rereads ``dl_at``).
-
-    Returns a dict with the keys of :class:`mdl_utils.protocol.SAEMeasurement` (its ``to_dict()``) (so the
-    study selects and summarises it as it does chapter 3's), and: ``loss`` (the arm),
-    ``ce_clean`` (nats per digit), ``ce_increase`` (unquantised), ``ce_increase_quantised``,
-    ``mse_quantised`` (per hidden unit) and ``accuracy_spliced``, all at the SAE's precision
-    (None when it misses the tolerance).
-    """
-    if loss not in ARMS:
-        raise ValueError(f"loss must be one of {ARMS}, got {loss!r}")
-    y_np = np.asarray(y)
-    h_ND = torch.from_numpy(np.array(h, dtype=np.float32))
-    if h_ND.ndim != 2 or len(y_np) != len(h_ND):
-        raise ValueError(f"h has shape {tuple(h_ND.shape)} and y {y_np.shape}: need (N, d) and (N,)")
-    z = sparse_latents(sae, h_ND)
-    ce_raw, _, ce_clean = _ce_of(model, sae, z, h_ND, y_np)
-
-    def readings(bits: float | None, mse_q: float | None = None) -> dict[str, Any]:
-        """The classifier's readings at ``bits``, and the quantised MSE (unless known)."""
-        if bits is None:
-            return {"ce_increase_quantised": None, "mse_quantised": None, "accuracy_spliced": None}
-        ce_q, acc, _ = _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)
-        mse_q = quantised_mse(sae, z, h_ND, bits) if mse_q is None else mse_q
-        return {"ce_increase_quantised": ce_q, "mse_quantised": mse_q, "accuracy_spliced": acc}
-
-    if loss == "mse":
-        out = measure_sae(
-            sae, h_ND, epsilon=epsilon, other_tolerances=other_tolerances, boot_weights=boot_weights, rel_band=rel_band
-        ).to_dict()
-        p = out["precision"]
-        extra = readings(None) if p is None else readings(p["bits"], p["mse_quantised"])
-        out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **extra)
-        return out
-
-    mse_raw = reconstruction_mse(sae, z, h_ND)
-
-    def ce_at(bits: float) -> float:
-        return _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)[0]
-
-    def precision_for(eps: float) -> ContinuousPrecision | None:
-        if ce_raw > eps:
-            return None
-        if z.nnz == 0:
-            return ContinuousPrecision(0.05, ce_raw, ce_raw, eps, "coarsest", 0)
-        return bisect_precision(ce_at, ce_raw, epsilon=eps, rel_band=rel_band)
-
-    precision = precision_for(epsilon)
-    dl_bits = bound = whole_bits = whole_ce = whole_dl = sb = None
-    boot: list[float] = []
-    if precision is not None:
-        dl = description_length(z, bits=precision.bits)
-        dl_bits, bound = dl.dl_bits, dl.upper_bound_bits
-        found = coarsest_whole_bits(ce_at, epsilon)
-        if found is not None:
-            whole_bits, whole_ce = found
-            whole_dl = description_length(z, bits=whole_bits).dl_bits
-            sb = saebench_dl(z, num_bins=2**whole_bits)
-        if boot_weights is not None:
-            boot = [round(float(v), 4) for v in bootstrap_dl(z, precision.bits, boot_weights)]
-    dl_at: dict[str, float | None] = {}
-    for tol in other_tolerances:
-        p = precision_for(tol)
-        dl_at[f"{tol:.6g}"] = None if p is None else description_length(z, bits=p.bits).dl_bits
-    n_live = int(np.unique(z.indices).size)
-    return {
-        "width": sae.width,
-        "k": sae.k,
-        "epsilon": epsilon,
-        "mse": mse_raw,
-        "feasible": precision is not None,
-        "l0": z.nnz / z.shape[0],
-        "n_live": n_live,
-        "dead_fraction": 1.0 - n_live / sae.width,
-        "precision": None if precision is None else precision.to_dict(),
-        "dl_bits": dl_bits,
-        "upper_bound_bits": bound,
-        "whole_bits": whole_bits,
-        "whole_mse_quantised": whole_ce,
-        "whole_dl_bits": whole_dl,
-        "dl_at": dl_at,
-        "boot": boot,
-        "saebench_bits": sb,
-        "loss": "ce",
-        "ce_clean": ce_clean,
-        "ce_increase": ce_raw,
-        **readings(None if precision is None else precision.bits),
-    }
-
-
-@dataclass(frozen=True, eq=False)
-class DownstreamMeasure:
-    """The study's measure for one arm (see :class:`mdl_utils.study.MSEMeasure`): the
-    classifier and the test labels travel with it to Ray workers."""
-
-    model: MLPClassifier
-    y_test: np.ndarray
-    loss: str
-    epsilon: float
-    other_tolerances: tuple[float, ...] = ()
-
-    def __call__(self, sae: BatchTopKSAE, x_test: Any, boot_weights: np.ndarray | None = None) -> dict[str, Any]:
-        return measure_downstream(
-            sae,
-            self.model,
-            x_test,
-            self.y_test,
-            loss=self.loss,
-            epsilon=self.epsilon,
-            other_tolerances=self.other_tolerances,
-            boot_weights=boot_weights,
-        )
-
-
-def precision_curve(
-    sae: BatchTopKSAE, model: MLPClassifier, h: Any, y: Any, bits: Sequence[float] = tuple(np.arange(1.0, 10.5, 0.5))
-) -> dict[str, list[float]]:
-    """Both losses and the DL of ``sae`` with its latents quantised at each of ``bits``.
-
-    Returns ``{"bits", "ce_increase" (nats per digit), "mse" (per hidden unit), "dl_bits"}``,
-    one entry per precision (fractional bits allowed), for a figure.
-    """
-    h_ND = torch.from_numpy(np.array(h, dtype=np.float32))
-    y_np = np.asarray(y)
-    z = sparse_latents(sae, h_ND)
-    curve: dict[str, list[float]] = {"bits": [], "ce_increase": [], "mse": [], "dl_bits": []}
-    for b in bits:
-        zq = quantised_latents(z, float(b))
-        curve["bits"].append(float(b))
-        curve["ce_increase"].append(_ce_of(model, sae, zq, h_ND, y_np)[0])
-        curve["mse"].append(quantised_mse(sae, z, h_ND, float(b)))
-        curve["dl_bits"].append(description_length(z, bits=float(b)).dl_bits)
-    return curve
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class MSEMeasure:
     dict has the keys of :class:`mdl_utils.protocol.SAEMeasurement` (its ``to_dict()``) (the study selects
     on ``dl_bits``, None when the SAE misses the tolerance); chapter 7 passes one that holds
     the classifier's cross-entropy to the tolerance instead
-    (:class:`mdl_utils.downstream.DownstreamMeasure`). Ray workers receive it with each
+    (:class:`mdl_utils.downstream_measure.DownstreamMeasure`). Ray workers receive it with each
     training, so it must pickle.
 
     Attributes:

@@ -74,8 +74,9 @@ from IPython.display import display
 from mdl_utils import plots
 from mdl_utils.data import load_mnist
 from mdl_utils.downstream import (
-    DownstreamSettings, load_arm_sae, load_downstream, precision_curve, run_downstream, settings_for,
+    DownstreamSettings, load_arm_sae, load_downstream, run_downstream, settings_for,
 )
+from mdl_utils.downstream_measure import precision_curve
 from mdl_utils.downstream_results import ARMS
 from mdl_utils.models import accuracy, hidden_activations, splice_loss
 from mdl_utils.profiles import cache_dir, results_dir

@@ -15,16 +15,14 @@ import torch
 
 from mdl_utils import dl
 from mdl_utils.downstream import (
-    DownstreamMeasure,
     DownstreamSettings,
     activation_data,
     calibrate_epsilon_mse,
     load_arm_sae,
     load_downstream,
-    measure_downstream,
-    precision_curve,
     run_downstream,
 )
+from mdl_utils.downstream_measure import DownstreamMeasure, measure_downstream, precision_curve
 from mdl_utils.models import ClassifierConfig, MLPClassifier, hidden_activations, load_classifier, splice_loss
 from mdl_utils.protocol import REL_BAND, measure_sae
 from mdl_utils.study import load_rows
