@@ -11,10 +11,11 @@ import torch
 import mdl_utils.train as train_mod
 from mdl_utils.sae import BatchTopKSAE, n_kept
 from mdl_utils.grads import compute_grads, project_decoder_grad_
+from mdl_utils import live_features
+from mdl_utils.live_features import geometric_median
 from mdl_utils.train import (
     TrainConfig,
     evaluate_sae,
-    geometric_median,
     train_sae,
 )
 
@@ -240,7 +241,7 @@ def test_data_initialised_decoder_points_at_training_samples():
     cfg = TrainConfig(width=24, k=3, **{**FAST, "max_epochs": 1, "decoder_init": "data", "b_dec_init": "zeros"})
     sae = BatchTopKSAE(TRAIN.shape[1], 24, 3, seed=0)
     x = torch.from_numpy(TRAIN)
-    train_mod._init_decoder_from_data_(sae, x, seed=cfg.seed)
+    live_features.init_decoder_from_data_(sae, x, seed=cfg.seed)
     rows = sae.W_dec_FD.detach()
     assert torch.allclose(rows.norm(dim=1), torch.ones(24), atol=1e-6)
     # Each row is a training sample at unit norm: its best cosine with the samples is 1.
@@ -260,7 +261,7 @@ def test_resampling_reinitialises_dead_features_and_their_adam_state():
     dead = torch.zeros(24, dtype=torch.bool)
     dead[[1, 5, 7]] = True
     before = {n: p.detach().clone() for n, p in zip(("enc", "benc", "dec"), params[:3])}
-    n = train_mod.resample_dead_(sae, opt, torch.from_numpy(TRAIN), dead, pool=256,
+    n = live_features.resample_dead_(sae, opt, torch.from_numpy(TRAIN), dead, pool=256,
                                  generator=torch.Generator().manual_seed(1))
     assert n == 3
     alive = ~dead
@@ -274,7 +275,7 @@ def test_resampling_reinitialises_dead_features_and_their_adam_state():
     for p in params[:3]:
         assert torch.all(opt.state[p]["exp_avg"][dead] == 0)
         assert torch.all(opt.state[p]["exp_avg"][alive] != 0)
-    assert train_mod.resample_dead_(sae, opt, torch.from_numpy(TRAIN), torch.zeros(24, dtype=torch.bool)) == 0
+    assert live_features.resample_dead_(sae, opt, torch.from_numpy(TRAIN), torch.zeros(24, dtype=torch.bool)) == 0
 
 
 def test_new_recipe_fields_at_their_defaults_keep_old_cache_keys():
