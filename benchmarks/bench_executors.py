@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from mdl_utils.executors import RayExecutor
-from mdl_utils.study import load_rows, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows
 from mdl_utils.study_plan import study_settings
 
 

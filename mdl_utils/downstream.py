@@ -73,7 +73,8 @@ from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
 from mdl_utils.profiles import choose, provenance, read_record, write_results
 from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.study import load_rows, load_selected_sae, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows, load_selected_sae
 from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
 from mdl_utils.study_summary import summarise
 from mdl_utils.data import DataSpec, SweepData, prepare_data

@@ -50,7 +50,8 @@ from mdl_utils.power_law import fit_scan
 from mdl_utils.protocol import index_of_k, k_of_index
 from mdl_utils.resolution import optimum_index
 from mdl_utils.rate_distortion import allocation_comparisons, curve_crossings_with_spread, rate_distortion_curves
-from mdl_utils.study import load_rows, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows
 from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
 from mdl_utils.study_summary import summarise

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from mdl_utils.protocol import continuous_precision, reconstruction_mse, sparse_latents
-from mdl_utils.study import load_selected_sae
+from mdl_utils.study_store import load_selected_sae
 from mdl_utils.study_plan import StudySettings
 
 __all__ = ["MSE_RATIOS", "allocation_comparisons", "curve_crossings_with_spread", "rate_distortion_curves"]

@@ -45,7 +45,6 @@ tolerances, the points A-D, what remains to train, provenance).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -67,7 +66,6 @@ from mdl_utils.protocol import (
     measure_sae,
     next_k_index,
 )
-from mdl_utils.io import atomic_write_text
 from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.executors import (
     Executor,
@@ -97,16 +95,14 @@ from mdl_utils.study_plan import (
     start_index,
     study_settings,
 )
-from mdl_utils.study_summary import StudySummary, read_summary, summarise
+from mdl_utils.study_store import compact, load_rows, sae_stem, save_compact, write_rows
+from mdl_utils.study_summary import summarise
 from mdl_utils.train import TrainConfig, resolve_device
 
 __all__ = [
     "MSEMeasure",
     "default_measure",
     "run_study",
-    "load_rows",
-    "load_study",
-    "load_selected_sae",
     "main",
 ]
 
@@ -149,31 +145,6 @@ def default_measure(settings: StudySettings) -> MSEMeasure:
 # --------------------------------------------------------------------------------------------
 
 
-def _rows_path(out: Path, width: int) -> Path:
-    return out / "rows" / f"w{width:05d}.json"
-
-
-def load_rows(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every row the study has written under ``out_dir`` (all widths), narrow to wide."""
-    rows: list[dict[str, Any]] = []
-    for path in sorted((Path(out_dir) / "rows").glob("w*.json")):
-        rows.extend(json.loads(path.read_text()))
-    return rows
-
-
-def _write_rows(out: Path, width: int, rows: list[dict[str, Any]]) -> None:
-    path = _rows_path(out, width)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(rows, key=lambda r: (r["seed"], r["k_index"]))
-    atomic_write_text(path, json.dumps(ordered, indent=1))
-
-
-def _sae_stem(out: Path, width: int, seed: int, *, pending: bool = False) -> Path:
-    """Where the DL-optimal SAE of ``(width, seed)`` is stored: ``saes/`` once its search has
-    finished, ``saes/pending/`` (not committed) while the best SAE may still change."""
-    return out / "saes" / ("pending" if pending else "") / f"w{width:05d}-s{seed}"
-
-
 def _finalise_selected(
     settings: StudySettings,
     out: Path,
@@ -193,12 +164,12 @@ def _finalise_selected(
     configuration is trained again (training is deterministic on one thread) and its DL must
     equal the row's, or the rows and the weights would disagree: then a ValueError says so.
     """
-    final = _sae_stem(out, width, seed)
+    final = sae_stem(out, width, seed)
     mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]
     if not mine or final.with_suffix(".json").is_file():
         return
     best = min(mine, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
-    pending = _sae_stem(out, width, seed, pending=True)
+    pending = sae_stem(out, width, seed, pending=True)
     if pending.with_suffix(".json").is_file() and BatchTopKSAE.load(pending).k == best["k"]:
         final.parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):
@@ -206,7 +177,7 @@ def _finalise_selected(
         return
     config = settings.train_config(width, best["k"], seed, device=device)
     train_cached(config, data, cache_path)
-    sae = _compact(load_cached_sae(cache_path, config_key(config, data.fingerprint)))
+    sae = compact(load_cached_sae(cache_path, config_key(config, data.fingerprint)))
     measure = measure if measure is not None else default_measure(settings)
     again = measure(sae, data.split("test"), None)["dl_bits"]
     if again is None or not math.isclose(again, best["measure"]["dl_bits"], rel_tol=1e-9):
@@ -215,29 +186,7 @@ def _finalise_selected(
             f"records {best['measure']['dl_bits']}: this machine does not reproduce that row; "
             "delete the row to retrain it here"
         )
-    _save_compact(sae, final)
-
-
-def load_selected_sae(out_dir: str | os.PathLike[str], width: int, seed: int) -> BatchTopKSAE:
-    """The stored DL-optimal SAE of ``(width, seed)`` (float16 weights, as measured)."""
-    stem = _sae_stem(Path(out_dir), width, seed)
-    if not stem.with_suffix(".json").is_file():
-        raise FileNotFoundError(f"no stored SAE for width {width}, seed {seed} under {out_dir}")
-    return BatchTopKSAE.load(stem)
-
-
-def _compact(sae: BatchTopKSAE) -> BatchTopKSAE:
-    """The SAE with its weights rounded to float16 (as stored), in float32 for computing."""
-    out = copy.deepcopy(sae)
-    with torch.no_grad():
-        for t in out.state_dict().values():
-            t.copy_(t.half().float())
-    return out
-
-
-def _save_compact(sae: BatchTopKSAE, stem: Path) -> None:
-    half = copy.deepcopy(sae).half()
-    half.save(stem)
+    save_compact(sae, final)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,7 +354,7 @@ def _run_study(
         """Measure a trained SAE (unless a worker did: ``measured``) and write its row (the
         driver alone writes rows and SAEs)."""
         key = config_key(config, data.fingerprint)
-        sae = _compact(load_cached_sae(cache_path, key))
+        sae = compact(load_cached_sae(cache_path, key))
         if measured is None:
             measured = measure(sae, x_test, weights)
         m = measured
@@ -416,10 +365,10 @@ def _run_study(
             for name in ("train_mse", "val_mse", "dead_fraction")
         }
         width_rows = [r for r in load_rows(out) if r["width"] == width] + [row]
-        _write_rows(out, width, width_rows)
+        write_rows(out, width, width_rows)
         new_state = search_state(width_rows, width, seed)
         if best_index(new_state) == j:
-            _save_compact(sae, _sae_stem(out, width, seed, pending=True))
+            save_compact(sae, sae_stem(out, width, seed, pending=True))
         dl = "misses eps" if m["dl_bits"] is None else f"DL {m['dl_bits']:.2f} bits"
         say(
             f"[{name}] width {width} seed {seed} k={config.k:g}: MSE {m['mse']:.5f}, {dl}, "
@@ -519,7 +468,7 @@ def _train_and_measure(
     as the driver would (same bootstrap replicates), so the rows do not depend on who measured."""
     payload = train_payload(config, data)
     x_test = data.split("test")
-    return payload, measure(_compact(payload.sae), x_test, bootstrap_weights(len(x_test), n_boot, seed=0))
+    return payload, measure(compact(payload.sae), x_test, bootstrap_weights(len(x_test), n_boot, seed=0))
 
 
 def _unpack(value: Any) -> tuple[TrainedPayload, dict[str, Any] | None]:
@@ -546,21 +495,6 @@ def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[in
 # --------------------------------------------------------------------------------------------
 # Reading a finished (or partial) study
 # --------------------------------------------------------------------------------------------
-
-
-def load_study(out_dir: str | os.PathLike[str]) -> tuple[StudySummary, list[dict[str, Any]]]:
-    """The study's summary (typed, :class:`mdl_utils.study_summary.StudySummary`) and all its rows.
-
-    Raises:
-        FileNotFoundError: no summary (the message says how to make it).
-        ValueError: another results format, or not a study summary.
-    """
-    out = Path(out_dir)
-    summary = read_summary(
-        out / "summary.json",
-        how_to_make=f"run `python -m mdl_utils mnist-sweep --profile full --out {out}` to compute it",
-    )
-    return summary, load_rows(out)
 
 
 def _report(summary: dict[str, Any], path: Path) -> str:

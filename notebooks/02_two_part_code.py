@@ -46,7 +46,7 @@ from mdl_utils.dl import decode_latents, description_length, effective_precision
 from mdl_utils.mdl import decoder_fn, latents
 from mdl_utils.protocol import quantised_latents
 from mdl_utils.profiles import cache_dir, choose, results_dir
-from mdl_utils.study import load_selected_sae
+from mdl_utils.study_store import load_selected_sae
 from mdl_utils.cache import load_cached_sae, train_cached
 from mdl_utils.data import DataSpec, prepare_data
 from mdl_utils.tables import Table

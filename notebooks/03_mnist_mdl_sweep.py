@@ -89,7 +89,8 @@ from mdl_utils.mdl import max_cosine_to_data, pixel_coverage
 from mdl_utils.profiles import cache_dir, results_dir
 from mdl_utils.protocol import REL_BAND, k_of_index, saebench_dl, sparse_latents
 from mdl_utils.dl import description_length
-from mdl_utils.study import load_selected_sae, load_study, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_selected_sae, load_study
 from mdl_utils.study_plan import study_settings
 from mdl_utils.tables import Table
 

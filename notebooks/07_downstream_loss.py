@@ -80,7 +80,7 @@ from mdl_utils.downstream_measure import precision_curve
 from mdl_utils.downstream_results import ARMS
 from mdl_utils.models import accuracy, hidden_activations, splice_loss
 from mdl_utils.profiles import cache_dir, results_dir
-from mdl_utils.study import load_rows
+from mdl_utils.study_store import load_rows
 from mdl_utils.tables import Table
 
 torch.set_num_threads(1)  # small models: one thread is fast enough and keeps results reproducible

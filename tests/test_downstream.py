@@ -25,7 +25,7 @@ from mdl_utils.downstream import (
 from mdl_utils.downstream_measure import DownstreamMeasure, measure_downstream, precision_curve
 from mdl_utils.models import ClassifierConfig, MLPClassifier, hidden_activations, load_classifier, splice_loss
 from mdl_utils.protocol import REL_BAND, measure_sae
-from mdl_utils.study import load_rows
+from mdl_utils.study_store import load_rows
 from mdl_utils.study_plan import RECIPE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,8 @@ from mdl_utils.power_law import fit_power_law, fit_scan
 from mdl_utils.scan_results import ScanResults, read_scan
 from mdl_utils.rate_distortion import curve_crossings_with_spread, rate_distortion_curves
 from mdl_utils.protocol import index_of_k, k_of_index
-from mdl_utils.study import load_rows, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows
 
 from test_study import SETTINGS, _data
 
@@ -328,7 +329,7 @@ def test_committed_full_scan_reproduces_from_its_rows_and_saes(mnist_source_dir)
 def _recheck_full_scan(stored, base):
     from mdl_utils.allocation_checks import compare_at_equal_mse
     from mdl_utils.data import load_mnist
-    from mdl_utils.study import load_selected_sae
+    from mdl_utils.study_store import load_selected_sae
 
     eps = [e["epsilon"] for e in stored["entries"]]
     again = summarise_scan(

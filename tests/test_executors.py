@@ -28,7 +28,8 @@ from mdl_utils.executors import (
     executor_from_args,
     make_executor,
 )
-from mdl_utils.study import load_rows, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows
 from mdl_utils.data import DataSpec, SweepData
 from mdl_utils.sweep import SweepConfig, TargetSpec, run_sweep
 from test_study import SETTINGS as STUDY_SETTINGS

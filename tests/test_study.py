@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mdl_utils.protocol import bootstrap_weights, measure_sae
-from mdl_utils.study import load_rows, load_selected_sae, load_study, run_study
+from mdl_utils.study import run_study
+from mdl_utils.study_store import load_rows, load_selected_sae, load_study
 from mdl_utils.study_plan import StudySettings, plan, study_settings
 from mdl_utils.study_summary import RESULTS_FORMAT_VERSION, summarise
 from mdl_utils.data import SweepData, data_fingerprint
