@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mdl_utils.downstream_results import ARMS
-from mdl_utils.entropy import description_length
+from mdl_utils.entropy import description_length, saebench_dl
 from mdl_utils.models import MLPClassifier, splice_loss
 from mdl_utils.protocol import (
     REL_BAND,
@@ -31,7 +31,6 @@ from mdl_utils.protocol import (
     quantised_latents,
     quantised_mse,
     reconstruction_mse,
-    saebench_dl,
     sparse_decode,
     sparse_latents,
 )

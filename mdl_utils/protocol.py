@@ -39,7 +39,7 @@ import torch
 from scipy import sparse
 
 from mdl_utils.array_types import Data
-from mdl_utils.entropy import description_length
+from mdl_utils.entropy import description_length, saebench_dl
 from mdl_utils.quantize import bin_widths, dequantize, quantize
 from mdl_utils.sae import BatchTopKSAE
 
@@ -61,8 +61,6 @@ __all__ = [
     "measure_sae",
     "bootstrap_dl",
     "bootstrap_weights",
-    "two_part_bits",
-    "saebench_dl",
 ]
 
 #: Every compared SAE's quantised MSE lies in ``[(1 - REL_BAND) * eps, eps]``.
@@ -497,60 +495,3 @@ def _whole_bits(sae: BatchTopKSAE, z: sparse.csr_array, x_ND: torch.Tensor, epsi
     if found is None:
         raise ValueError(f"no whole number of bits up to 24 meets epsilon {epsilon}")
     return found
-
-
-# --------------------------------------------------------------------------------------------
-# Context: the whole two-part code, and SAEBench's count
-# --------------------------------------------------------------------------------------------
-
-
-def two_part_bits(
-    dl_bits: float, width: int, d_in: int, *, n_samples: int = 60_000, bits_per_weight: int = 16
-) -> float:
-    """The two-part code per sample: DL plus the decoder's bits shared over ``n_samples``.
-
-    The decoder (``width * d_in`` weights and ``d_in`` biases) is sent once at
-    ``bits_per_weight`` bits each (float16 by default, as the book stores SAEs), so the
-    per-sample total is ``dl_bits + (width + 1) * d_in * bits_per_weight / n_samples``.
-    """
-    if n_samples < 1 or width < 1 or d_in < 1 or bits_per_weight < 1:
-        raise ValueError("n_samples, width, d_in and bits_per_weight must be >= 1")
-    return float(dl_bits) + (width + 1) * d_in * bits_per_weight / n_samples
-
-
-def saebench_dl(z: np.ndarray | sparse.sparray | sparse.spmatrix, *, num_bins: int, max_floor: float = 100.0) -> float:
-    """The description length as SAEBench's MDL evaluation counts it, bits per sample.
-
-    Written here independently (none of SAEBench's code is copied). Per feature: the entropy of
-    "fires or not", plus the firing rate times the entropy of a value histogram with
-    ``num_bins`` equal bins over ``[0, max_i]``, where ``max_i`` is the feature's largest
-    activation but never less than ``max_floor`` (the running maximum starts at 100), and the
-    histogram counts *all* samples, zeros included (they fall in the first bin). Ours
-    (:func:`mdl_utils.entropy.description_length`) bins only the non-zero values, over each
-    feature's own range.
-    """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
-        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
-    matrix: Any = z  # scipy's stubs type csr_array() per input kind, not for their union
-    z = sparse.csc_array(sparse.csr_array(matrix))
-    n_samples, n_features = z.shape
-    total = 0.0
-    for i in range(n_features):
-        values = z.data[z.indptr[i] : z.indptr[i + 1]]
-        values = values[values > 0]
-        rate = values.size / n_samples
-        if rate in (0.0, 1.0):
-            h_fire = 0.0
-        else:
-            h_fire = -rate * math.log2(rate) - (1 - rate) * math.log2(1 - rate)
-        top = max(float(values.max()) if values.size else 0.0, max_floor)
-        width = top / num_bins
-        idx = np.clip(np.ceil(values / width).astype(np.int64) - 1, 0, num_bins - 1)
-        # Zeros land in the first bin [0, width], together with the smallest values.
-        counts = np.bincount(idx, minlength=num_bins).astype(np.float64)
-        counts[0] += n_samples - values.size
-        p = counts / n_samples
-        p = p[(p > 0) & (p < 1)]
-        h_value = float(-np.sum(p * np.log2(p))) if p.size else 0.0
-        total += h_fire + rate * h_value
-    return total

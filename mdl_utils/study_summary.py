@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mdl_utils.profiles import read_record
-from mdl_utils.protocol import two_part_bits
+from mdl_utils.entropy import two_part_bits
 from mdl_utils.resolution import Resolution, WidthSummary, resolve_optimum
 from mdl_utils.study_plan import StudySettings, j_max, j_min, plan, search_done, start_index
 

@@ -87,7 +87,8 @@ from mdl_utils import plots, verdicts
 from mdl_utils.data import load_mnist
 from mdl_utils.mdl import max_cosine_to_data, pixel_coverage
 from mdl_utils.profiles import cache_dir, results_dir
-from mdl_utils.protocol import REL_BAND, k_of_index, saebench_dl, sparse_latents
+from mdl_utils.entropy import saebench_dl
+from mdl_utils.protocol import REL_BAND, k_of_index, sparse_latents
 from mdl_utils.dl import description_length
 from mdl_utils.study import run_study
 from mdl_utils.study_store import load_selected_sae, load_study
@@ -450,7 +451,7 @@ if missing:
 # ## SAEBench's MDL number on the same latents
 #
 # SAEBench {cite:p}`karvonen2025saebench` includes an MDL evaluation written by the paper's
-# first author. Its count differs from ours in two ways (`mdl_utils.protocol.saebench_dl`
+# first author. Its count differs from ours in two ways (`mdl_utils.entropy.saebench_dl`
 # writes the count out independently of SAEBench's code): the value histogram of a feature counts
 # *all* samples, so the zeros fill its first bin, and each feature's range starts at 100 and
 # only grows, so on MNIST's small activations most values share the first bins. Below, for

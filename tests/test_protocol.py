@@ -11,6 +11,7 @@ import pytest
 from scipy import sparse
 
 from mdl_utils.dl import description_length, feature_entropies, quantize
+from mdl_utils.entropy import saebench_dl, two_part_bits
 from mdl_utils.protocol import (
     REL_BAND,
     bootstrap_dl,
@@ -21,9 +22,7 @@ from mdl_utils.protocol import (
     measure_sae,
     next_k_index,
     quantised_mse,
-    saebench_dl,
     sparse_latents,
-    two_part_bits,
 )
 from mdl_utils.resolution import WidthSummary, resolve_optimum
 
