@@ -32,16 +32,8 @@ from mdl_utils.entropy import description_length
 from mdl_utils.io import atomic_write_text
 from mdl_utils.precision import effective_precision
 from mdl_utils.sae import BatchTopKSAE
-from mdl_utils.toys import (
-    best_cosines,
-    correlated_pair_data,
-    dictionary_sae,
-    hierarchical_data,
-    joint_probability,
-    pair_codes,
-    splitting_dl,
-    splitting_l0,
-)
+from mdl_utils.toy_data import best_cosines, correlated_pair_data, dictionary_sae, hierarchical_data, pair_codes
+from mdl_utils.toys import joint_probability, splitting_dl, splitting_l0
 from mdl_utils.train import TrainConfig, evaluate_sae, train_sae
 from mdl_utils.tree_sae import TreeSAE, TreeTrainConfig, train_tree_sae, tree_description_length
 

@@ -38,11 +38,10 @@ from mdl_utils import plots
 from mdl_utils.dl import description_length
 from mdl_utils.profiles import cache_dir, choose
 from mdl_utils.toy_experiments import SplittingSettings, run_splitting_experiment
+from mdl_utils.toy_data import correlated_pair_data, pair_codes
 from mdl_utils.toys import (
-    correlated_pair_data,
     correlation_range,
     joint_probability,
-    pair_codes,
     splitting_boundary,
     splitting_dl,
     splitting_l0,

@@ -13,11 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mdl_utils.toy_data import correlated_pair_data, hierarchical_data
 from mdl_utils.toys import (
     binary_entropy,
-    correlated_pair_data,
     correlation_range,
-    hierarchical_data,
     hierarchy_dl,
     joint_probability,
     splitting_boundary,
@@ -295,7 +294,7 @@ def test_generators_reject_bad_settings():
 
 
 def test_pair_codes_reconstruct_the_noiseless_data_and_have_the_exact_entropies():
-    from mdl_utils.toys import pair_codes
+    from mdl_utils.toy_data import pair_codes
 
     data = correlated_pair_data(40_000, 0.3, 0.5, n_pairs=2, d=8, noise_std=0.0, extra_rates=(0.2, 0.1), seed=0)
     for split in (False, True):
@@ -322,7 +321,7 @@ def test_pair_codes_reconstruct_the_noiseless_data_and_have_the_exact_entropies(
 
 
 def test_best_cosines_by_hand():
-    from mdl_utils.toys import best_cosines
+    from mdl_utils.toy_data import best_cosines
 
     true = np.array([[1.0, 0.0], [0.0, 1.0]])
     learned = np.array([[2.0, 0.0], [1.0, 1.0]])
@@ -334,7 +333,7 @@ def test_best_cosines_by_hand():
 def test_dictionary_sae_decodes_the_intended_latents_exactly():
     import torch
 
-    from mdl_utils.toys import dictionary_sae, pair_codes
+    from mdl_utils.toy_data import dictionary_sae, pair_codes
 
     data = correlated_pair_data(500, 0.3, 0.5, n_pairs=2, d=8, noise_std=0.0, seed=0)
     z, w = pair_codes(data, 2, split=True)
