@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -237,6 +237,18 @@ class ContinuousPrecision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ContinuousPrecision:
+        """Read the form :meth:`to_dict` writes."""
+        return cls(
+            bits=float(d["bits"]),
+            mse_quantised=float(d["mse_quantised"]),
+            mse=float(d["mse"]),
+            epsilon=float(d["epsilon"]),
+            status=str(d["status"]),
+            n_evaluations=int(d["n_evaluations"]),
+        )
+
 
 def continuous_precision(
     sae: BatchTopKSAE,
@@ -376,6 +388,18 @@ class SAEMeasurement:
         out = asdict(self)
         out["precision"] = None if self.precision is None else self.precision.to_dict()
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEMeasurement:
+        """Read the form :meth:`to_dict` writes; keys it does not know are ignored (a study's
+        measure may add readings: chapter 7's cross-entropy)."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise KeyError(f"a measurement lacks {missing}")
+        values = {n: d[n] for n in names}
+        values["precision"] = None if d["precision"] is None else ContinuousPrecision.from_dict(d["precision"])
+        return cls(**values)
 
 
 def bootstrap_weights(n_samples: int, n_boot: int, seed: int = 0) -> np.ndarray:

@@ -128,7 +128,7 @@ print(f"training: batch {recipe['batch_size']}; learning rate cut by {recipe['lr
 
 # %%
 # NBVAL_CHECK_OUTPUT
-n_capped = sum(r["train"]["stop_reason"] == "max_epochs" for r in rows)
+n_capped = sum(r.train.stop_reason == "max_epochs" for r in rows)
 print(f"{summary.n_saes_trained} SAEs trained ({summary.training_time_s / 3600:.2f} h of training, "
       f"devices: {', '.join(summary.devices)}); {n_capped} stopped at the epoch cap "
       f"of {recipe['max_epochs']}")
@@ -150,7 +150,7 @@ for w in summary.widths:
 
 # %% tags=["hide-input"]
 widths_all = summary.widths
-k_tried = sorted({r["k"] for r in rows})
+k_tried = sorted({r.k for r in rows})
 
 
 def k_axis(ax):
@@ -166,8 +166,8 @@ cmap = plots.plt.get_cmap("viridis")
 for i, w in enumerate(widths_all):
     color = cmap(i / max(1, len(widths_all) - 1))
     for s in seeds:
-        pts = sorted((r["k"], r["measure"]["dl_bits"]) for r in rows
-                     if r["width"] == w and r["seed"] == s and r["measure"]["dl_bits"] is not None)
+        pts = sorted((r.k, r.dl_bits) for r in rows
+                     if r.width == w and r.seed == s and r.dl_bits is not None)
         if not pts:
             continue
         k_, d_ = zip(*pts)
@@ -182,7 +182,7 @@ _ = ax.legend(fontsize=7, ncol=2)
 ax = axes[0, 1]
 for i, w in enumerate(widths_all):
     color = cmap(i / max(1, len(widths_all) - 1))
-    pts = sorted((r["k"], r["measure"]["mse"]) for r in rows if r["width"] == w and r["seed"] == seeds[0])
+    pts = sorted((r.k, r.measure.mse) for r in rows if r.width == w and r.seed == seeds[0])
     if pts:
         k_, m_ = zip(*pts)
         ax.plot(k_, m_, "o-", color=color, ms=3, lw=1, label=f"width {w}")
@@ -207,7 +207,7 @@ table = []
 for (w, s), search in sorted(searches.items()):
     e = search.selected
     if e is None:
-        k_max = k_of_index(max(r["k_index"] for r in rows if r["width"] == w and r["seed"] == s))
+        k_max = k_of_index(max(r.k_index for r in rows if r.width == w and r.seed == s))
         table.append([w, s, f"misses epsilon at every k tried (up to {k_max:g})"] + [None] * 11)
         continue
     flag = " (search running)" if not search.complete else ("" if e.bracketed else " (minimum not bracketed)")
@@ -332,7 +332,7 @@ table = []
 for w in w0:
     dead_w = 1 - sel0[w].n_live / w
     target = 0.05 if w <= 1024 else 0.20
-    minutes = sum(r["train"]["train_seconds"] or 0 for r in rows if r["width"] == w) / 60
+    minutes = sum(r.train.train_seconds or 0 for r in rows if r.width == w) / 60
     table.append([w, f"{dead_w:.3f}", f"{target:.2f}", dead_w <= target,
                   f"{legacy[w]['dead_fraction']:.3f}" if w in legacy else None, f"{minutes:.1f} min"])
 display(Table(["width", "dead fraction", "target", "met", "first version (20 epochs)",
@@ -350,8 +350,8 @@ fig, axes = plots.figure(width=7.0, height=4.0)
 ax = axes[0, 0]
 for i, w in enumerate(sorted(sel0)):
     e = sel0[w]
-    row = next(r for r in rows if r["width"] == w and r["seed"] == seeds[0] and r["k_index"] == e.k_index)
-    val = np.array(row["train"]["curve"]["val_mse"])
+    row = next(r for r in rows if r.width == w and r.seed == seeds[0] and r.k_index == e.k_index)
+    val = np.array(row.train.curve.val_mse)
     color = cmap(i / max(1, len(sel0) - 1))
     ax.plot(np.arange(1, len(val) + 1), val / val.min(), color=color, lw=1, label=f"width {w}")
     ax.plot([e.best_epoch], [val[e.best_epoch - 1] / val.min()], "o", color=color, ms=4)

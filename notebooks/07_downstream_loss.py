@@ -80,7 +80,7 @@ from mdl_utils.downstream_measure import precision_curve
 from mdl_utils.downstream_results import ARMS
 from mdl_utils.models import accuracy, hidden_activations, splice_loss
 from mdl_utils.profiles import cache_dir, results_dir
-from mdl_utils.study_store import load_rows
+from mdl_utils.study_store import read_rows
 from mdl_utils.tables import Table
 
 torch.set_num_threads(1)  # small models: one thread is fast enough and keeps results reproducible
@@ -94,7 +94,7 @@ run, model = load_downstream(out_dir)  # typed results (DownstreamResults) and t
 settings = DownstreamSettings.from_dict(run.settings)
 eps = {arm: run.epsilon(arm) for arm in ARMS}
 arms = run.arms  # arm -> its study summary (StudySummary), for the arms that have started
-rows = {arm: load_rows(out_dir / arm) for arm in arms}
+rows = {arm: read_rows(out_dir / arm) for arm in arms}  # arm -> its rows (StudyRow)
 NAMES = {"ce": "cross-entropy", "mse": "MSE"}
 UNITS = {"ce": "nats per digit", "mse": "per hidden unit"}
 
@@ -142,7 +142,7 @@ for arm in ARMS:
         print(f"{NAMES[arm]}: not started")
         continue
     s = arms[arm]
-    n_capped = sum(r["train"]["stop_reason"] == "max_epochs" for r in rows[arm])
+    n_capped = sum(r.train.stop_reason == "max_epochs" for r in rows[arm])
     state = "complete" if s.complete else f"{len(s.remaining)} (width, seed) searches remain"
     print(f"{NAMES[arm]}: {s.n_saes_trained} SAEs, {n_capped} stopped at the epoch cap; {state}")
     for w in s.widths:

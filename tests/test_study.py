@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_utils.protocol import bootstrap_weights, measure_sae
+from mdl_utils.protocol import SAEMeasurement, bootstrap_weights, measure_sae
 from mdl_utils.study import run_study
-from mdl_utils.study_store import load_rows, load_selected_sae, load_study
+from mdl_utils.study_store import load_rows, load_selected_sae, load_study, read_rows
 from mdl_utils.study_plan import StudySettings, plan, study_settings
 from mdl_utils.study_summary import RESULTS_FORMAT_VERSION, summarise
 from mdl_utils.data import SweepData, data_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
+MEASURE_FIELDS = tuple(SAEMeasurement.__dataclass_fields__)
 FULL = REPO / "results" / "full" / "mnist-mdl"
 
 
@@ -162,6 +163,35 @@ def test_plan_puts_seed_zero_everywhere_before_other_seeds():
         study_settings("medium")
 
 
+@pytest.mark.parametrize("folder", sorted(p.parent for p in REPO.glob("results/full/**/rows/w*.json")),
+                         ids=lambda p: str(p.relative_to(REPO / "results" / "full")))
+def test_committed_rows_read_as_typed_records_and_write_back_byte_for_byte(folder):
+    raw = {p: p.read_text() for p in sorted((folder / "rows").glob("w*.json"))}
+    typed = read_rows(folder)
+    assert len(typed) == sum(len(json.loads(t)) for t in raw.values())
+    dicts = load_rows(folder)
+    for row, d in zip(typed, dicts):
+        assert (row.width, row.seed, row.k, row.dl_bits) == (d["width"], d["seed"], d["k"], d["measure"]["dl_bits"])
+        assert row.train.stop_reason == d["train"]["stop_reason"]
+        assert row.measure_extra.keys() == d["measure"].keys() - set(MEASURE_FIELDS)
+    # The stored form comes back key for key, file by file.
+    back = iter(typed)
+    for path, text in raw.items():
+        n = len(json.loads(text))
+        assert json.dumps([next(back).to_dict() for _ in range(n)], indent=1) == text, path
+
+
+def test_a_row_that_lacks_a_measurement_field_is_refused_naming_the_file(tmp_path):
+    row = {"width": 8, "seed": 0, "k_index": 8, "k": 4.0, "key": "x", "device": "cpu",
+           "train": {"epochs": 3, "best_epoch": 2, "stop_reason": "converged", "train_seconds": 1.0,
+                     "mse_train": 0.1, "mse_val": 0.1, "dead_fraction": 0.0},
+           "measure": {"width": 8, "k": 4.0}}
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "w00008.json").write_text(json.dumps([row]))
+    with pytest.raises(ValueError, match=r"w00008.json holds a row that is not a study row.*epsilon"):
+        read_rows(tmp_path)
+
+
 def test_missing_study_says_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="mnist-sweep --profile full"):
         load_study(tmp_path)
@@ -176,7 +206,7 @@ def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir
     assert typed.format_version == RESULTS_FORMAT_VERSION
     settings = study_settings("full")
     assert typed.settings == settings
-    recomputed = json.loads(json.dumps(summarise(settings, rows)))  # as stored: tuples become lists
+    recomputed = json.loads(json.dumps(summarise(settings, [r.to_dict() for r in rows])))  # tuples -> lists
     for key in ("dl_star", "resolution", "rereads", "points", "remaining", "widths"):
         assert recomputed[key] == summary[key], key
     x_test, _ = load_mnist("test")
@@ -189,11 +219,10 @@ def test_committed_full_study_reproduces_from_its_rows_and_saes(mnist_source_dir
         if not (s.get("reachable") and s.get("complete")) or entry["width"] > 512:
             continue
         sae = load_selected_sae(FULL, entry["width"], 0)
-        row = next(r for r in rows if r["width"] == entry["width"] and r["seed"] == 0
-                   and r["k_index"] == s["k_index"])
+        row = next(r for r in rows if r.width == entry["width"] and r.seed == 0 and r.k_index == s["k_index"])
         m = measure_sae(sae, x_test, epsilon=settings.epsilon, boot_weights=weights)
-        assert m.mse == pytest.approx(row["measure"]["mse"], rel=1e-6)
-        assert m.dl_bits == pytest.approx(row["measure"]["dl_bits"], rel=1e-6)
+        assert m.mse == pytest.approx(row.measure.mse, rel=1e-6)
+        assert m.dl_bits == pytest.approx(row.dl_bits, rel=1e-6)
         assert (1 - 1e-3) * settings.epsilon <= m.precision.mse_quantised <= settings.epsilon
         checked += 1
     assert checked >= 1
