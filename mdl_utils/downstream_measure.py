@@ -19,14 +19,11 @@ import numpy as np
 import torch
 
 from mdl_utils.downstream_results import ARMS
-from mdl_utils.entropy import description_length, saebench_dl
+from mdl_utils.entropy import description_length
+from mdl_utils.loss_measure import measure_under_loss
 from mdl_utils.models import MLPClassifier, splice_loss
 from mdl_utils.protocol import (
     REL_BAND,
-    ContinuousPrecision,
-    bisect_precision,
-    bootstrap_dl,
-    coarsest_whole_bits,
     measure_sae,
     quantised_latents,
     quantised_mse,
@@ -102,59 +99,24 @@ def measure_downstream(
         out.update(loss="mse", ce_clean=ce_clean, ce_increase=ce_raw, **extra)
         return out
 
-    mse_raw = reconstruction_mse(sae, z, h_ND)
-
     def ce_at(bits: float) -> float:
         return _ce_of(model, sae, quantised_latents(z, bits), h_ND, y_np)[0]
 
-    def precision_for(eps: float) -> ContinuousPrecision | None:
-        if ce_raw > eps:
-            return None
-        if z.nnz == 0:
-            return ContinuousPrecision(0.05, ce_raw, ce_raw, eps, "coarsest", 0)
-        return bisect_precision(ce_at, ce_raw, epsilon=eps, rel_band=rel_band)
-
-    precision = precision_for(epsilon)
-    dl_bits = bound = whole_bits = whole_ce = whole_dl = sb = None
-    boot: list[float] = []
-    if precision is not None:
-        dl = description_length(z, bits=precision.bits)
-        dl_bits, bound = dl.dl_bits, dl.upper_bound_bits
-        found = coarsest_whole_bits(ce_at, epsilon)
-        if found is not None:
-            whole_bits, whole_ce = found
-            whole_dl = description_length(z, bits=whole_bits).dl_bits
-            sb = saebench_dl(z, num_bins=2**whole_bits)
-        if boot_weights is not None:
-            boot = [round(float(v), 4) for v in bootstrap_dl(z, precision.bits, boot_weights)]
-    dl_at: dict[str, float | None] = {}
-    for tol in other_tolerances:
-        p = precision_for(tol)
-        dl_at[f"{tol:.6g}"] = None if p is None else description_length(z, bits=p.bits).dl_bits
-    n_live = int(np.unique(z.indices).size)
-    return {
-        "width": sae.width,
-        "k": sae.k,
-        "epsilon": epsilon,
-        "mse": mse_raw,
-        "feasible": precision is not None,
-        "l0": z.nnz / z.shape[0],
-        "n_live": n_live,
-        "dead_fraction": 1.0 - n_live / sae.width,
-        "precision": None if precision is None else precision.to_dict(),
-        "dl_bits": dl_bits,
-        "upper_bound_bits": bound,
-        "whole_bits": whole_bits,
-        "whole_mse_quantised": whole_ce,
-        "whole_dl_bits": whole_dl,
-        "dl_at": dl_at,
-        "boot": boot,
-        "saebench_bits": sb,
-        "loss": "ce",
-        "ce_clean": ce_clean,
-        "ce_increase": ce_raw,
-        **readings(None if precision is None else precision.bits),
-    }
+    out = measure_under_loss(
+        z,
+        ce_at,
+        raw_loss=ce_raw,
+        mse=reconstruction_mse(sae, z, h_ND),
+        width=sae.width,
+        k=sae.k,
+        epsilon=epsilon,
+        other_tolerances=other_tolerances,
+        boot_weights=boot_weights,
+        rel_band=rel_band,
+    )
+    p = out["precision"]
+    out.update(loss="ce", ce_clean=ce_clean, ce_increase=ce_raw, **readings(None if p is None else p["bits"]))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
