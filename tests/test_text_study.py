@@ -1,0 +1,148 @@
+"""Tests for mdl_utils.text_study (chapter 8): the embedding change is measured against a
+second computation, the calibration rule is the median it claims, and a miniature job runs,
+writes its results, and resumes without training again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mdl_utils.corpus import HTML_SUBDIR, fetch_corpus
+from mdl_utils.minilm import load_minilm
+from mdl_utils.sae import BatchTopKSAE
+from mdl_utils.study_plan import QUICK_RECIPE, StudySettings
+from mdl_utils.study_store import load_rows
+from mdl_utils.text_activations import ActivationSpec, token_activations
+from mdl_utils.text_study import (
+    EmbeddingMeasure,
+    TextStudySettings,
+    calibrate_embedding_epsilon,
+    load_text_study,
+    run_text_study,
+)
+
+WORDS = ("a sparse autoencoder explains the activations of a model with few features each of which "
+         "names a direction and the description length counts the bits it needs").split()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    pages = root / HTML_SUBDIR
+    pages.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        paragraphs = "".join(f"<p>{' '.join(rng.choice(WORDS, size=30))}.</p>" for _ in range(4))
+        (pages / f"page{i:02d}.html").write_text(f'<div role="main">{paragraphs}</div>')
+    return root
+
+
+SMALL = TextStudySettings(
+    activations=ActivationSpec(chunk_tokens=30, max_tokens={"train": 1200, "val": 300, "test": 300}),
+    fvus=(0.5,),
+    study=StudySettings(
+        n_train=None, n_test=None, widths=(64,), fill_widths=False, seeds=(0,), k_start=16.0, n_boot=10,
+        max_trainings_per_search=6, train={**QUICK_RECIPE, "max_epochs": 8},
+    ),
+)  # fmt: skip
+
+
+def test_calibration_is_the_median_over_reachable_widths():
+    summary = {"widths": [
+        {"width": 8, "seeds": {"0": {"reachable": False}}},
+        {"width": 16, "seeds": {"0": {"reachable": True, "embedding_change_quantised": 0.30}}},
+        {"width": 32, "seeds": {"0": {"reachable": True, "embedding_change_quantised": 0.10}}},
+        {"width": 64, "seeds": {"0": {"reachable": True, "embedding_change_quantised": 0.20}},
+         "other": 1},
+    ]}  # fmt: skip
+    cal = calibrate_embedding_epsilon(summary, 0)
+    assert cal["epsilon"] == 0.20 and cal["per_width"] == {"16": 0.30, "32": 0.10, "64": 0.20}
+    with pytest.raises(ValueError, match="nothing to calibrate on"):
+        calibrate_embedding_epsilon({"widths": summary["widths"][:1]}, 0)
+
+
+def test_settings_refuse_bad_tolerances():
+    with pytest.raises(ValueError, match="fvus must lie in"):
+        replace(SMALL, fvus=(1.5,))
+    with pytest.raises(ValueError, match="at least one"):
+        replace(SMALL, fvus=())
+    with pytest.raises(ValueError, match="embedding_epsilon"):
+        replace(SMALL, embedding_epsilon=0.0)
+
+
+def test_embedding_change_is_zero_for_the_states_themselves_and_matches_a_second_computation(
+    minilm, corpus_dir, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
+    acts = token_activations(SMALL.activations, fetch_corpus(), minilm, tmp_path, progress=False)
+    chunks = acts.chunks["test"]
+    measure = EmbeddingMeasure(minilm, chunks, 3, loss="embedding", epsilon=0.05, variance=1.0, batch_size=4)
+    x = torch.from_numpy(acts.split("test").astype(np.float32))
+    assert measure.n_tokens == len(x)
+    assert measure.change(x) < 1e-4  # the float16 copy of the states themselves
+    # Second computation: chunk by chunk, states with every real token set to zero.
+    expected = []
+    for c in chunks:
+        ids, mask = minilm.batch([list(c.ids)])
+        h = minilm.states_at(ids, mask, 3)
+        clean = minilm.embed_from(h, mask, 3)
+        h[0, 1 : 1 + len(c.ids)] = 0.0
+        expected.append(1.0 - float((minilm.embed_from(h, mask, 3) * clean).sum()))
+    assert measure.change(torch.zeros_like(x)) == pytest.approx(np.mean(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="reconstructed tokens"):
+        measure.change(x[:-1])
+    with pytest.raises(ValueError, match="loss must be"):
+        EmbeddingMeasure(minilm, chunks, 3, loss="kl", epsilon=0.05, variance=1.0)
+
+
+def test_an_sae_measured_under_the_embedding_tolerance_sits_in_the_band(minilm, corpus_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
+    acts = token_activations(SMALL.activations, fetch_corpus(), minilm, tmp_path, progress=False)
+    x = acts.split("test").astype(np.float32)
+    # An SAE that keeps every dimension (identity decoder, k = d): quantisation is the only loss.
+    d = x.shape[1]
+    sae = BatchTopKSAE(d, 2 * d, float(d), seed=0)
+    with torch.no_grad():
+        eye = torch.eye(d)
+        sae.W_enc_FD.copy_(torch.cat([eye, -eye]))
+        sae.W_dec_FD.copy_(torch.cat([eye, -eye]))
+        sae.b_enc_F.zero_()
+        sae.b_dec_D.zero_()
+        sae.threshold.fill_(0.0)
+    measure = EmbeddingMeasure(minilm, acts.chunks["test"], 3, loss="embedding", epsilon=0.02, variance=1.0)
+    m = measure(sae, x)
+    assert m["feasible"] and m["embedding_change"] < 1e-3
+    assert 0.999 * 0.02 <= m["precision"]["mse_quantised"] <= 0.02 or m["precision"]["status"] != "in_band"
+    assert m["embedding_change_quantised"] == m["precision"]["mse_quantised"]
+    assert m["fvu"] == pytest.approx(m["mse"])  # variance 1
+
+
+def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, corpus_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
+    out = tmp_path / "out"
+    payload = run_text_study(SMALL, out, cache=tmp_path / "cache", progress=False)
+    assert set(payload["arms"]) == {"fvu-0.5", "embedding"}
+    first = payload["arms"]["fvu-0.5"]["summary"]
+    assert first["complete"] and first["n_saes_trained"] >= 2
+    cal = json.loads((out / "calibration.json").read_text())
+    assert payload["arms"]["embedding"]["epsilon"] == cal["epsilon"]
+    # Every row of the embedding arm was measured against the calibrated tolerance.
+    for row in load_rows(out / "embedding"):
+        assert row["measure"]["epsilon"] == cal["epsilon"] and row["measure"]["loss"] == "embedding"
+    before = {p.name: p.read_text() for p in sorted(out.glob("*/rows/*.json"))}
+    again = run_text_study(SMALL, out, cache=tmp_path / "cache", progress=False)
+    assert {p.name: p.read_text() for p in sorted(out.glob("*/rows/*.json"))} == before
+    assert again["n_saes_trained"] == payload["n_saes_trained"]
+    typed = load_text_study(out)
+    eps, summary = typed.arms["fvu-0.5"]
+    assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
+    assert typed.info["activations"]["n_tokens"] == {"train": 1200, "val": 300, "test": 300}
