@@ -151,7 +151,7 @@ def settings_for(profile: str) -> TextStudySettings:
             ),
         ),
         full=TextStudySettings(
-            activations=ActivationSpec(max_tokens={"train": 200_000, "val": 20_000, "test": 20_000}),
+            activations=ActivationSpec(max_tokens={"train": 200_000, "val": 20_000, "test": 10_000}),
             fvus=(0.1, 0.2),
             study=StudySettings(
                 n_train=None,

@@ -56,7 +56,8 @@
 #   optimum called resolved only when every other width is longer by more than the combined
 #   uncertainty. Every SAE is measured under both losses.
 #
-# The `full` profile uses 200,000 training tokens (20,000 each for validation and test),
+# The `full` profile uses 200,000 training tokens (20,000 for validation, 10,000 for test: every
+# reading of the embedding change runs the model's last three layers over all of them),
 # widths 128 to 4096 with $\sqrt 2$ fill-ins and three seeds: tens of hours on a laptop CPU,
 # minutes per SAE on a GPU. Its rows and selected SAEs are committed under
 # `results/full/transformer/` as the resumable job (`python -m mdl_utils transformer
