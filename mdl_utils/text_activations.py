@@ -10,9 +10,9 @@ rerun exactly those chunks) and the provenance (``meta.json``: model and weights
 layer, text package, version, checksums, token counts, wall time), in a folder named by a hash
 of all of that, so a changed input recomputes and an unchanged one is reused.
 
-A split may be capped at ``max_tokens``: its chunks are taken in a fixed order (a hash of the
-document's name, then position) until the cap, so the quick profile's slice and the full
-profile's data are drawn the same way.
+A split may be capped at ``max_tokens``: its chunks are then a sample spread over all of the
+split's documents (taken in the order of a hash of document and position until the cap), so
+the quick profile's slice and the full profile's data are drawn the same way.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The version of the stored activations' layout (part of the folder's key).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -86,29 +86,38 @@ class Chunk:
     ids: tuple[int, ...]
 
 
-def _order(name: str) -> bytes:
-    return hashlib.sha256(name.encode()).digest()
+def _order(chunk: Chunk) -> bytes:
+    return hashlib.sha256(f"{chunk.document}:{chunk.start}".encode()).digest()
 
 
 def chunk_documents(
     model: MiniLM, docs: Sequence[Document], *, chunk_tokens: int, max_tokens: int | None = None
 ) -> list[Chunk]:
-    """Each document's tokens cut into chunks of at most ``chunk_tokens``; documents taken in
-    the order of a hash of their names, chunks in document order, until ``max_tokens``."""
-    chunks: list[Chunk] = []
-    total = 0
-    for doc in sorted(docs, key=lambda d: _order(d.name)):
-        ids = model.token_ids(doc.text)
-        for start in range(0, len(ids), chunk_tokens):
-            piece = tuple(ids[start : start + chunk_tokens])
-            if max_tokens is not None and total + len(piece) > max_tokens:
-                piece = piece[: max_tokens - total]
-            if piece:
-                chunks.append(Chunk(doc.name, start, piece))
-                total += len(piece)
-            if max_tokens is not None and total >= max_tokens:
-                return chunks
-    return chunks
+    """Each document's tokens cut into chunks of at most ``chunk_tokens``, in reading order
+    (documents by name, then position).
+
+    With ``max_tokens``, a sample of the chunks spread over every document: chunks are taken
+    in the order of a hash of (document, start) until the cap (the last one cut short), then
+    put back in reading order. Which chunks a cap selects does not depend on the cap, only
+    where it stops, so a smaller slice is a subset of a larger one.
+    """
+    chunks = [
+        Chunk(doc.name, start, tuple(ids[start : start + chunk_tokens]))
+        for doc in docs
+        for ids in [model.token_ids(doc.text)]
+        for start in range(0, len(ids), chunk_tokens)
+    ]
+    if max_tokens is not None:
+        chosen: list[Chunk] = []
+        total = 0
+        for c in sorted(chunks, key=_order):
+            if total >= max_tokens:
+                break
+            piece = c if total + len(c.ids) <= max_tokens else Chunk(c.document, c.start, c.ids[: max_tokens - total])
+            chosen.append(piece)
+            total += len(piece.ids)
+        chunks = chosen
+    return sorted(chunks, key=lambda c: (c.document, c.start))
 
 
 def collect_states(

@@ -4,6 +4,7 @@ forward pass), and a second call reads the cache."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -35,9 +36,22 @@ def test_chunks_stay_inside_documents_and_stop_at_the_cap(minilm):
         # By hand: ceil(len / 16) chunks, in order, concatenating back to the document.
         assert len(mine) == -(-len(ids) // 16) and [c.start for c in mine] == list(range(0, len(ids), 16))
         assert [i for c in mine for i in c.ids] == ids
+    # With a cap: chunks in the order of SHA-256 of "document:start", until 20 tokens, the
+    # last cut short; returned in reading order.
+    by_hash = sorted(chunks, key=lambda c: hashlib.sha256(f"{c.document}:{c.start}".encode()).digest())
     capped = chunk_documents(minilm, docs, chunk_tokens=16, max_tokens=20)
-    assert sum(len(c.ids) for c in capped) == 20 and capped == [*chunks[:1], capped[1]]
-    assert capped[1].ids == chunks[1].ids[:4]
+    assert sum(len(c.ids) for c in capped) == 20
+    full, total = [], 0
+    for c in by_hash:
+        if total >= 20:
+            break
+        full.append(c)
+        total += len(c.ids)
+    assert {(c.document, c.start) for c in capped} == {(c.document, c.start) for c in full}
+    assert capped == sorted(capped, key=lambda c: (c.document, c.start))
+    # A larger cap selects a superset.
+    larger = chunk_documents(minilm, docs, chunk_tokens=16, max_tokens=40)
+    assert {(c.document, c.start) for c in capped} <= {(c.document, c.start) for c in larger}
 
 
 def test_stored_activations_are_the_states_at_the_real_tokens_and_are_cached(minilm, tmp_path, monkeypatch):
