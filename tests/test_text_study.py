@@ -146,3 +146,43 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     eps, summary = typed.arms["fvu-0.5"]
     assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
     assert typed.info["activations"]["n_tokens"] == {"train": 1200, "val": 300, "test": 300}
+
+
+FULL = __import__("pathlib").Path(__file__).resolve().parents[1] / "results" / "full" / "transformer"
+
+
+@pytest.mark.skipif(not (FULL / "transformer.json").is_file(), reason="no committed full chapter-8 results")
+def test_committed_full_results_reproduce_from_a_fresh_collection(minilm):
+    """From a clean clone: the text fetched again, the test tokens collected again, and each
+    arm's first stored SAE measured again give the committed rows' MSE and DL."""
+    from mdl_utils.corpus import read_documents, split_documents
+    from mdl_utils.study_store import load_selected_sae
+    from mdl_utils.text_activations import chunk_documents, collect_states
+    from mdl_utils.text_study import settings_for
+
+    results = load_text_study(FULL)
+    meta, settings = results.info["activations"], settings_for("full")
+    corpus = fetch_corpus(progress=False)
+    assert corpus.fingerprint == meta["text_fingerprint"] and minilm.weights_sha256 == meta["weights_sha256"]
+    docs = split_documents(read_documents(corpus))["test"]
+    chunks = chunk_documents(minilm, docs, chunk_tokens=settings.activations.chunk_tokens,
+                             max_tokens=settings.activations.max_tokens["test"])
+    x = collect_states(minilm, chunks, settings.activations.layer, progress=False).astype(np.float16)
+    assert len(x) == meta["n_tokens"]["test"]
+    x = x.astype(np.float32)
+    checked = 0
+    for arm, (eps, summary) in results.arms.items():
+        stored = sorted((FULL / arm / "saes").glob("w*-s*.json")) if summary is not None else []
+        if not stored:
+            continue
+        width, seed = (int(p) for p in stored[0].stem[1:].split("-s"))
+        sae = load_selected_sae(FULL / arm, width, seed)
+        row = summary.searches[(width, seed)].selected
+        measure = EmbeddingMeasure(minilm, chunks, settings.activations.layer,
+                                   loss="embedding" if arm == "embedding" else "mse", epsilon=eps,
+                                   variance=results.info["variance"])
+        m = measure(sae, x)
+        assert m["mse"] == pytest.approx(row.mse, rel=1e-5)
+        assert m["dl_bits"] == pytest.approx(row.dl_bits, rel=1e-5)
+        checked += 1
+    assert checked >= 1 or not any(s for _, s in results.arms.values())
