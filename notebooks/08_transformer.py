@@ -184,7 +184,8 @@ for name, (eps, summary) in arms.items():
     for (w, s), search in sorted(summary.searches.items()):
         e = search.selected
         if e is None:
-            table.append([w, s, "misses epsilon"] + [None] * 8)
+            state = "misses epsilon at every k tried" if search.complete else "search running, no k meets epsilon yet"
+            table.append([w, s, state] + [None] * 8)
             continue
         x = e.extra
         table.append([w, s, f"{e.k:.2f}", f"{e.dl_bits:.1f}", f"{e.bits:.2f}", f"{e.l0:.1f}", f"{x['fvu']:.3f}",
