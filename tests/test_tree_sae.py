@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdl_utils.toys import hierarchical_data
+from mdl_utils.toy_data import hierarchical_data
 from mdl_utils.tree_sae import TreeSAE, TreeTrainConfig, train_tree_sae, tree_description_length
 
 
