@@ -14,7 +14,7 @@ copy of the package (or at any folder of Sphinx HTML pages) and nothing is downl
 
 Every file read is checksummed: :attr:`Corpus.fingerprint` is a SHA-256 over the relative paths
 and contents of the pages, so activations computed from the text can be cached and reused
-safely (:mod:`mdl_utils.encoder`).
+safely (:mod:`mdl_utils.text_activations`).
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def page_text(markup: str) -> list[str]:
 
 def read_documents(corpus: Corpus) -> list[Document]:
     """Every page with prose, as a :class:`Document`, sorted by name (pages without a
-    paragraph of :data:`MIN_WORDS` words, such as indexes, are left out)."""
+    paragraph of ``MIN_WORDS`` words, such as indexes, are left out)."""
     docs = []
     for page in sorted(corpus.root.rglob("*.html")):
         name = page.relative_to(corpus.root).as_posix()

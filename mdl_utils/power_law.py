@@ -54,7 +54,7 @@ class ExponentInterval:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExponentInterval:
-        """Read the form :meth:`to_dict` writes (as ``scan.json`` holds it)."""
+        """Read the form ``to_dict()`` writes (as ``scan.json`` holds it)."""
         return cls(
             quantity=str(d["quantity"]),
             exponents={str(s): float(a) for s, a in d["exponents"].items()},

@@ -21,8 +21,8 @@ an artefact of the measurement rather than of the SAEs; this module removes each
   only when every other width's DL* is higher by more than the combined uncertainty of the
   difference; otherwise the set of widths that cannot be told apart is reported.
 
-Beside these, two readings that put our number in context: :func:`two_part_bits` (the
-decoder's own bits added, for N samples) and :func:`saebench_dl` (the count used by
+Beside these, two readings that put our number in context: :func:`mdl_utils.entropy.two_part_bits` (the
+decoder's own bits added, for N samples) and :func:`mdl_utils.entropy.saebench_dl` (the count used by
 SAEBench's MDL evaluation, written from its description, on the same latents).
 """
 
@@ -239,7 +239,7 @@ class ContinuousPrecision:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContinuousPrecision:
-        """Read the form :meth:`to_dict` writes."""
+        """Read the form ``to_dict()`` writes."""
         return cls(
             bits=float(d["bits"]),
             mse_quantised=float(d["mse_quantised"]),
@@ -363,7 +363,7 @@ class SAEMeasurement:
         dl_at: DL at the continuous precision for other tolerances (key: the tolerance as
             text), None where the SAE misses that tolerance.
         boot: bootstrap replicates of the DL over test samples (:func:`bootstrap_dl`).
-        saebench_bits: :func:`saebench_dl` at ``2**whole_bits`` bins.
+        saebench_bits: :func:`mdl_utils.entropy.saebench_dl` at ``2**whole_bits`` bins.
     """
 
     width: int
@@ -391,7 +391,7 @@ class SAEMeasurement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEMeasurement:
-        """Read the form :meth:`to_dict` writes; keys it does not know are ignored (a study's
+        """Read the form ``to_dict()`` writes; keys it does not know are ignored (a study's
         measure may add readings: chapter 7's cross-entropy)."""
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]

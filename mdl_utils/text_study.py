@@ -76,6 +76,7 @@ __all__ = [
     "RESULTS_FORMAT_VERSION",
     "EXTRA_FIELDS",
     "TextStudySettings",
+    "TextResults",
     "EmbeddingMeasure",
     "settings_for",
     "text_data",

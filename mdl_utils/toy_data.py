@@ -89,7 +89,7 @@ def correlated_pair_data(
 
     In every pair, A and B are booleans that each fire with probability ``p`` and have Pearson
     correlation ``rho``: the four outcomes (neither, A only, B only, both) are drawn with
-    probabilities (1 - 2p + p_AB, p - p_AB, p - p_AB, p_AB), p_AB = :func:`joint_probability`.
+    probabilities (1 - 2p + p_AB, p - p_AB, p - p_AB, p_AB), p_AB = :func:`mdl_utils.toys.joint_probability`.
     Different pairs are independent copies, so an SAE's description length is ``n_pairs``
     times the single-pair value (several pairs let a BatchTopK SAE, whose mean L0 must be at
     least 1, learn the toy). Each ``extra_rates`` entry adds one more boolean feature,
@@ -99,7 +99,7 @@ def correlated_pair_data(
     Args:
         n: number of samples.
         p: firing probability of every A and B, in (0, 1).
-        rho: correlation within a pair, within :func:`correlation_range` (p).
+        rho: correlation within a pair, within :func:`mdl_utils.toys.correlation_range` (p).
         n_pairs: number of independent (A, B) pairs.
         d: dimension of the data.
         noise_std: standard deviation of i.i.d. Gaussian noise on every entry.
