@@ -59,7 +59,7 @@
 # The `full` profile uses 200,000 training tokens (20,000 for validation, 10,000 for test: every
 # reading of the embedding change runs the model's last three layers over all of them),
 # widths 128 to 4096 with $\sqrt 2$ fill-ins and three seeds: tens of hours on a laptop CPU,
-# minutes per SAE on a GPU. Its rows and selected SAEs are committed under
+# speed on a GPU not yet measured. Its rows and selected SAEs are committed under
 # `results/full/transformer/` as the resumable job (`python -m mdl_utils transformer
 # --profile full`) progresses, and read back here; a partial run is reported as such. The
 # `quick` profile runs a small slice live (8,000 training tokens, two widths, one seed, one
