@@ -278,6 +278,8 @@ class ScanEntry:
         seed_optima: each seed's own optimum (keyed by the seed as text, as in the file).
         optimum: the optimum across seeds (None with no resolution).
         at_edge: the optimum is an end of the reachable widths or of the grid.
+        widths_not_searched: doubling widths the scan's width rule left out
+            (:func:`mdl_utils.study_plan.doubling_widths`); empty at chapter 3's tolerance.
     """
 
     epsilon: float
@@ -293,6 +295,7 @@ class ScanEntry:
     seed_optima: dict[str, SeedOptimum]
     optimum: ScanOptimum | None
     at_edge: bool | None
+    widths_not_searched: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanEntry:
@@ -310,6 +313,7 @@ class ScanEntry:
             seed_optima={s: _flat(SeedOptimum, v, "a seed's optimum") for s, v in d["seed_optima"].items()},
             optimum=_optional(d["optimum"], ScanOptimum.from_dict),
             at_edge=d["at_edge"],
+            widths_not_searched=tuple(int(w) for w in d.get("widths_not_searched", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,6 +331,7 @@ class ScanEntry:
             "seed_optima": {s: _flat_dict(v) for s, v in self.seed_optima.items()},
             "optimum": None if self.optimum is None else _flat_dict(self.optimum),
             "at_edge": self.at_edge,
+            "widths_not_searched": list(self.widths_not_searched),
         }
 
     @property

@@ -33,6 +33,8 @@ __all__ = [
     "best_dl",
     "search_done",
     "start_index",
+    "doubling_widths",
+    "widths_not_searched",
     "plan",
 ]
 
@@ -56,6 +58,11 @@ class StudySettings:
         n_boot: bootstrap replicates over test digits.
         max_trainings_per_search: cap on the k search of one (width, seed).
         train: TrainConfig fields shared by every SAE (width, k, seed are set per SAE).
+        stop_widening: ``None`` (chapter 3): every doubling width is searched. Otherwise (the
+            epsilon scan, to keep its cost within reach of a CPU) seed 0's doubling widths are
+            searched narrowest first, and once two consecutive ones have a finished seed-0
+            DL* above ``(1 + stop_widening)`` times the smallest DL* of the narrower widths,
+            no wider doubling width is searched (:func:`doubling_widths`).
     """
 
     n_train: int | None
@@ -70,13 +77,22 @@ class StudySettings:
     k_min: float = 1.0
     max_trainings_per_search: int = 12
     train: dict[str, Any] = field(default_factory=dict)
+    stop_widening: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.stop_widening is not None and not (self.stop_widening > 0 and math.isfinite(self.stop_widening)):
+            raise ValueError(f"stop_widening must be None or a positive number, got {self.stop_widening!r}")
 
     def train_config(self, width: int, k: float, seed: int, device: str = "auto") -> TrainConfig:
         return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict form, as results files record it."""
-        return asdict(self)
+        """The JSON-ready dict form, as results files record it (``stop_widening`` only when
+        set, so that files written before it existed read and write back unchanged)."""
+        out = asdict(self)
+        if out["stop_widening"] is None:
+            del out["stop_widening"]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySettings:
@@ -191,14 +207,56 @@ def start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: 
     return max(min(index_of_k(settings.k_start), j_max(width)), j_min(settings))
 
 
+def doubling_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The doubling widths whose seed-0 searches are planned, narrowest first.
+
+    Every width of ``settings.widths`` when ``settings.stop_widening`` is None. Otherwise the
+    widths up to the point where two consecutive finished seed-0 searches each gave a DL*
+    above ``(1 + stop_widening)`` times the smallest DL* among the widths before it (an
+    unreachable width, which misses the tolerance at every k, never counts as a rise). While
+    a narrower width's search is unfinished the rule cannot be read past it, so at most one
+    further width runs ahead of it.
+    """
+    widths = sorted(settings.widths)
+    if settings.stop_widening is None:
+        return widths
+    seed = settings.seeds[0]
+    out: list[int] = []
+    low = math.inf
+    rises = 0
+    pending = 0
+    for w in widths:
+        if rises >= 2 or pending >= 2:
+            break
+        out.append(w)
+        if pending or not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
+            pending += 1
+            continue
+        dl = best_dl(search_state(rows, w, seed))
+        if dl is None:
+            continue
+        rises = rises + 1 if dl > (1 + settings.stop_widening) * low else 0
+        low = min(low, dl)
+    return out
+
+
+def widths_not_searched(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The doubling widths :func:`doubling_widths` leaves out (none when the rule is off or
+    has not fired)."""
+    kept = set(doubling_widths(settings, rows))
+    return [w for w in sorted(settings.widths) if w not in kept]
+
+
 def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Widths a factor sqrt(2) either side of the seed-0 optimum, once every doubling width
-    has its seed-0 search finished; [] before that or when ``fill_widths`` is off."""
+    """Widths a factor sqrt(2) either side of the seed-0 optimum, once every planned doubling
+    width (:func:`doubling_widths`) has its seed-0 search finished; [] before that or when
+    ``fill_widths`` is off."""
     if not settings.fill_widths:
         return []
     seed = settings.seeds[0]
     dl_star: dict[int, float] = {}
-    for w in settings.widths:
+    doubling = doubling_widths(settings, rows)
+    for w in doubling:
         if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
             return []
         best = best_dl(search_state(rows, w, seed))
@@ -212,7 +270,7 @@ def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> lis
     opt = widths[best_at]
     fills = []
     for w in (int(round(opt / math.sqrt(2))), int(round(opt * math.sqrt(2)))):
-        if min(settings.widths) < w < max(settings.widths) and w not in settings.widths:
+        if min(doubling) < w < max(doubling) and w not in settings.widths:
             fills.append(w)
     return fills
 
@@ -221,8 +279,9 @@ def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[
     """The (width, seed) searches of the study in priority order (finished ones included)."""
     seed0 = settings.seeds[0]
     fills = _fill_widths(settings, rows)
-    tasks = [(w, seed0) for w in settings.widths] + [(w, seed0) for w in fills]
-    widths = sorted(set(settings.widths) | set(fills))
+    doubling = doubling_widths(settings, rows)
+    tasks = [(w, seed0) for w in doubling] + [(w, seed0) for w in fills]
+    widths = sorted(set(doubling) | set(fills))
     # Further seeds: reachable widths only, the ones whose seed-0 DL* is closest to the best first.
     dl0: dict[int, float] = {}
     for w in widths:

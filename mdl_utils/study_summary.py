@@ -28,7 +28,15 @@ import numpy as np
 from mdl_utils.profiles import read_record
 from mdl_utils.entropy import two_part_bits
 from mdl_utils.resolution import Resolution, WidthSummary, resolve_optimum
-from mdl_utils.study_plan import StudySettings, j_max, j_min, plan, search_done, start_index
+from mdl_utils.study_plan import (
+    StudySettings,
+    j_max,
+    j_min,
+    plan,
+    search_done,
+    start_index,
+    widths_not_searched,
+)
 
 __all__ = [
     "RESULTS_FORMAT_VERSION",
@@ -175,6 +183,8 @@ def summarise(
         "points": points_from(per_width, final(resolution), seed0),
         "remaining": [list(t) for t in remaining],
         "complete": not remaining,
+        # Only where the width rule is on (the epsilon scan), so chapter 3's files are unchanged.
+        **({} if settings.stop_widening is None else {"widths_not_searched": widths_not_searched(settings, rows)}),
     }
 
 

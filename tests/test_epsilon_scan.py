@@ -307,6 +307,8 @@ def test_cli_rejects_a_bad_tolerance_naming_it(tmp_path):
 
 
 FULL_SCAN = REPO / "results" / "full" / "epsilon-scan"
+#: Relative agreement asked of numbers re-measured from stored SAEs on another machine.
+CROSS_MACHINE = 1e-5
 
 
 @pytest.mark.skipif(not (FULL_SCAN / "scan.json").is_file(), reason="no committed full scan")
@@ -344,14 +346,17 @@ def _recheck_full_scan(stored, base):
                                                   tolerances=curve["tolerances"], max_width=curve["width"])
                 if c["seed"] == curve["seed"] and c["width"] == curve["width"]]
     assert [v is None for v in fresh["dl_bits"]] == [v is None for v in curve["dl_bits"]]
+    # Float32 sums in another order on another CPU (an AMD EPYC against the machine that
+    # wrote the file) move these DLs by up to 3e-6 relative (2e-4 bits); 1e-5 still catches
+    # any change of method, which moves them by far more.
     assert [v for v in fresh["dl_bits"] if v is not None] == pytest.approx(
-        [v for v in curve["dl_bits"] if v is not None], rel=1e-6)
+        [v for v in curve["dl_bits"] if v is not None], rel=CROSS_MACHINE)
     alloc = next(a for a in stored["allocations"] if (a["width"], a["seed"]) == (curve["width"], curve["seed"]))
     redo = json.loads(json.dumps(compare_at_equal_mse(sae, x_test, epsilon=base.epsilon)))
     numbers = lambda d: {k: v for k, v in d.items() if isinstance(v, float)}  # noqa: E731
-    assert numbers(redo["greedy"]) == pytest.approx(numbers(alloc["greedy"]), rel=1e-6)
+    assert numbers(redo["greedy"]) == pytest.approx(numbers(alloc["greedy"]), rel=CROSS_MACHINE)
     assert redo["greedy"]["started_from"] == alloc["greedy"]["started_from"]
-    assert redo["swap_saving"] == pytest.approx(alloc["swap_saving"], rel=1e-6)
+    assert redo["swap_saving"] == pytest.approx(alloc["swap_saving"], rel=CROSS_MACHINE, abs=1e-6)
 
 
 def test_power_law_fit_recovers_exponent_from_exact_and_noisy_data():

@@ -262,3 +262,70 @@ def test_the_committed_summary_round_trips_through_the_typed_summary():
 
     for path in (FULL / "summary.json", REPO / "results" / "full" / "downstream" / "ce" / "summary.json"):
         assert json.dumps(read_summary(path).to_dict(), indent=2) == path.read_text(), path
+
+
+def _finished(dl_by_width, seed=0):
+    """Rows that finish one search per width (max_trainings_per_search=1): DL None = missed."""
+    return [{"width": w, "seed": seed, "k_index": 12, "measure": {"dl_bits": dl}} for w, dl in dl_by_width.items()]
+
+
+WIDE = StudySettings(n_train=None, n_test=None, widths=(32, 64, 128, 256, 512, 1024, 2048, 4096),
+                     fill_widths=False, seeds=(0,), max_trainings_per_search=1, stop_widening=0.1)
+
+
+def test_the_width_rule_stops_after_two_consecutive_rises_of_more_than_ten_percent():
+    from mdl_utils.study_plan import doubling_widths, widths_not_searched
+    # 32 misses (never a rise); minimum 69 at 128; 256 is +4% (no rise); 512 +11.6% and
+    # 1024 +17.4% are the two rises, so 2048 and 4096 are never searched.
+    rows = _finished({32: None, 64: 80.0, 128: 69.0, 256: 72.0, 512: 77.0, 1024: 81.0})
+    assert doubling_widths(WIDE, rows) == [32, 64, 128, 256, 512, 1024]
+    assert widths_not_searched(WIDE, rows) == [2048, 4096]
+    assert plan(WIDE, rows) == [(w, 0) for w in (32, 64, 128, 256, 512, 1024)]
+    # Rises that are not consecutive do not stop it: 512 +11.6%, 1024 +8.7%, 2048 +16%.
+    rows = _finished({32: None, 64: 80.0, 128: 69.0, 256: 72.0, 512: 77.0, 1024: 75.0, 2048: 80.0})
+    assert doubling_widths(WIDE, rows) == list(WIDE.widths)
+    # The rule off (chapter 3): every width, whatever the rows say.
+    off = StudySettings(**{**WIDE.__dict__, "stop_widening": None})
+    assert doubling_widths(off, _finished({64: 70.0, 128: 90.0, 256: 99.0})) == list(WIDE.widths)
+
+
+def test_the_width_rule_lets_one_width_run_ahead_of_an_unfinished_search():
+    from mdl_utils.study_plan import doubling_widths
+    assert doubling_widths(WIDE, []) == [32, 64]
+    assert doubling_widths(WIDE, _finished({32: None})) == [32, 64, 128]
+    # 128 unfinished: 256 may run ahead, 512 waits even though 256 has finished.
+    assert doubling_widths(WIDE, _finished({32: None, 64: 80.0, 256: 90.0})) == [32, 64, 128, 256]
+
+
+def test_the_width_rule_is_written_with_the_settings_only_when_on():
+    d = WIDE.to_dict()
+    assert d["stop_widening"] == 0.1 and StudySettings.from_dict(d) == WIDE
+    off = StudySettings(**{**WIDE.__dict__, "stop_widening": None})
+    assert "stop_widening" not in off.to_dict() and StudySettings.from_dict(off.to_dict()) == off
+    with pytest.raises(ValueError, match="stop_widening"):
+        StudySettings(n_train=None, n_test=None, widths=(8,), stop_widening=0.0)
+
+
+def test_the_summary_names_the_widths_the_rule_left_out_and_is_complete_without_them(tiny):
+    import copy
+    root, _, _ = tiny
+    rows = [r for r in load_rows(root / "out") if r["seed"] == 0 and r["width"] in (8, 16)]
+    dl16 = min(r["measure"]["dl_bits"] for r in rows if r["width"] == 16 and r["measure"]["dl_bits"] is not None)
+    for width, factor in ((32, 1.5), (64, 2.0)):  # two rises of 50% and 100% over width 16
+        r = copy.deepcopy(next(r for r in rows if r["width"] == 16 and r["measure"]["dl_bits"] == dl16))
+        r["width"], r["measure"]["dl_bits"] = width, dl16 * factor
+        rows.append(r)
+    settings = StudySettings(**{**SETTINGS.__dict__, "widths": (8, 16, 32, 64, 128), "seeds": (0,),
+                                "fill_widths": False, "stop_widening": 0.1, "max_trainings_per_search": 1})
+    summary = summarise(settings, rows, d_in=12)
+    assert summary["widths_not_searched"] == [128]
+    assert summary["complete"] and summary["remaining"] == []
+    assert "widths_not_searched" not in summarise(SETTINGS, load_rows(root / "out"), d_in=12)
+
+
+def test_the_scan_turns_the_width_rule_on_everywhere_but_at_chapter_threes_tolerance():
+    from mdl_utils.epsilon_scan import STOP_WIDENING, scan_settings
+    base = study_settings("full")
+    assert base.stop_widening is None
+    assert scan_settings(base, base.epsilon) is base
+    assert scan_settings(base, 0.02).stop_widening == STOP_WIDENING == 0.1
