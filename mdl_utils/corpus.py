@@ -152,13 +152,53 @@ def _fingerprint(root: Path) -> tuple[str, int]:
     return h.hexdigest(), len(pages)
 
 
+def _refresh_index(cwd: Path, progress: bool) -> bool:
+    """Run ``apt-get update`` (as root, or through password-less ``sudo``); whether it ran."""
+    command = ["apt-get", "update", "-qq"]
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            return False
+        command = ["sudo", "-n", *command]
+    if progress:
+        print(f"{PACKAGE}={PINNED_VERSION} is not in apt's index: refreshing it ({' '.join(command)})", flush=True)
+    try:
+        _run(command, cwd)
+    except CorpusError:
+        return False
+    return True
+
+
+def _choose_version(cwd: Path, progress: bool) -> tuple[str, str]:
+    """The version to download and the SHA-256 apt records for it: :data:`PINNED_VERSION`
+    when the index has it (refreshed once if it has not), else the candidate version."""
+    try:
+        return PINNED_VERSION, _index_sha256(PINNED_VERSION, cwd)
+    except CorpusError:
+        pass
+    # A machine whose package index was never refreshed knows only the release's version:
+    # refresh it once before settling for another version than the committed results used.
+    if _refresh_index(cwd, progress):
+        try:
+            return PINNED_VERSION, _index_sha256(PINNED_VERSION, cwd)
+        except CorpusError:
+            pass
+    policy = _run(["apt-cache", "policy", PACKAGE], cwd)
+    found = re.search(r"Candidate: (\S+)", policy)
+    if not found or found.group(1) == "(none)":
+        raise CorpusError(f"apt knows no package {PACKAGE} (run `apt-get update`?)")
+    if progress:
+        print(f"{PACKAGE}={PINNED_VERSION} is not available: using the candidate {found.group(1)}", flush=True)
+    return found.group(1), _index_sha256(found.group(1), cwd)
+
+
 def fetch_corpus(dest: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Corpus:
     """The unpacked ``python3.11-doc`` package, downloaded and checked on first use.
 
     With ``MDL_CORPUS_DIR`` set (and no ``dest``), that folder is used as it is: either an
     unpacked package (its HTML under ``usr/share/doc/python3.11/html``) or an HTML folder.
     Otherwise the package is fetched into ``dest`` (default :func:`corpus_dir`): the pinned
-    version if the mirror has it, else the candidate; its SHA-256 must equal apt's record.
+    version if apt's index has it (the index is refreshed once, as root or through sudo,
+    when it has not), else the candidate; its SHA-256 must equal apt's record.
 
     Raises:
         CorpusError: no ``apt-get``/``dpkg-deb``, the package is unknown, the checksum differs,
@@ -177,16 +217,7 @@ def fetch_corpus(dest: str | os.PathLike[str] | None = None, *, progress: bool =
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             work = Path(tmp)
-            version = PINNED_VERSION
-            try:
-                expected = _index_sha256(version, work)
-            except CorpusError:
-                policy = _run(["apt-cache", "policy", PACKAGE], work)
-                found = re.search(r"Candidate: (\S+)", policy)
-                if not found or found.group(1) == "(none)":
-                    raise CorpusError(f"apt knows no package {PACKAGE} (run `apt-get update`?)") from None
-                version = found.group(1)
-                expected = _index_sha256(version, work)
+            version, expected = _choose_version(work, progress)
             if progress:
                 print(f"downloading {PACKAGE}={version} with apt-get ...", flush=True)
             _run(["apt-get", "download", f"{PACKAGE}={version}"], work)

@@ -123,3 +123,44 @@ def test_without_apt_the_message_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-cache here
     with pytest.raises(CorpusError, match="MDL_CORPUS_DIR"):
         fetch_corpus(tmp_path / "c", progress=False)
+
+
+def _stale_index_tools(bin_dir: Path, deb: bytes, update_works: bool) -> Path:
+    """apt stand-ins whose index lacks the pinned version until ``apt-get update`` has run
+    (which fails when ``update_works`` is false); the candidate is an older version."""
+    from mdl_utils.corpus import PINNED_VERSION
+
+    marker = bin_dir / "updated"
+    sha = hashlib.sha256(deb).hexdigest()
+    bin_dir.mkdir()
+    scripts = {
+        "apt-cache": f"""#!/bin/sh
+if [ "$1" = policy ]; then echo "  Candidate: 0.old"; exit 0; fi
+case "$2" in *={PINNED_VERSION}) [ -e "{marker}" ] || exit 100;; esac
+echo "SHA256: {sha}"
+""",
+        "apt-get": f"""#!/bin/sh
+if [ "$1" = update ]; then {"touch " + str(marker) if update_works else "exit 1"}; exit 0; fi
+echo "$2" > {bin_dir / "asked"}
+printf '%s' '{deb.decode()}' > python3.11-doc_x_all.deb
+""",
+        "dpkg-deb": f'#!/bin/sh\nmkdir -p "$3/{HTML_SUBDIR}"\nprintf "%s" \'{PAGE}\' > "$3/{HTML_SUBDIR}/p.html"\n',
+    }
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return bin_dir / "asked"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refresh runs apt-get directly only as root")
+@pytest.mark.parametrize("update_works", [True, False])
+def test_a_stale_index_is_refreshed_before_another_version_is_used(tmp_path, monkeypatch, update_works):
+    from mdl_utils.corpus import PINNED_VERSION
+
+    monkeypatch.delenv("MDL_CORPUS_DIR", raising=False)
+    asked = _stale_index_tools(tmp_path / "bin", b"a debian package", update_works)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    corpus = fetch_corpus(tmp_path / "c", progress=False)
+    want = PINNED_VERSION if update_works else "0.old"
+    assert corpus.version == want and asked.read_text().strip() == f"python3.11-doc={want}"
