@@ -237,13 +237,17 @@ def optimum_moves(res_ce: Resolution | None, res_mse: Resolution | None) -> Verd
     """The epsilon-MDL-optimal width differs between the two tolerances."""
     claim = "the optimal width moves when the tolerance is the classifier's loss"
     rule = (
-        "yes when the two tie sets share no width; no when both optima are resolved and equal; "
-        "not resolved otherwise (the tie sets overlap)"
+        "yes when both studies are finished and the two tie sets share no width; no when both "
+        "optima are resolved and equal; not resolved otherwise (searches still to run, or the "
+        "tie sets overlap)"
     )
     if res_ce is None or res_mse is None:
         return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
     ce, mse = set(res_ce.tie_set), set(res_mse.tie_set)
     evidence = f"cross-entropy tie set {sorted(ce)}, MSE tie set {sorted(mse)}"
+    if res_ce.provisional or res_mse.provisional:
+        # A tie set read before every seed and width is in can only shrink by accident.
+        return Verdict(claim, "not resolved", rule, evidence + " (searches still to run)")
     if not ce & mse:
         return Verdict(claim, "yes", rule, evidence)
     if res_ce.resolved and res_mse.resolved and res_ce.optimum == res_mse.optimum:

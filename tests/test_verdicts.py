@@ -98,6 +98,9 @@ def test_optimum_resolved_and_optimum_moves_answer_each_way():
     # Overlapping tie sets: the data cannot say, even when the point optima differ.
     assert verdicts.optimum_moves(_res(64, [64, 128], False), _res(128, [128], True)).answer == "not resolved"
     assert verdicts.optimum_moves(None, _res(128, [128], True)).answer == "not resolved"
+    # Disjoint tie sets read from unfinished studies (one seed, searches left) say nothing yet.
+    moved = verdicts.optimum_moves(_res(256, [256], False, provisional=True), _res(512, [512], True))
+    assert moved.answer == "not resolved" and "still to run" in moved.evidence
 
 
 def test_shorter_description_needs_every_width_below_zero_and_fails_on_one_above():
