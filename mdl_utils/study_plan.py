@@ -207,26 +207,20 @@ def start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: 
     return max(min(index_of_k(settings.k_start), j_max(width)), j_min(settings))
 
 
-def doubling_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """The doubling widths whose seed-0 searches are planned, narrowest first.
-
-    Every width of ``settings.widths`` when ``settings.stop_widening`` is None. Otherwise the
-    widths up to the point where two consecutive finished seed-0 searches each gave a DL*
-    above ``(1 + stop_widening)`` times the smallest DL* among the widths before it (an
-    unreachable width, which misses the tolerance at every k, never counts as a rise). While
-    a narrower width's search is unfinished the rule cannot be read past it, so at most one
-    further width runs ahead of it.
-    """
+def _width_rule(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> tuple[list[int], bool]:
+    """The doubling widths planned so far, and whether the width rule has fired."""
     widths = sorted(settings.widths)
     if settings.stop_widening is None:
-        return widths
+        return widths, False
     seed = settings.seeds[0]
     out: list[int] = []
     low = math.inf
     rises = 0
     pending = 0
     for w in widths:
-        if rises >= 2 or pending >= 2:
+        if rises >= 2:
+            return out, True
+        if pending >= 2:
             break
         out.append(w)
         if pending or not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
@@ -237,14 +231,27 @@ def doubling_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> 
             continue
         rises = rises + 1 if dl > (1 + settings.stop_widening) * low else 0
         low = min(low, dl)
-    return out
+    return out, False
+
+
+def doubling_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The doubling widths whose seed-0 searches are planned, narrowest first.
+
+    Every width of ``settings.widths`` when ``settings.stop_widening`` is None. Otherwise the
+    widths up to the point where two consecutive finished seed-0 searches each gave a DL*
+    above ``(1 + stop_widening)`` times the smallest DL* among the widths before it (an
+    unreachable width, which misses the tolerance at every k, never counts as a rise). While
+    a narrower width's search is unfinished the rule cannot be read past it, so at most one
+    further width runs ahead of it.
+    """
+    return _width_rule(settings, rows)[0]
 
 
 def widths_not_searched(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """The doubling widths :func:`doubling_widths` leaves out (none when the rule is off or
-    has not fired)."""
-    kept = set(doubling_widths(settings, rows))
-    return [w for w in sorted(settings.widths) if w not in kept]
+    """The doubling widths the width rule has ruled out: none while it is off or has not
+    fired (widths merely waiting for a narrower search to finish are not listed)."""
+    kept, fired = _width_rule(settings, rows)
+    return [w for w in sorted(settings.widths) if w not in kept] if fired else []
 
 
 def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:

@@ -291,7 +291,9 @@ def test_the_width_rule_stops_after_two_consecutive_rises_of_more_than_ten_perce
 
 def test_the_width_rule_lets_one_width_run_ahead_of_an_unfinished_search():
     from mdl_utils.study_plan import doubling_widths
+    from mdl_utils.study_plan import widths_not_searched
     assert doubling_widths(WIDE, []) == [32, 64]
+    assert widths_not_searched(WIDE, []) == []  # waiting is not ruled out
     assert doubling_widths(WIDE, _finished({32: None})) == [32, 64, 128]
     # 128 unfinished: 256 may run ahead, 512 waits even though 256 has finished.
     assert doubling_widths(WIDE, _finished({32: None, 64: 80.0, 256: 90.0})) == [32, 64, 128, 256]
