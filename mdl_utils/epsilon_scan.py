@@ -86,7 +86,7 @@ K_MIN = 2.0**-4
 #: searched once two consecutive ones have a seed-0 DL* more than 10% above the smallest DL*
 #: of the narrower widths. Fixed before any SAE of the scan was trained, from chapter 3 alone:
 #: there DL* rises at every doubling past the optimum (seed-0 DL* 68.9 bits at width 128;
-#: +12% at 512, +18% at 1024, +43% at 4096), the seed spread is at most 1.5 bits (2%), and
+#: +12% at 512, +18% at 1024, +42% at 4096), the seed spread is at most 1.5 bits (2%), and
 #: widths 2048 and 4096 took 15 of its 20.6 hours of training. A width 10% (about 7 bits)
 #: longer than the best narrower one, twice in a row, is far outside the seed noise.
 STOP_WIDENING = 0.10
