@@ -15,6 +15,12 @@
 # the installed dependencies or the profile change, so stored outputs cannot go stale.
 
 PROFILE ?= full
+# Targets run side by side, JOBS at a time (default: one per CPU core). Every chapter that trains
+# fixes torch to one thread (chapters 1 and 2 keep torch's default, which depends on the core
+# count, not on the load), so running chapters together changes no number, only the wall time.
+# Each target's output is printed in one piece when it ends. `make test JOBS=1` runs one at a time.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+MAKEFLAGS += --jobs=$(JOBS) --output-sync=target
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -70,6 +76,10 @@ book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) $(RESULTS) $(INSTALLED) $(PROFI
 
 chapters: $(EXECUTED)
 
+# Chapter 6 continues chapter 3's study (the quick profile's, in the model cache) at its
+# reference tolerance, so it must not start before chapter 3 has finished it.
+book/chapters/06_beyond.ipynb: book/chapters/03_mnist_mdl_sweep.ipynb
+
 html: chapters
 	jupyter-book build . --quiet -W -n --keep-going
 
@@ -83,14 +93,17 @@ unit: $(INSTALLED)
 	python -m ruff check mdl_utils tests benchmarks book/_ext notebooks
 	python -m ruff format --check mdl_utils
 	python -m mypy
-	python -m pytest tests
+	python -m pytest tests -m "not executed_chapters"
 
 # nbval re-executes the committed references (tests/reference/, the quick-profile chapters with
 # their outputs) and compares every cell marked NBVAL_CHECK_OUTPUT with the stored output, after
 # the rules in tests/reference/sanitize.cfg (times, dates and paths masked; decimal numbers to 4
 # significant digits). It runs after `chapters`, so the trained models come from the cache.
-# tests/test_references.py checks that the references hold the current chapter code.
+# tests/test_references.py checks that the references hold the current chapter code. First, the
+# unit tests marked executed_chapters check the chapters just executed (their code is their source's,
+# no cell failed); `unit` leaves them out, since it may run while the chapters execute.
 nbval: chapters
+	python -m pytest -p no:cacheprovider -m executed_chapters tests/test_project.py
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
 	    --nbval-sanitize-with tests/reference/sanitize.cfg $(REFERENCES)
 

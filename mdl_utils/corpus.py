@@ -19,6 +19,7 @@ safely (:mod:`mdl_utils.text_activations`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html.parser
 import os
@@ -26,7 +27,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,49 @@ def _choose_version(cwd: Path, progress: bool) -> tuple[str, str]:
     return found.group(1), _index_sha256(found.group(1), cwd)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (``flock``; no lock where there is no ``fcntl``),
+    so that two processes fetching into one folder (two chapters, or a chapter and a test run
+    side by side) take turns instead of both refreshing apt's index and unpacking."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no apt-get there either
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_into(folder: Path, stamp: Path, progress: bool) -> None:
+    """Download the package, check its SHA-256 against apt's record and unpack it into
+    ``folder``; ``stamp`` is written last, so a folder without it holds nothing usable."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        work = Path(tmp)
+        version, expected = _choose_version(work, progress)
+        if progress:
+            print(f"downloading {PACKAGE}={version} with apt-get ...", flush=True)
+        _run(["apt-get", "download", f"{PACKAGE}={version}"], work)
+        debs = list(work.glob("*.deb"))
+        if len(debs) != 1:
+            raise CorpusError(f"apt-get download {PACKAGE}={version} left {len(debs)} .deb files, not one")
+        deb = debs[0]
+        got = _sha256_file(deb)
+        if got != expected:
+            raise CorpusError(f"{deb.name}: SHA-256 {got} differs from apt's record {expected}")
+        unpacked = work / "unpacked"
+        _run(["dpkg-deb", "-x", str(deb), str(unpacked)], work)
+        target = folder / "usr"
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(unpacked / "usr", target)
+        stamp.write_text(f"{PACKAGE}\n{version}\n{got}\n")
+
+
 def fetch_corpus(dest: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Corpus:
     """The unpacked ``python3.11-doc`` package, downloaded and checked on first use.
 
@@ -215,26 +259,9 @@ def fetch_corpus(dest: str | os.PathLike[str] | None = None, *, progress: bool =
         return Corpus(root, None, None, None, fingerprint, n)
     if not stamp.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            work = Path(tmp)
-            version, expected = _choose_version(work, progress)
-            if progress:
-                print(f"downloading {PACKAGE}={version} with apt-get ...", flush=True)
-            _run(["apt-get", "download", f"{PACKAGE}={version}"], work)
-            debs = list(work.glob("*.deb"))
-            if len(debs) != 1:
-                raise CorpusError(f"apt-get download {PACKAGE}={version} left {len(debs)} .deb files, not one")
-            deb = debs[0]
-            got = _sha256_file(deb)
-            if got != expected:
-                raise CorpusError(f"{deb.name}: SHA-256 {got} differs from apt's record {expected}")
-            unpacked = work / "unpacked"
-            _run(["dpkg-deb", "-x", str(deb), str(unpacked)], work)
-            target = folder / "usr"
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(unpacked / "usr", target)
-            stamp.write_text(f"{PACKAGE}\n{version}\n{got}\n")
+        with _exclusive(folder / ".lock"):  # a second process waits here, then finds the stamp
+            if not stamp.is_file():
+                _download_into(folder, stamp, progress)
     package, version, sha = stamp.read_text().split()
     root = folder / HTML_SUBDIR
     fingerprint, n = _fingerprint(root)

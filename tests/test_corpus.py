@@ -164,3 +164,35 @@ def test_a_stale_index_is_refreshed_before_another_version_is_used(tmp_path, mon
     corpus = fetch_corpus(tmp_path / "c", progress=False)
     want = PINNED_VERSION if update_works else "0.old"
     assert corpus.version == want and asked.read_text().strip() == f"python3.11-doc={want}"
+
+
+def test_two_fetches_into_one_folder_take_turns_and_download_once(tmp_path, monkeypatch):
+    """Chapter 8 and the unit tests may fetch into the same cache side by side (`make test`
+    runs targets in parallel): the second waits for the first and reuses its download."""
+    import threading
+
+    monkeypatch.delenv("MDL_CORPUS_DIR", raising=False)
+    deb = b"a debian package"
+    _fake_tools(tmp_path / "bin", deb, hashlib.sha256(deb).hexdigest())
+    calls = tmp_path / "downloads"
+    slow_get = (
+        f"#!/bin/sh\necho x >> {calls}\nsleep 1\nprintf '%s' '{deb.decode()}' > python3.11-doc_x_all.deb\n"
+    )
+    (tmp_path / "bin" / "apt-get").write_text(slow_get)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    got, errors = [], []
+
+    def fetch() -> None:
+        try:
+            got.append(fetch_corpus(tmp_path / "c", progress=False))
+        except Exception as err:  # reported below, not lost in the thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert calls.read_text().count("x") == 1  # one download; the other fetch found it done
+    assert got[0].fingerprint == got[1].fingerprint and got[0].n_pages == 1

@@ -98,6 +98,7 @@ def _code_sources(notebook) -> list[str]:
     ]
 
 
+@pytest.mark.executed_chapters
 @pytest.mark.parametrize("stem", CHAPTERS)
 def test_executed_chapter_matches_its_source(stem):
     executed_path = REPO / "book" / "chapters" / f"{stem}.ipynb"
