@@ -15,9 +15,9 @@
 # the installed dependencies or the profile change, so stored outputs cannot go stale.
 
 PROFILE ?= full
-# Targets run side by side, JOBS at a time (default: one per CPU core). Every chapter that trains
-# fixes torch to one thread (chapters 1 and 2 keep torch's default, which depends on the core
-# count, not on the load), so running chapters together changes no number, only the wall time.
+# Targets run side by side, JOBS at a time (default: one per CPU core). Every chapter, like the
+# unit tests, runs torch on one thread, so running them together changes no number, only the
+# wall time (two-thread processes side by side on two cores were several times slower).
 # Each target's output is printed in one piece when it ends. `make test JOBS=1` runs one at a time.
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 MAKEFLAGS += --jobs=$(JOBS) --output-sync=target

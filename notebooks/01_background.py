@@ -78,6 +78,7 @@ from mdl_utils.data import DataSpec, prepare_data
 from mdl_utils.tables import Table
 from mdl_utils.train import TrainConfig
 
+torch.set_num_threads(1)  # one thread: the numbers do not depend on the core count, and chapters run side by side
 plots.use_style()
 data = prepare_data(DataSpec(
     source="mnist",

@@ -53,6 +53,7 @@ from mdl_utils.tables import Table
 from mdl_utils.toys import binary_entropy
 from mdl_utils.train import TrainConfig
 
+torch.set_num_threads(1)  # one thread: the numbers do not depend on the core count, and chapters run side by side
 plots.use_style()
 EPSILON = 0.015  # the paper's tolerance: test MSE per pixel, pixels in [0, 1]
 WEIGHT_BITS = 16  # decoder weights sent as 16-bit floats

@@ -12,6 +12,10 @@ import torch
 
 from mdl_utils.sae import BatchTopKSAE
 
+# One torch thread, as every chapter and job uses: `make test` runs the unit tests beside an
+# executing chapter, and two processes each running two threads on two cores make both slow.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
