@@ -163,6 +163,8 @@ def _finalise_selected(
     copy is missing (the rows came from a commit, the SAE from another machine), the row's
     configuration is trained again (training is deterministic on one thread) and its DL must
     equal the row's, or the rows and the weights would disagree: then a ValueError says so.
+    A row trained on another kind of device (a GPU row whose search finishes on a CPU) cannot
+    be retrained to the same weights: its row stands and its SAE is not stored.
     """
     final = sae_stem(out, width, seed)
     mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]
@@ -174,6 +176,13 @@ def _finalise_selected(
         final.parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".safetensors", ".json"):
             os.replace(pending.with_suffix(suffix), final.with_suffix(suffix))
+        return
+    trained_on = str(best.get("device", "cpu")).split(" ")[0].split(":")[0]
+    here = resolve_device(device).type
+    if trained_on != here:
+        # Another kind of device sums in another order: retraining here cannot give the same
+        # weights, so the row stands and its SAE is reported as not stored (like the SAEs
+        # over the repository's file limit).
         return
     config = settings.train_config(width, best["k"], seed, device=device)
     train_cached(config, data, cache_path)
@@ -187,6 +196,13 @@ def _finalise_selected(
             "delete the row to retrain it here"
         )
     save_compact(sae, final)
+
+
+def device_label(device: torch.device) -> str:
+    """How rows name the device that trained them: ``cpu``, or ``cuda (NVIDIA H200)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +350,7 @@ def _run_study(
             return None
 
     data_ref = data if serial else executor.put(data)
-    device_name = str(resolve_device(device))
+    device_name = device_label(resolve_device(device))
     mine = _shard_widths(settings, shard_i, shard_n)
     stopped_by_budget = False
     # (width, seed) -> (task, config, grid index, start time): at most one training per search

@@ -295,6 +295,6 @@ run = scan.metadata
 print(f"profile: {profile}; tolerances: {[e.epsilon for e in entries]}")
 print(f"machine: {run['machine']}; date: {run['date']}; code version: {run['code_version']}")
 print(f"SAEs trained across the scan: {scan.n_saes_trained}; their training time: "
-      f"{scan.training_time_s / 3600:.2f} CPU-hours; devices: "
+      f"{scan.training_time_s / 3600:.2f} hours (summed over trainings); devices: "
       f"{sorted({d for e in entries for d in e.devices})}")
 print(f"wall time of the run that wrote scan.json: {run['wall_time_s'] / 60:.1f} min")

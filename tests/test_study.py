@@ -331,3 +331,20 @@ def test_the_scan_turns_the_width_rule_on_everywhere_but_at_chapter_threes_toler
     assert base.stop_widening is None
     assert scan_settings(base, base.epsilon) is base
     assert scan_settings(base, 0.02).stop_widening == STOP_WIDENING == 0.1
+
+
+def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraining(tmp_path):
+    """A search that finishes on a CPU whose best row came from a GPU (pending copy gone):
+    retraining on the CPU could not give that row's weights, so nothing is trained or stored."""
+    from mdl_utils.study import _finalise_selected, device_label
+    from mdl_utils.study_plan import study_settings
+    from mdl_utils.study_store import sae_stem
+
+    rows = [
+        {"width": 64, "seed": 1, "k": 8.0, "k_index": 12, "device": "cuda (NVIDIA H200)", "measure": {"dl_bits": 50.0}},
+        {"width": 64, "seed": 1, "k": 9.514, "k_index": 13, "device": "cpu", "measure": {"dl_bits": 52.0}},
+    ]
+    # data=None: any attempt to retrain would fail on it, so passing means nothing was retrained
+    _finalise_selected(study_settings("quick"), tmp_path, rows, 64, 1, data=None, cache_path=tmp_path, device="cpu")
+    assert not sae_stem(tmp_path, 64, 1).with_suffix(".json").exists()
+    assert device_label(torch.device("cpu")) == "cpu"
