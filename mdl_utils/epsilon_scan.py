@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,15 @@ def study_dir_for(out: Path, epsilon: float, base: StudySettings, reference_dir:
     return out / f"eps-{epsilon:.4f}"
 
 
+def _tolerance_log(epsilon: float) -> Callable[[str], None]:
+    """A study's progress lines on stderr, each prefixed with its tolerance."""
+
+    def log(message: str) -> None:
+        print(f"[eps {epsilon:g}] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
 def _check_epsilons(epsilons: Sequence[float]) -> list[float]:
     eps = sorted({float(e) for e in epsilons})
     if len(eps) < 1:
@@ -206,6 +216,9 @@ def run_epsilon_scan(
             left = remaining_hours()
             if left is not None and left <= 0:
                 return
+            # Side by side, one progress bar per tolerance would overwrite the others: each
+            # trained SAE is reported on its own line, prefixed with its tolerance.
+            log = _tolerance_log(eps) if progress and parallel > 1 else None
             run_study(
                 settings,
                 study_dir_for(out, eps, base, ref),
@@ -213,6 +226,7 @@ def run_epsilon_scan(
                 budget_hours=left,
                 device=device,
                 progress=progress and parallel <= 1,
+                log=log,
                 data=data,
                 threads=threads,
                 executor=executor,

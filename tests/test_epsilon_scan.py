@@ -377,3 +377,35 @@ def test_power_law_fit_recovers_exponent_from_exact_and_noisy_data():
         fit_power_law([0.01, 0.01], [1.0, 2.0])
     with pytest.raises(ValueError):
         fit_power_law([0.01, 0.02], [0.0, 2.0])
+
+
+def test_side_by_side_tolerances_report_each_sae_on_a_line_prefixed_with_its_tolerance(tmp_path, monkeypatch, capsys):
+    """With an executor of capacity 2 the tolerances run side by side: no progress bars (they
+    would overwrite each other) but one line per event, naming the tolerance it belongs to."""
+    import mdl_utils.epsilon_scan as scan_mod
+    from mdl_utils.study_plan import study_settings
+
+    calls = []
+
+    def fake_study(settings, out_dir, *, progress, log, **kwargs):
+        calls.append((settings.epsilon, progress, log is None))
+        if log is not None:
+            log(f"[mnist-mdl] width 64 seed 0 k=4: trained at {settings.epsilon}")
+
+    monkeypatch.setattr(scan_mod, "run_study", fake_study)
+    monkeypatch.setattr(scan_mod, "summarise_scan", lambda *a, **k: "summary")
+
+    class TwoAtOnce:
+        capacity = 2
+
+    base = study_settings("quick")
+    out = scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01, 0.03], executor=TwoAtOnce(), data=object())
+    assert out == "summary"
+    err = capsys.readouterr().err
+    assert "[eps 0.01] [mnist-mdl] width 64 seed 0 k=4: trained at 0.01" in err
+    assert "[eps 0.03] [mnist-mdl] width 64 seed 0 k=4: trained at 0.03" in err
+    assert sorted(calls) == sorted([(e, False, False) for e in (0.01, 0.03)] * 2)  # two passes, no bars
+
+    calls.clear()
+    scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01], data=object())  # serial: the study's own bar
+    assert calls == [(0.01, True, True), (0.01, True, True)]
