@@ -177,9 +177,7 @@ def _finalise_selected(
         for suffix in (".safetensors", ".json"):
             os.replace(pending.with_suffix(suffix), final.with_suffix(suffix))
         return
-    trained_on = str(best.get("device", "cpu")).split(" ")[0].split(":")[0]
-    here = resolve_device(device).type
-    if trained_on != here:
+    if device_kind(best.get("device", "cpu")) != resolve_device(device).type:
         # Another kind of device sums in another order: retraining here cannot give the same
         # weights, so the row stands and its SAE is reported as not stored (like the SAEs
         # over the repository's file limit).
@@ -203,6 +201,12 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
+
+
+def device_kind(label: str) -> str:
+    """The device type (``cpu``, ``cuda``) of a row's device as :func:`device_label` wrote it
+    (older rows say ``cpu`` or ``cuda:0``)."""
+    return torch.device(str(label).split(" ")[0]).type
 
 
 # --------------------------------------------------------------------------------------------

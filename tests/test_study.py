@@ -336,7 +336,7 @@ def test_the_scan_turns_the_width_rule_on_everywhere_but_at_chapter_threes_toler
 def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraining(tmp_path):
     """A search that finishes on a CPU whose best row came from a GPU (pending copy gone):
     retraining on the CPU could not give that row's weights, so nothing is trained or stored."""
-    from mdl_utils.study import _finalise_selected, device_label
+    from mdl_utils.study import _finalise_selected, device_kind, device_label
     from mdl_utils.study_plan import study_settings
     from mdl_utils.study_store import sae_stem
 
@@ -348,3 +348,4 @@ def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraini
     _finalise_selected(study_settings("quick"), tmp_path, rows, 64, 1, data=None, cache_path=tmp_path, device="cpu")
     assert not sae_stem(tmp_path, 64, 1).with_suffix(".json").exists()
     assert device_label(torch.device("cpu")) == "cpu"
+    assert [device_kind(d) for d in ("cuda (NVIDIA H200)", "cuda:0", "cpu")] == ["cuda", "cuda", "cpu"]
