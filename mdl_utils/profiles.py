@@ -92,7 +92,8 @@ def provenance(started: float) -> dict[str, Any]:
 
     machine = (
         f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, torch threads {torch.get_num_threads()})"
+        f"Python {platform.python_version()}, torch threads {torch.get_num_threads()}, "
+        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()})"
     )
     return {
         "machine": machine,

@@ -3,7 +3,11 @@ chapters are in step with their Jupytext sources."""
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -118,6 +122,39 @@ def test_executed_chapter_matches_its_source(stem):
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     assert "make test" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the pin applies on x86-64 only")
+def test_make_pins_torchs_cpu_kernels_to_avx2_and_torch_obeys():
+    """The chapters and their references must compute the same digits on AVX2-only and AVX-512
+    machines, so every make target runs torch with its CPU kernels pinned to AVX2."""
+    exported = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--no-print-directory",
+            "JOBS=1",
+            "--eval",
+            "show-pin: ; @echo $$ATEN_CPU_CAPABILITY",
+            "show-pin",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"},
+    ).stdout.strip()
+    assert exported == "avx2"
+    if "avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX2")
+    used = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": exported},
+    ).stdout.strip()
+    assert used == "AVX2"
 
 
 def test_unknown_profile_is_a_clear_error():
