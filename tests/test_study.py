@@ -333,6 +333,31 @@ def test_the_scan_turns_the_width_rule_on_everywhere_but_at_chapter_threes_toler
     assert scan_settings(base, 0.02).stop_widening == STOP_WIDENING == 0.1
 
 
+def test_a_row_this_machine_does_not_reproduce_stands_unstored_with_a_warning(tiny, tmp_path):
+    """A finished search whose SAE is gone and whose row came from another type of CPU: the
+    retrained DL differs, so nothing is stored, the rows are untouched, and a warning names it."""
+    from mdl_utils.study import _finalise_selected
+    from mdl_utils.study_store import sae_stem
+
+    root, data, summary = tiny
+    rows = load_rows(root / "out")
+    width, seed = next((r["width"], r["seed"]) for r in rows if r["measure"]["dl_bits"] is not None)
+    mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]
+    best = min(mine, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
+    # What another machine's training might have recorded: the same row, 1% shorter (still the best).
+    altered = [dict(r, measure=dict(r["measure"], dl_bits=r["measure"]["dl_bits"] * 0.99)) if r is best else r
+               for r in rows]
+    before = json.dumps(altered, sort_keys=True)
+    with pytest.warns(RuntimeWarning, match=f"width {width} seed {seed}: retraining .* not stored"):
+        _finalise_selected(SETTINGS, tmp_path, altered, width, seed, data=data, cache_path=root / "cache",
+                           device="cpu")
+    assert not sae_stem(tmp_path, width, seed).with_suffix(".json").exists()
+    assert json.dumps(altered, sort_keys=True) == before
+    # The unaltered row is reproduced: the SAE is stored.
+    _finalise_selected(SETTINGS, tmp_path, rows, width, seed, data=data, cache_path=root / "cache", device="cpu")
+    assert sae_stem(tmp_path, width, seed).with_suffix(".json").exists()
+
+
 def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraining(tmp_path):
     """A search that finishes on a CPU whose best row came from a GPU (pending copy gone):
     retraining on the CPU could not give that row's weights, so nothing is trained or stored."""
