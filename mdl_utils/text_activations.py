@@ -5,7 +5,7 @@ at most ``chunk_tokens`` WordPiece tokens, never across documents; each chunk is
 model as ``[CLS] chunk [SEP]`` (:mod:`mdl_utils.minilm`), and the states after ``layer``
 layers of its real tokens (not ``[CLS]``/``[SEP]``) are the activations, one row per token.
 :func:`token_activations` collects them once per split with a progress bar and stores them in
-float16 (``<split>.npy``) with the chunks' token ids (``<split>-tokens.npz``, so a splice can
+float16 (``<split>.npy``; the model computes them in float64) with the chunks' token ids (``<split>-tokens.npz``, so a splice can
 rerun exactly those chunks) and the provenance (``meta.json``: model and weights' SHA-256,
 layer, text package, version, checksums, token counts, wall time), in a folder named by a hash
 of all of that, so a changed input recomputes and an unchanged one is reused.
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: The version of the stored activations' layout (part of the folder's key).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: states computed in float64 (2: float32)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def collect_states(
     model: MiniLM, chunks: Sequence[Chunk], layer: int, *, batch_size: int = 32, progress: bool = True, desc: str = ""
 ) -> np.ndarray:
     """The states after ``layer`` layers at every real token of ``chunks``, in chunk order,
-    (total tokens, d) float32."""
+    (total tokens, d) in the model's dtype (float64)."""
     from tqdm.auto import tqdm
 
     parts: list[np.ndarray] = []
@@ -137,7 +137,7 @@ def collect_states(
             parts.append(h[row, 1 : 1 + len(c)].numpy())
         bar.update(sum(len(c) for c in group))
     bar.close()
-    return np.concatenate(parts) if parts else np.zeros((0, model.d_model), dtype=np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, model.d_model), dtype=np.float64)
 
 
 @dataclass
@@ -237,7 +237,9 @@ def token_activations(
         "n_tokens": {s: int(len(acts[s])) for s in splits},
         "n_chunks": {s: len(chunks[s]) for s in splits},
         "seconds": {"read_text": round(parse_s, 1), **{f"collect_{s}": seconds[s] for s in splits}},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "compute_dtype": str(model.dtype).removeprefix("torch."),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     atomic_write_text(meta_path, json.dumps(meta, indent=1))

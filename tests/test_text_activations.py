@@ -75,7 +75,7 @@ def test_stored_activations_are_the_states_at_the_real_tokens_and_are_cached(min
         for c in chunks[:3]:
             ids, mask = minilm.batch([list(c.ids)])
             h = minilm.states_at(ids, mask, 2)[0, 1 : 1 + len(c.ids)]
-            assert torch.allclose(torch.from_numpy(x[row : row + len(c.ids)].astype(np.float32)), h, atol=1e-2)
+            assert torch.allclose(torch.from_numpy(x[row : row + len(c.ids)].astype(np.float32)), h.float(), atol=1e-2)
             row += len(c.ids)
     # No document in two splits.
     docs = {s: {c.document for c in acts.chunks[s]} for s in ("train", "val", "test")}
