@@ -36,7 +36,10 @@
 # - **Activations.** The residual stream after the third of six layers, at every real token
 #   (not `[CLS]` or `[SEP]`) of chunks of at most 126 tokens that never cross a page,
 #   collected once and stored in float16 with its provenance
-#   ({py:mod}`mdl_utils.text_activations`). Each token is one sample, as each digit was.
+#   ({py:mod}`mdl_utils.text_activations`). Each token is one sample, as each digit was. The
+#   model runs in float64: in float32 the order in which the processor's vector kernels sum
+#   moved some stored values by one float16 step between machines, and with them every SAE
+#   trained on them ({py:mod}`mdl_utils.minilm` gives the count; a test checks the agreement).
 # - **Tolerances.** Two kinds, each an *arm* of the study:
 #   - a fraction of variance unexplained (FVU): the test MSE per dimension may be at most
 #     $f$ times the activations' variance (mean over dimensions); $f = 0.1$ and $0.2$ in the
@@ -115,7 +118,8 @@ print(f"text: {source}, {meta['n_pages']} HTML pages (fingerprint {meta['text_fi
 print("pages with prose per split: " + ", ".join(f"{s} {n}" for s, n in meta["n_documents_in_split"].items())
       + "; words: " + ", ".join(f"{s} {n:,}" for s, n in meta["n_words_in_split"].items()))
 print(f"model: {meta['model']} (package {meta['model_package']}, weights SHA-256 {meta['weights_sha256'][:16]}...)")
-print(f"activations: residual stream after layer {meta['layer']} of 6, d = {info['d_model']}, float16; "
+print(f"activations: residual stream after layer {meta['layer']} of 6, d = {info['d_model']}, computed in "
+      f"{meta.get('compute_dtype', 'float32')}, stored in float16; "
       "tokens used: " + ", ".join(f"{s} {n:,}" for s, n in meta["n_tokens"].items()))
 print(f"variance per dimension (mean over dimensions, training tokens): {info['variance']:.4f}")
 
