@@ -329,6 +329,26 @@ def _calibrated(out: Path) -> float | None:
     return float(json.loads(path.read_text())["epsilon"]) if path.is_file() else None
 
 
+#: What must agree between the activations a folder's rows were measured on and today's.
+SAME_ACTIVATIONS = ("format_version", "weights_sha256", "layer", "text_fingerprint", "n_tokens")
+
+
+def _check_same_activations(out: Path, acts: TokenActivations) -> None:
+    """Refuse to resume rows that were measured on other activations (another text, layer or
+    token count, or another format: format 2 computed the states in float32)."""
+    path = out / "transformer.json"
+    if not path.is_file() or not any(out.glob("*/rows/*.json")):
+        return
+    before = json.loads(path.read_text()).get("activations", {})
+    differ = [k for k in SAME_ACTIVATIONS if before.get(k) != acts.meta.get(k)]
+    if differ:
+        changes = "; ".join(f"{k}: {before.get(k)!r} then, {acts.meta.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"{out}: its rows were measured on other activations ({changes}); resuming would mix "
+            f"the two. Move {out} aside (or delete it) to start the study again"
+        )
+
+
 def run_text_study(
     settings: TextStudySettings,
     out_dir: str | os.PathLike[str],
@@ -347,6 +367,7 @@ def run_text_study(
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     t0 = time.time()
     acts, data, variance, model = text_data(settings, cache_path, progress=progress)
+    _check_same_activations(out, acts)
     data_seconds = round(time.time() - t0, 1)
     executor = executor if executor is not None else SerialExecutor()
     first = settings.study.seeds[0]

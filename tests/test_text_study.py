@@ -146,6 +146,13 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     eps, summary = typed.arms["fvu-0.5"]
     assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
     assert typed.info["activations"]["n_tokens"] == {"train": 1200, "val": 300, "test": 300}
+    # Rows measured on other activations (here: format 2's float32 states) are not resumed.
+    stale = json.loads((out / "transformer.json").read_text())
+    stale["activations"]["format_version"] = 2
+    (out / "transformer.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="other activations \\(format_version: 2 then, 3 now\\)"):
+        run_text_study(SMALL, out, cache=tmp_path / "cache", progress=False)
+    assert {p.name: p.read_text() for p in sorted(out.glob("*/rows/*.json"))} == before
 
 
 FULL = __import__("pathlib").Path(__file__).resolve().parents[1] / "results" / "full" / "transformer"
