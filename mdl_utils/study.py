@@ -96,7 +96,15 @@ from mdl_utils.study_plan import (
     start_index,
     study_settings,
 )
-from mdl_utils.study_store import compact, load_rows, sae_stem, save_compact, write_rows
+from mdl_utils.study_store import (
+    STORED_SAE_LIMIT_BYTES,
+    compact,
+    load_rows,
+    sae_stem,
+    save_compact,
+    stored_sae_bytes,
+    write_rows,
+)
 from mdl_utils.study_summary import summarise
 from mdl_utils.train import TrainConfig, resolve_device
 
@@ -166,7 +174,8 @@ def _finalise_selected(
     equal the row's, or the rows and the weights would disagree: then a ValueError says so.
     A row trained on another kind of device (a GPU row whose search finishes on a CPU) cannot
     be retrained to the same weights: its row stands and its SAE is not stored. So too when the
-    retrained DL differs from the row's (a row from another type of CPU): a RuntimeWarning says so.
+    retrained DL differs from the row's (a row from another type of CPU): a RuntimeWarning says so;
+    and an SAE over the repository's file limit (:data:`STORED_SAE_LIMIT_BYTES`) is not retrained.
     """
     final = sae_stem(out, width, seed)
     mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]
@@ -183,6 +192,10 @@ def _finalise_selected(
         # Another kind of device sums in another order: retraining here cannot give the same
         # weights, so the row stands and its SAE is reported as not stored (like the SAEs
         # over the repository's file limit).
+        return
+    if stored_sae_bytes(width, int(data.split("test").shape[1])) > STORED_SAE_LIMIT_BYTES:
+        # Over the repository's file limit, it would not be committed: retraining it only to
+        # keep it on this machine costs as much as training it did (tens of minutes).
         return
     config = settings.train_config(width, best["k"], seed, device=device)
     train_cached(config, data, cache_path)

@@ -229,6 +229,17 @@ def compact(sae: BatchTopKSAE) -> BatchTopKSAE:
     return out
 
 
+#: The largest stored SAE the repository keeps (its file limit); wider ones stay on the machine
+#: that trained them (``.gitignore`` lists them).
+STORED_SAE_LIMIT_BYTES = 5 * 1024**2
+
+
+def stored_sae_bytes(width: int, d_in: int) -> int:
+    """The size of an SAE's weights as :func:`save_compact` stores them (float16 encoder and
+    decoder; the biases are negligible)."""
+    return 2 * width * d_in * 2
+
+
 def save_compact(sae: BatchTopKSAE, stem: Path) -> None:
     """Store ``sae`` at ``stem`` with float16 weights (what :func:`compact` computes with)."""
     half = copy.deepcopy(sae).half()

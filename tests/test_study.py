@@ -358,6 +358,27 @@ def test_a_row_this_machine_does_not_reproduce_stands_unstored_with_a_warning(ti
     assert sae_stem(tmp_path, width, seed).with_suffix(".json").exists()
 
 
+def test_finalise_does_not_retrain_an_sae_over_the_repositorys_file_limit(tmp_path):
+    """Width 2048 on MNIST's 784 pixels stores 6.4 MB in float16, over the 5 MiB limit: when its
+    pending copy is gone, nothing is retrained (it would not be committed) and nothing is stored."""
+    from mdl_utils.study import _finalise_selected
+    from mdl_utils.study_plan import study_settings
+    from mdl_utils.study_store import STORED_SAE_LIMIT_BYTES, sae_stem, stored_sae_bytes
+
+    assert stored_sae_bytes(2048, 784) == 2 * 2048 * 784 * 2 > STORED_SAE_LIMIT_BYTES
+    assert stored_sae_bytes(1024, 784) < STORED_SAE_LIMIT_BYTES  # chapter 3 keeps width 1024
+
+    class NoTraining:  # any attempt to train on it fails; only its width is read
+        def split(self, name):
+            return np.zeros((1, 784), dtype=np.float32)
+
+    rows = [{"width": 2048, "seed": 0, "k": 7.336, "k_index": 9, "device": "cpu", "measure": {"dl_bits": 87.4}}]
+    _finalise_selected(study_settings("quick"), tmp_path, rows, 2048, 0, data=NoTraining(), cache_path=tmp_path,
+                       device="cpu")  # fmt: skip
+    assert not sae_stem(tmp_path, 2048, 0).with_suffix(".json").exists()
+    assert not any(tmp_path.iterdir())
+
+
 def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraining(tmp_path):
     """A search that finishes on a CPU whose best row came from a GPU (pending copy gone):
     retraining on the CPU could not give that row's weights, so nothing is trained or stored."""
