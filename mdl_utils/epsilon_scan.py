@@ -36,6 +36,7 @@ and their verdicts; the rate-distortion curves of chapter 3's SAEs and their cro
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -216,12 +217,17 @@ def run_epsilon_scan(
             left = remaining_hours()
             if left is not None and left <= 0:
                 return
+            study_dir = study_dir_for(out, eps, base, ref)
+            if study_dir == ref and (first_pass or _finished(study_dir)):
+                # Chapter 3's own study is only continued while unfinished, with all its seeds:
+                # a run with the first pass's one seed would rewrite its summary for that seed.
+                return
             # Side by side, one progress bar per tolerance would overwrite the others: each
             # trained SAE is reported on its own line, prefixed with its tolerance.
             log = _tolerance_log(eps) if progress and parallel > 1 else None
             run_study(
                 settings,
-                study_dir_for(out, eps, base, ref),
+                study_dir,
                 cache=cache,
                 budget_hours=left,
                 device=device,
@@ -256,6 +262,12 @@ def run_epsilon_scan(
 # --------------------------------------------------------------------------------------------
 # Reading one tolerance's study
 # --------------------------------------------------------------------------------------------
+
+
+def _finished(study_dir: Path) -> bool:
+    """Whether a study's summary on disk says every search has ended."""
+    path = study_dir / "summary.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("complete"))
 
 
 def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

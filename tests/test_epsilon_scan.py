@@ -47,6 +47,8 @@ def scan(tmp_path_factory):
     data = _data()
     run_study(SETTINGS, root / "ref", cache=root / "cache", progress=False, data=data)
     n_ref = len(load_rows(root / "ref"))
+    snapshot = {str(p.relative_to(root)): p.read_text() for p in sorted((root / "ref").rglob("*.json"))}
+    (root / "ref-before-scan.json").write_text(json.dumps(snapshot))
     result = run_epsilon_scan(SETTINGS, root / "scan", epsilons=EPSILONS, reference_dir=root / "ref",
                               cache=root / "cache", progress=False, data=data)
     return root, data, result, n_ref
@@ -111,6 +113,10 @@ def test_rerun_trains_nothing_and_writes_the_same_scan(scan):
                              cache=root / "cache", progress=False, data=data)
     after = {p: p.read_text() for p in sorted((root / "scan").glob("eps-*/rows/*.json"))}
     assert before == after
+    # Chapter 3's finished study is read, never rewritten (summary, rows and SAEs alike), by the
+    # scan or by its rerun.
+    now = {str(p.relative_to(root)): p.read_text() for p in sorted((root / "ref").rglob("*.json"))}
+    assert now == json.loads((root / "ref-before-scan.json").read_text())
     assert _strip(again) == _strip(result)
     assert _strip(json.loads((root / "scan" / "scan.json").read_text())) == _strip(result)
 
