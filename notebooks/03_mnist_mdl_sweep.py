@@ -381,8 +381,8 @@ for name, (width, seed) in points.items():
     except FileNotFoundError:  # weights over the repository's 5 MB file limit are not committed
         not_stored.append(f"{name} (width {width})")
 if not_stored:
-    print("SAEs not stored in the repository (over its 5 MB file limit; `python -m mdl_utils "
-          "mnist-sweep --profile full` recreates them): " + ", ".join(not_stored))
+    print("SAEs not stored in the repository (over its 5 MB file limit; they stay on the machine "
+          "that trained them, and their rows stand): " + ", ".join(not_stored))
 usage = {}
 rng = np.random.default_rng(0)
 for name, sae in sorted(shown.items()):
