@@ -36,7 +36,6 @@ and their verdicts; the rate-distortion curves of chapter 3's SAEs and their cro
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -56,7 +55,7 @@ from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows
 from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
-from mdl_utils.study_summary import summarise
+from mdl_utils.study_summary import read_summary, summarise
 
 __all__ = [
     "EPSILONS",
@@ -267,7 +266,7 @@ def run_epsilon_scan(
 def _finished(study_dir: Path) -> bool:
     """Whether a study's summary on disk says every search has ended."""
     path = study_dir / "summary.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("complete"))
+    return path.is_file() and read_summary(path).complete
 
 
 def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -14,9 +14,10 @@ layer to the sentence embedding. That is what splicing an SAE into the model nee
 check it against the ``transformers`` library's ``BertModel`` on the same weights.
 
 The forward pass runs in float64. In float32, the kernels torch picks for the processor (AVX2 or
-AVX-512) sum in different orders, and about 0.6% of the states, stored as float16, came out one
-step apart on two machines; the SAEs trained on them, and every checked number of chapter 8,
-then differed. In float64 the two agree bit for bit after the float16 rounding.
+AVX-512) sum in different orders: on one machine, its own kernels and torch's portable ones
+left about 0.6% of the states, stored as float16, one step apart, and the SAEs trained on
+them, like chapter 8's checked numbers on CI's two machine types, differed. In float64 the
+stored states agree bit for bit (tested).
 """
 
 from __future__ import annotations

@@ -82,21 +82,26 @@ def code_version() -> str:
         return "unknown"
 
 
+def machine_description() -> str:
+    """This machine as the jobs record it: host, architecture, CPUs, Python, torch's threads and
+    the CPU kernels torch uses (AVX2 or AVX-512 change the last digits of a training)."""
+    import torch  # a hard dependency; imported here so that the profiles load without it
+
+    return (
+        f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, torch threads {torch.get_num_threads()}, "
+        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()})"
+    )
+
+
 def provenance(started: float) -> dict[str, Any]:
     """What the long jobs record about their run: machine, date, wall time, code version.
 
     Args:
         started: ``time.time()`` when the job began; ``wall_time_s`` is measured from it.
     """
-    import torch  # a hard dependency; imported here so that the profiles load without it
-
-    machine = (
-        f"{platform.node() or 'unknown'} ({platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, torch threads {torch.get_num_threads()}, "
-        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()})"
-    )
     return {
-        "machine": machine,
+        "machine": machine_description(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": round(time.time() - started, 1),
         "code_version": code_version(),

@@ -170,12 +170,12 @@ def _finalise_selected(
 
     It is normally the pending copy the job saved when that row was trained. When the pending
     copy is missing (the rows came from a commit, the SAE from another machine), the row's
-    configuration is trained again (training is deterministic on one thread) and its DL must
-    equal the row's, or the rows and the weights would disagree: then a ValueError says so.
-    A row trained on another kind of device (a GPU row whose search finishes on a CPU) cannot
-    be retrained to the same weights: its row stands and its SAE is not stored. So too when the
-    retrained DL differs from the row's (a row from another type of CPU): a RuntimeWarning says so;
-    and an SAE over the repository's file limit (:data:`STORED_SAE_LIMIT_BYTES`) is not retrained.
+    configuration is trained again (training is deterministic on one thread) and stored only
+    when its DL equals the row's. Otherwise the row stands and no SAE is stored: when the row
+    came from another kind of device (a GPU row whose search finishes on a CPU, never
+    retrained), when the SAE is over the repository's file limit (:data:`STORED_SAE_LIMIT_BYTES`,
+    never retrained), and when the retrained DL differs (a row from another type of CPU; a
+    RuntimeWarning says so).
     """
     final = sae_stem(out, width, seed)
     mine = [r for r in rows if r["width"] == width and r["seed"] == seed and r["measure"]["dl_bits"] is not None]

@@ -5,8 +5,8 @@ at most ``chunk_tokens`` WordPiece tokens, never across documents; each chunk is
 model as ``[CLS] chunk [SEP]`` (:mod:`mdl_utils.minilm`), and the states after ``layer``
 layers of its real tokens (not ``[CLS]``/``[SEP]``) are the activations, one row per token.
 :func:`token_activations` collects them once per split with a progress bar and stores them in
-float16 (``<split>.npy``; the model computes them in float64) with the chunks' token ids (``<split>-tokens.npz``, so a splice can
-rerun exactly those chunks) and the provenance (``meta.json``: model and weights' SHA-256,
+float16 (``<split>.npy``; the model computes them in float64) with the chunks' token ids
+(``<split>-tokens.npz``, so a splice can rerun exactly those chunks) and the provenance (``meta.json``: model and weights' SHA-256,
 layer, text package, version, checksums, token counts, wall time), in a folder named by a hash
 of all of that, so a changed input recomputes and an unchanged one is reused.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mdl_utils.corpus import Corpus, Document, read_documents, split_documents
 from mdl_utils.io import atomic_write_text
 from mdl_utils.minilm import MODEL_NAME, MODEL_PACKAGE, MiniLM
+from mdl_utils.profiles import machine_description
 
 __all__ = [
     "ActivationSpec",
@@ -238,8 +237,7 @@ def token_activations(
         "n_chunks": {s: len(chunks[s]) for s in splits},
         "seconds": {"read_text": round(parse_s, 1), **{f"collect_{s}": seconds[s] for s in splits}},
         "compute_dtype": str(model.dtype).removeprefix("torch."),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}",
+        "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     atomic_write_text(meta_path, json.dumps(meta, indent=1))

@@ -336,10 +336,9 @@ SAME_ACTIVATIONS = ("format_version", "weights_sha256", "layer", "text_fingerpri
 def _check_same_activations(out: Path, acts: TokenActivations) -> None:
     """Refuse to resume rows that were measured on other activations (another text, layer or
     token count, or another format: format 2 computed the states in float32)."""
-    path = out / "transformer.json"
-    if not path.is_file() or not any(out.glob("*/rows/*.json")):
+    if not (out / "transformer.json").is_file() or not any(out.glob("*/rows/*.json")):
         return
-    before = json.loads(path.read_text()).get("activations", {})
+    before = load_text_study(out).info.get("activations", {})
     differ = [k for k in SAME_ACTIVATIONS if before.get(k) != acts.meta.get(k)]
     if differ:
         changes = "; ".join(f"{k}: {before.get(k)!r} then, {acts.meta.get(k)!r} now" for k in differ)

@@ -37,9 +37,10 @@
 #   (not `[CLS]` or `[SEP]`) of chunks of at most 126 tokens that never cross a page,
 #   collected once and stored in float16 with its provenance
 #   ({py:mod}`mdl_utils.text_activations`). Each token is one sample, as each digit was. The
-#   model runs in float64: in float32 the order in which the processor's vector kernels sum
-#   moved some stored values by one float16 step between machines, and with them every SAE
-#   trained on them ({py:mod}`mdl_utils.minilm` gives the count; a test checks the agreement).
+#   model runs in float64: in float32 the order in which torch's vector kernels sum (they
+#   differ between processors) moved some stored values by one float16 step, and with them
+#   every SAE trained on them ({py:mod}`mdl_utils.minilm` gives the count; a test checks that
+#   in float64 two kernel sets store the same values).
 # - **Tolerances.** Two kinds, each an *arm* of the study:
 #   - a fraction of variance unexplained (FVU): the test MSE per dimension may be at most
 #     $f$ times the activations' variance (mean over dimensions); $f = 0.1$ and $0.2$ in the
