@@ -59,7 +59,7 @@ import numpy as np
 from mdl_utils.downstream_measure import DownstreamMeasure
 from mdl_utils.downstream_results import ARMS, DownstreamResults
 from mdl_utils.resolution import Resolution
-from mdl_utils.executors import Executor, SerialExecutor
+from mdl_utils.executors import Executor, ProgressMode, SerialExecutor
 from mdl_utils.io import atomic_write_text
 from mdl_utils.models import (
     ClassifierConfig,
@@ -311,7 +311,7 @@ def run_downstream(
     cache: str | os.PathLike[str] | None = None,
     budget_hours: float | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: ProgressMode = True,
     threads: int | None = 1,
     executor: Executor | None = None,
 ) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from mdl_utils.executors import ProgressMode, check_progress_mode
 from mdl_utils.power_law import fit_scan
 from mdl_utils.protocol import index_of_k, k_of_index
 from mdl_utils.resolution import optimum_index
@@ -162,7 +163,7 @@ def run_epsilon_scan(
     cache: str | os.PathLike[str] | None = None,
     budget_hours: float | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: ProgressMode = True,
     data: Any = None,
     threads: int | None = 1,
     executor: Any = None,
@@ -192,6 +193,7 @@ def run_epsilon_scan(
             the quick profile uses one, to stay within minutes).
     """
     eps_list = _check_epsilons(epsilons)
+    progress = check_progress_mode(progress)
     out = Path(out_dir)
     ref = Path(reference_dir) if reference_dir is not None else None
     started = time.time()

@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 __all__ = [
     "Executor",
@@ -42,6 +42,8 @@ __all__ = [
     "TaskFailedError",
     "Task",
     "Progress",
+    "ProgressMode",
+    "check_progress_mode",
     "make_executor",
     "executor_from_args",
     "add_executor_args",
@@ -318,6 +320,19 @@ def executor_from_args(args: Any, *, device: str = "cpu", threads: int | None = 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     return make_executor(args.workers, address, device=device, threads=threads or 1)
+
+
+#: How a long job reports: ``True`` a progress bar (with a line per trained SAE above it),
+#: ``"lines"`` no bar but the same lines, plain, on stderr (for a log file: the command line's
+#: ``--no-progress``), ``False`` nothing (the book's notebooks).
+ProgressMode: TypeAlias = bool | Literal["lines"]
+
+
+def check_progress_mode(progress: object) -> ProgressMode:
+    """Return ``progress`` if it is a :data:`ProgressMode`, else raise a ValueError naming it."""
+    if progress is True or progress is False or progress == "lines":
+        return progress
+    raise ValueError(f"progress must be True, False or 'lines', got {progress!r}")
 
 
 class Progress:

@@ -8,7 +8,8 @@ its own options, how to train, how to summarise and what to print.
 Options of every job (:func:`job_parser`): ``--profile``, ``--out`` (default
 ``results/<profile>/<folder>``), ``--cache``, ``--budget-hours``, ``--device``, ``--threads``
 (torch CPU threads, default 1: float sums then do not depend on the core count, so results
-reproduce on another machine), ``--no-progress``, ``--summary-only`` (rewrite the summary from
+reproduce on another machine), ``--no-progress`` (no bar: a plain line per trained SAE, for a
+log file), ``--summary-only`` (rewrite the summary from
 the rows on disk, no training) and the executor's ``--workers`` / ``--ray-address``
 (:mod:`mdl_utils.executors`).
 
@@ -56,7 +57,11 @@ def job_parser(
     )
     parser.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: reproducible sums)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar: one plain line per trained SAE on stderr instead (for a log file)",
+    )
     parser.add_argument(
         "--summary-only", action="store_true", help=f"only rewrite {summary_name} from the rows on disk (no training)"
     )
@@ -88,7 +93,7 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
         "cache": args.cache,
         "budget_hours": args.budget_hours,
         "device": args.device,
-        "progress": not args.no_progress,
+        "progress": "lines" if args.no_progress else True,
         "threads": args.threads,
     }
 

@@ -71,9 +71,11 @@ from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.executors import (
     Executor,
     Progress,
+    ProgressMode,
     SerialExecutor,
     Task,
     TaskFailedError,
+    check_progress_mode,
 )
 from mdl_utils.cache import (
     TrainedPayload,
@@ -269,7 +271,7 @@ def run_study(
     budget_hours: float | None = None,
     shard: tuple[int, int] = (0, 1),
     device: str = "auto",
-    progress: bool = True,
+    progress: ProgressMode = True,
     data: SweepData | None = None,
     log: Callable[[str], None] | None = None,
     threads: int | None = 1,
@@ -289,8 +291,11 @@ def run_study(
         shard: ``(i, n)``: this process handles the widths whose position in the sorted
             list of all candidate widths is ``i`` modulo ``n``.
         device: the training device (``"auto"``: CUDA when present).
-        progress: a progress line per trained SAE on stderr.
+        progress: ``True``: a progress display for the job (parallel runs) and a line per
+            trained SAE on stderr; ``"lines"``: the lines alone, no display (for a log
+            file); ``False``: nothing.
         data: the prepared data (default: loaded from the settings).
+        log: where the per-SAE lines go instead (e.g. prefixed; overrides ``progress``'s lines).
         threads: torch CPU threads while the job runs (restored afterwards; None: leave as
             is). One thread per process is the default: floating-point sums then do not depend
             on the machine's core count, so the same command gives the same rows on any
@@ -340,7 +345,7 @@ def _run_study(
     budget_hours: float | None,
     shard: tuple[int, int],
     device: str,
-    progress: bool,
+    progress: ProgressMode,
     data: SweepData | None,
     log: Callable[[str], None] | None,
     executor: Executor | None = None,
@@ -348,6 +353,7 @@ def _run_study(
     name: str = "mnist-mdl",
     extra_fields: Sequence[str] = (),
 ) -> dict[str, Any]:
+    progress = check_progress_mode(progress)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     started = time.time()
@@ -363,8 +369,9 @@ def _run_study(
     executor = executor if executor is not None else SerialExecutor()
     serial = isinstance(executor, SerialExecutor)
     # Parallel runs show one progress display for the whole job (searches done / total,
-    # trainings running, failed, time left), with the per-SAE lines printed above it.
-    display = Progress(0, desc=name, unit="search", enabled=progress and log is None and not serial)
+    # trainings running, failed, time left), with the per-SAE lines printed above it; with
+    # ``"lines"`` the lines alone (the display disabled prints them plainly).
+    display = Progress(0, desc=name, unit="search", enabled=progress is True and log is None and not serial)
     if log is not None:
         say = log
     elif progress:

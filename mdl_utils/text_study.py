@@ -51,7 +51,7 @@ import torch
 
 from mdl_utils.corpus import Corpus, fetch_corpus
 from mdl_utils.data import SweepData, data_fingerprint
-from mdl_utils.executors import Executor, SerialExecutor
+from mdl_utils.executors import Executor, ProgressMode, SerialExecutor, check_progress_mode
 from mdl_utils.io import atomic_write_text
 from mdl_utils.loss_measure import measure_under_loss
 from mdl_utils.minilm import MiniLM, load_minilm
@@ -355,7 +355,7 @@ def run_text_study(
     cache: str | os.PathLike[str] | None = None,
     budget_hours: float | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: ProgressMode = True,
     threads: int | None = 1,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
@@ -365,7 +365,9 @@ def run_text_study(
     out = Path(out_dir)
     cache_path = Path(cache) if cache is not None else default_cache_dir()
     t0 = time.time()
-    acts, data, variance, model = text_data(settings, cache_path, progress=progress)
+    progress = check_progress_mode(progress)
+    # The text and activations' bars only with a display (``"lines"`` is for a log file).
+    acts, data, variance, model = text_data(settings, cache_path, progress=progress is True)
     _check_same_activations(out, acts)
     data_seconds = round(time.time() - t0, 1)
     executor = executor if executor is not None else SerialExecutor()

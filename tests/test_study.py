@@ -110,6 +110,59 @@ def test_finished_searches_keep_their_sae_and_a_lost_one_is_retrained_to_the_sam
         assert torch.equal(t, again.state_dict()[name])
 
 
+def test_lines_mode_prints_one_plain_line_per_trained_sae_and_false_prints_nothing(tiny, tmp_path, capsys):
+    """``progress="lines"`` (the command line's ``--no-progress``, for a log file): no bar, but
+    a line per trained SAE naming its width, seed, k and result, as many as the rows written;
+    ``False`` (the notebooks): nothing on stderr."""
+    root, data, _ = tiny
+    capsys.readouterr()
+    run_study(SETTINGS, tmp_path / "quiet", cache=root / "cache", progress=False, data=data)
+    assert capsys.readouterr().err == ""
+    run_study(SETTINGS, tmp_path / "lines", cache=root / "cache", progress="lines", data=data)
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no bar redraws
+    rows = load_rows(tmp_path / "lines")
+    results = [line for line in err.splitlines() if ": MSE " in line]
+    assert len(results) == len(rows) > 0
+    for r in rows:
+        k = f"k={r['k']:g}:"
+        assert any(f"width {r['width']} seed {r['seed']} {k}" in line for line in results), (r["width"], r["k"])
+    with pytest.raises(ValueError, match="progress must be True, False or 'lines'"):
+        run_study(SETTINGS, tmp_path / "bad", cache=root / "cache", progress="yes", data=data)
+
+    # Trainings side by side (the command line's --workers): there, True draws a bar, and
+    # "lines" gives the same plain lines without it.
+    from mdl_utils.executors import Executor, Task
+
+    class TwoAtOnce(Executor):
+        capacity = 2
+
+        def submit(self, fn, *args, tag=None):
+            return Task(tag, value=fn(*args))
+
+        def wait(self, tasks):
+            return list(tasks)
+
+        def result(self, task):
+            return task.value
+
+        def describe(self):
+            return "two at once, in process"
+
+    run_study(SETTINGS, tmp_path / "side", cache=root / "cache", progress="lines", data=data, executor=TwoAtOnce())
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert len([line for line in err.splitlines() if ": MSE " in line]) == len(load_rows(tmp_path / "side")) > 0
+
+
+def test_the_command_lines_no_progress_asks_for_plain_lines():
+    from mdl_utils.jobs import job_parser, parse_job, training_options
+
+    parser = job_parser(prog="job", doc="A job.", out_subdir="x")
+    assert training_options(parse_job(parser, ["--no-progress"]))["progress"] == "lines"
+    assert training_options(parse_job(parser, []))["progress"] is True
+
+
 def test_a_budget_stops_between_trainings_and_the_rest_follows(tmp_path):
     data = _data()
     small = StudySettings(**{**SETTINGS.__dict__, "widths": (8, 16), "seeds": (0,), "fill_widths": False})
