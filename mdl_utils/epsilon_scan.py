@@ -62,6 +62,7 @@ __all__ = [
     "EPSILONS",
     "K_MIN",
     "STOP_WIDENING",
+    "EXTEND_DOWN_TO",
     "QUICK_EPSILONS",
     "QUICK_SEEDS",
     "RESULTS_FORMAT_VERSION",
@@ -92,6 +93,13 @@ K_MIN = 2.0**-4
 #: widths 2048 and 4096 took 15 of its 20.6 hours of training. A width 10% (about 7 bits)
 #: longer than the best narrower one, twice in a row, is far outside the seed noise.
 STOP_WIDENING = 0.10
+#: The narrow end of the grid at the tolerances other than chapter 3's
+#: (:attr:`mdl_utils.study_plan.StudySettings.extend_down_to`): while seed 0's optimum is the
+#: narrowest width searched, half that width is searched too, down to width 4. Added on
+#: 2026-12-04, when at eps 0.05 only width 32 (the grid's narrowest) had a finished search
+#: and no wider one had been read: at a loose tolerance the optimum can lie below the grid,
+#: and an optimum at the grid's end cannot be resolved. Narrow SAEs train in minutes.
+EXTEND_DOWN_TO = 4
 #: Guessed exponent of the optimal L0 against epsilon, used only to choose the first k tried
 #: at each tolerance (``k_start * (eps / eps_ref) ** -2``); the search finds the minimum from
 #: any start, a good start only saves trainings. From the pre-protocol scan: L0 went from
@@ -107,14 +115,23 @@ K_START_EXPONENT = -2.0
 def scan_settings(base: StudySettings, epsilon: float, seeds: Sequence[int] | None = None) -> StudySettings:
     """The study settings at ``epsilon``: ``base`` itself at its own tolerance, else ``base``
     with ``epsilon`` changed, ``k_min`` lowered to :data:`K_MIN`, the first k guessed, the
-    width rule :data:`STOP_WIDENING` on, and ``seeds`` (default: the base's) as the seeds."""
+    width rule :data:`STOP_WIDENING` on, the grid extended below its narrowest width while
+    that is the optimum (:data:`EXTEND_DOWN_TO`), and ``seeds`` (default: the base's) as the
+    seeds."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
     if math.isclose(epsilon, base.epsilon, rel_tol=1e-9):
         return base
     guess = base.k_start * (epsilon / base.epsilon) ** K_START_EXPONENT
     j = max(index_of_k(guess), index_of_k(K_MIN))
-    out = replace(base, epsilon=float(epsilon), k_min=K_MIN, k_start=k_of_index(j), stop_widening=STOP_WIDENING)
+    out = replace(
+        base,
+        epsilon=float(epsilon),
+        k_min=K_MIN,
+        k_start=k_of_index(j),
+        stop_widening=STOP_WIDENING,
+        extend_down_to=min(EXTEND_DOWN_TO, min(base.widths)),
+    )
     if seeds is not None:
         if not seeds or seeds[0] != base.seeds[0]:
             raise ValueError(f"seeds must start with the base's first seed {base.seeds[0]}, got {list(seeds)}")
@@ -292,7 +309,8 @@ def _seed_optima(settings: StudySettings, summary: dict[str, Any]) -> dict[str, 
             "dl_bits": dl,
             "l0": s["l0"],
             "k": s["k"],
-            "at_edge": width in (reach[0], reach[-1]) or width in (min(settings.widths), max(settings.widths)),
+            # The ends of the searched, reachable widths (the grid's ends among them).
+            "at_edge": width in (reach[0], reach[-1]),
         }
     return out
 
@@ -324,6 +342,7 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
         "optimum": None,
         "at_edge": None,
         "widths_not_searched": summary.get("widths_not_searched", []),
+        "widths_below_grid": summary.get("widths_below_grid", []),
     }
     if res is None:
         return entry
@@ -344,7 +363,9 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
         "resolved": res["resolved"],
         "provisional": bool(res.get("provisional")),
     }
-    entry["at_edge"] = opt in (reach[0], reach[-1]) or opt in (min(settings.widths), max(settings.widths))
+    # The narrowest or widest reachable width searched: the grid's own ends are among these
+    # whenever they are reachable (and an unreachable end cannot be the optimum).
+    entry["at_edge"] = opt in (reach[0], reach[-1])
     return entry
 
 
@@ -397,6 +418,7 @@ def summarise_scan(
                 "optimum": None,
                 "at_edge": None,
                 "widths_not_searched": [],
+                "widths_below_grid": [],
             }
         )
     result: dict[str, Any] = {

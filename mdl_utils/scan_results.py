@@ -277,9 +277,12 @@ class ScanEntry:
         dl_star: DL*(width) over seeds.
         seed_optima: each seed's own optimum (keyed by the seed as text, as in the file).
         optimum: the optimum across seeds (None with no resolution).
-        at_edge: the optimum is an end of the reachable widths or of the grid.
+        at_edge: the optimum is the narrowest or widest reachable width searched.
         widths_not_searched: doubling widths the scan's width rule left out
             (:func:`mdl_utils.study_plan.doubling_widths`); empty at chapter 3's tolerance.
+        widths_below_grid: widths below the grid searched because the narrowest width was
+            seed 0's optimum (:func:`mdl_utils.study_plan.narrower_widths`); empty at chapter
+            3's tolerance and in files written before the rule.
     """
 
     epsilon: float
@@ -296,6 +299,7 @@ class ScanEntry:
     optimum: ScanOptimum | None
     at_edge: bool | None
     widths_not_searched: tuple[int, ...] = ()
+    widths_below_grid: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanEntry:
@@ -314,6 +318,7 @@ class ScanEntry:
             optimum=_optional(d["optimum"], ScanOptimum.from_dict),
             at_edge=d["at_edge"],
             widths_not_searched=tuple(int(w) for w in d.get("widths_not_searched", ())),
+            widths_below_grid=tuple(int(w) for w in d.get("widths_below_grid", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +337,7 @@ class ScanEntry:
             "optimum": None if self.optimum is None else _flat_dict(self.optimum),
             "at_edge": self.at_edge,
             "widths_not_searched": list(self.widths_not_searched),
+            "widths_below_grid": list(self.widths_below_grid),
         }
 
     @property

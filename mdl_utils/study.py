@@ -524,9 +524,13 @@ def _unpack(value: Any) -> tuple[TrainedPayload, dict[str, Any] | None]:
 
 
 def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[int]:
-    """The widths one shard trains: every n-th of the doubling grid and every n-th of the
-    possible sqrt(2) fill-ins, so that shards share the cheap and the costly widths."""
+    """The widths one shard trains: every n-th of the doubling grid (with the widths below it
+    that ``settings.extend_down_to`` may add) and every n-th of the possible sqrt(2) fill-ins,
+    so that shards share the cheap and the costly widths."""
     grid = sorted(settings.widths)
+    if settings.extend_down_to is not None:
+        while grid[0] // 2 >= settings.extend_down_to:
+            grid.insert(0, grid[0] // 2)
     fills = sorted(
         {
             c

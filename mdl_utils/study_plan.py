@@ -34,6 +34,7 @@ __all__ = [
     "search_done",
     "start_index",
     "doubling_widths",
+    "narrower_widths",
     "widths_not_searched",
     "plan",
 ]
@@ -63,6 +64,11 @@ class StudySettings:
             searched narrowest first, and once two consecutive ones have a finished seed-0
             DL* above ``(1 + stop_widening)`` times the smallest DL* of the narrower widths,
             no wider doubling width is searched (:func:`doubling_widths`).
+        extend_down_to: ``None`` (chapter 3): the doubling grid is ``widths``. Otherwise (the
+            epsilon scan) the grid is extended at its narrow end until it brackets the
+            optimum: once every planned doubling width has its seed-0 search finished, if the
+            narrowest of them is seed 0's optimum, half that width is searched too, and so on,
+            down to this width at the narrowest (:func:`narrower_widths`).
     """
 
     n_train: int | None
@@ -78,20 +84,30 @@ class StudySettings:
     max_trainings_per_search: int = 12
     train: dict[str, Any] = field(default_factory=dict)
     stop_widening: float | None = None
+    extend_down_to: int | None = None
 
     def __post_init__(self) -> None:
         if self.stop_widening is not None and not (self.stop_widening > 0 and math.isfinite(self.stop_widening)):
             raise ValueError(f"stop_widening must be None or a positive number, got {self.stop_widening!r}")
+        if self.extend_down_to is not None and not (
+            isinstance(self.extend_down_to, int) and 1 <= self.extend_down_to <= min(self.widths)
+        ):
+            raise ValueError(
+                f"extend_down_to must be None or a whole number from 1 to the narrowest width "
+                f"({min(self.widths)}), got {self.extend_down_to!r}"
+            )
 
     def train_config(self, width: int, k: float, seed: int, device: str = "auto") -> TrainConfig:
         return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict form, as results files record it (``stop_widening`` only when
-        set, so that files written before it existed read and write back unchanged)."""
+        """The JSON-ready dict form, as results files record it (``stop_widening`` and
+        ``extend_down_to`` only when set, so that files written before they existed read and
+        write back unchanged)."""
         out = asdict(self)
-        if out["stop_widening"] is None:
-            del out["stop_widening"]
+        for name in ("stop_widening", "extend_down_to"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
@@ -242,9 +258,50 @@ def doubling_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> 
     above ``(1 + stop_widening)`` times the smallest DL* among the widths before it (an
     unreachable width, which misses the tolerance at every k, never counts as a rise). While
     a narrower width's search is unfinished the rule cannot be read past it, so at most one
-    further width runs ahead of it.
+    further width runs ahead of it. Preceded by the widths below the grid that
+    :func:`narrower_widths` adds (``settings.extend_down_to``).
     """
-    return _width_rule(settings, rows)[0]
+    kept = _width_rule(settings, rows)[0]
+    return narrower_widths(settings, rows, kept) + kept
+
+
+def narrower_widths(
+    settings: StudySettings, rows: Sequence[dict[str, Any]], planned: Sequence[int] | None = None
+) -> list[int]:
+    """The widths below ``settings.widths`` that extend the grid until it brackets seed 0's
+    optimum, narrowest first ([] when ``settings.extend_down_to`` is None).
+
+    Once every planned width (``planned``, default the width rule's, :func:`doubling_widths`
+    without this extension) has its seed-0 search finished, and the narrowest planned width
+    is seed 0's optimum among them (the smallest DL*, ties to the narrower, as
+    :func:`mdl_utils.resolution.optimum_index`), half that width is added; and again once it
+    has finished, down to ``extend_down_to``. An unreachable narrowest width (it misses the
+    tolerance at every k) is not an optimum, so the grid is then already bracketed.
+    """
+    floor = settings.extend_down_to
+    if floor is None:
+        return []
+    seed = settings.seeds[0]
+    grid = sorted(_width_rule(settings, rows)[0] if planned is None else planned)
+    added: list[int] = []
+    while grid:
+        dl: dict[int, float] = {}
+        for w in grid:
+            if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
+                return added
+            best = best_dl(search_state(rows, w, seed))
+            if best is not None:
+                dl[w] = best
+        if not dl:
+            return added
+        widths = sorted(dl)
+        best_at = optimum_index([dl[w] for w in widths], widths)
+        half = grid[0] // 2
+        if best_at is None or widths[best_at] != grid[0] or half < floor:
+            return added
+        added.insert(0, half)
+        grid.insert(0, half)
+    return added
 
 
 def widths_not_searched(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:

@@ -35,6 +35,7 @@ from mdl_utils.study_plan import (
     plan,
     search_done,
     start_index,
+    narrower_widths,
     widths_not_searched,
 )
 
@@ -185,6 +186,8 @@ def summarise(
         "complete": not remaining,
         # Only where the width rule is on (the epsilon scan), so chapter 3's files are unchanged.
         **({} if settings.stop_widening is None else {"widths_not_searched": widths_not_searched(settings, rows)}),
+        # Likewise only where the grid may grow at its narrow end (the epsilon scan).
+        **({} if settings.extend_down_to is None else {"widths_below_grid": narrower_widths(settings, rows)}),
     }
 
 

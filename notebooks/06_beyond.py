@@ -52,7 +52,8 @@ from IPython.display import display
 from mdl_utils import plots
 from mdl_utils.data import load_mnist
 from mdl_utils.epsilon_scan import (
-    EPSILONS, QUICK_EPSILONS, QUICK_SEEDS, STOP_WIDENING, load_scan, run_epsilon_scan, study_dir_for,
+    EPSILONS, EXTEND_DOWN_TO, QUICK_EPSILONS, QUICK_SEEDS, STOP_WIDENING, load_scan, run_epsilon_scan,
+    study_dir_for,
 )
 from mdl_utils.protocol import sparse_latents
 from mdl_utils.study_store import load_selected_sae
@@ -214,21 +215,32 @@ print("does 'which SAE is better' depend on the tolerance (within the range read
 # recurs at several tolerances are trained once, and the study at chapter 3's tolerance is
 # chapter 3's study itself.
 #
-# One rule is added at the other tolerances, to keep the scan within reach of a CPU: the
-# doubling widths are searched narrowest first, and once two consecutive ones come out longer
+# Two rules are added at the other tolerances. The first keeps the scan within reach of a CPU:
+# the doubling widths are searched narrowest first, and once two consecutive ones come out longer
 # than the best narrower width by more than a fixed fraction (printed below), no wider width is
 # trained ({py:func}`mdl_utils.study_plan.doubling_widths`). The fraction was fixed from
 # chapter 3 alone, before any SAE of the scan was trained: there DL* rises at every doubling
 # past the optimum, the seeds differ by a few per cent at most, and the two widest
 # dictionaries took most of the training time. An optimum is therefore resolved *among the
 # widths searched*; the widths the rule left out are listed with each tolerance.
+#
+# The second concerns the other end: a loose tolerance can put the optimum below the grid's
+# narrowest width, where it cannot be resolved. So when every planned width has
+# its first seed's search finished and the narrowest of them is that seed's optimum, half that
+# width is searched as well, and so on down to a floor (printed below;
+# {py:func}`mdl_utils.study_plan.narrower_widths`). This rule was added during the scan, when
+# at the loosest tolerance only the grid's narrowest width had a finished search and no wider
+# one had been read. "At the grid edge" in the table means the optimum is the narrowest or widest
+# width searched (that reaches the tolerance).
 
 # %%
 print(f"width rule: stop after two consecutive doubling widths more than {STOP_WIDENING:.0%} "
       "longer than the best narrower one (tolerances other than chapter 3's)")
+print(f"narrow end: halve the narrowest width while it is the optimum, down to width {EXTEND_DOWN_TO}")
 for e in entries:
     left = ", ".join(str(w) for w in e.widths_not_searched) or "none"
-    print(f"  epsilon {e.epsilon:g}: widths not searched: {left}")
+    below = ", ".join(str(w) for w in e.widths_below_grid) or "none"
+    print(f"  epsilon {e.epsilon:g}: widths not searched: {left}; widths added below the grid: {below}")
 
 # %% [markdown]
 # The table puts each tolerance beside the variance of the test digits. An "SAE" that answered

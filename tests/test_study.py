@@ -386,6 +386,88 @@ def test_the_scan_turns_the_width_rule_on_everywhere_but_at_chapter_threes_toler
     assert scan_settings(base, 0.02).stop_widening == STOP_WIDENING == 0.1
 
 
+def test_the_scan_extends_the_grid_below_its_narrowest_width_but_chapter_three_does_not():
+    from mdl_utils.epsilon_scan import EXTEND_DOWN_TO, scan_settings
+    base = study_settings("full")
+    assert base.extend_down_to is None and "extend_down_to" not in base.to_dict()
+    assert scan_settings(base, base.epsilon) is base
+    assert scan_settings(base, 0.05).extend_down_to == EXTEND_DOWN_TO == 4
+    quick = study_settings("quick")
+    assert scan_settings(quick, 0.025).extend_down_to == 4
+
+
+DOWN = StudySettings(**{**WIDE.__dict__, "extend_down_to": 4})
+
+
+def test_the_grid_grows_at_its_narrow_end_while_the_narrowest_width_is_the_optimum():
+    from mdl_utils.study_plan import doubling_widths, narrower_widths
+    # 32 is the optimum; 64 (+50%) and 128 (+100%) are two rises, so the rule stops widening
+    # at 128, and every planned width has finished: half of 32 is searched next, first.
+    rows = _finished({32: 4.0, 64: 6.0, 128: 8.0})
+    assert narrower_widths(DOWN, rows) == [16]
+    assert doubling_widths(DOWN, rows) == [16, 32, 64, 128]
+    assert plan(DOWN, rows)[0] == (16, 0)
+    # While 16 is unfinished nothing more is added; once it is the new optimum, 8; and so on
+    # down to the floor (4), and no further.
+    assert narrower_widths(DOWN, rows + _finished({16: 3.0}))[0] == 8
+    assert narrower_widths(DOWN, rows + _finished({16: 3.0, 8: 2.0})) == [4, 8, 16]
+    assert narrower_widths(DOWN, rows + _finished({16: 3.0, 8: 2.0, 4: 1.0})) == [4, 8, 16]
+    # 16 longer than 32: the grid brackets the optimum, nothing more.
+    assert narrower_widths(DOWN, rows + _finished({16: 5.0})) == [16]
+    # A tie goes to the narrower width (as the optimum does), so it extends.
+    assert narrower_widths(DOWN, rows + _finished({16: 4.0})) == [8, 16]
+    # Not before every planned width has finished, not when the optimum is wider, not when
+    # the narrowest width misses the tolerance at every k, and never with the rule off.
+    assert narrower_widths(DOWN, _finished({32: 4.0})) == []
+    assert narrower_widths(DOWN, _finished({32: 5.0, 64: 4.0, 128: 6.0, 256: 7.0})) == []
+    assert narrower_widths(DOWN, _finished({32: None, 64: 4.0, 128: 6.0, 256: 7.0})) == []
+    assert narrower_widths(WIDE, rows) == [] and doubling_widths(WIDE, rows) == [32, 64, 128]
+    # Shards share the widths the rule may add (else a sharded run would never train them).
+    from mdl_utils.study import _shard_widths
+    both = _shard_widths(DOWN, 0, 2) | _shard_widths(DOWN, 1, 2)
+    assert {4, 8, 16, 11, 23} <= both and not _shard_widths(DOWN, 0, 2) & _shard_widths(DOWN, 1, 2)
+
+
+def test_the_narrow_end_rule_is_written_with_the_settings_only_when_on_and_checked():
+    d = DOWN.to_dict()
+    assert d["extend_down_to"] == 4 and StudySettings.from_dict(d) == DOWN
+    assert "extend_down_to" not in WIDE.to_dict()
+    for bad in (0, 64, 4.0, "4"):
+        with pytest.raises(ValueError, match="extend_down_to"):
+            StudySettings(**{**WIDE.__dict__, "extend_down_to": bad})
+
+
+def test_widths_below_the_grid_count_in_the_summary_and_move_the_edge(tiny):
+    """Rows copied from the tiny study with their DL set by hand (one training finishes a
+    search): width 8 is the grid's narrowest and the optimum, so width 4 is searched; once it
+    is in and longer, the optimum is bracketed and no longer at the edge."""
+    import copy
+    from mdl_utils.epsilon_scan import scan_entry
+
+    root, _, _ = tiny
+    template = next(r for r in load_rows(root / "out") if r["seed"] == 0 and r["measure"]["dl_bits"] is not None)
+
+    def row(width, dl):
+        r = copy.deepcopy(template)
+        r["width"], r["measure"]["dl_bits"] = width, dl
+        return r
+
+    settings = StudySettings(**{**SETTINGS.__dict__, "widths": (8, 16, 32), "seeds": (0,), "fill_widths": False,
+                                "max_trainings_per_search": 1, "extend_down_to": 2})
+    rows = [row(8, 10.0), row(16, 11.0), row(32, 13.0)]
+    summary = summarise(settings, rows, d_in=12)
+    assert summary["widths_below_grid"] == [4] and summary["remaining"] == [[4, 0]] and not summary["complete"]
+    entry = scan_entry(settings, rows)
+    assert entry["optimum"]["width"] == 8 and entry["at_edge"] and entry["widths_below_grid"] == [4]
+    rows.append(row(4, 12.0))
+    summary = summarise(settings, rows, d_in=12)
+    assert summary["widths_below_grid"] == [4] and summary["complete"]
+    entry = scan_entry(settings, rows)
+    assert entry["optimum"]["width"] == 8 and entry["at_edge"] is False
+    assert entry["seed_optima"]["0"]["at_edge"] is False
+    assert "widths_below_grid" not in summarise(SETTINGS, load_rows(root / "out"), d_in=12)
+
+
 def test_a_row_this_machine_does_not_reproduce_stands_unstored_with_a_warning(tiny, tmp_path):
     """A finished search whose SAE is gone and whose row came from another type of CPU: the
     retrained DL differs, so nothing is stored, the rows are untouched, and a warning names it."""
