@@ -255,13 +255,14 @@ class ScanOptimum:
 
     @property
     def verdict(self) -> str:
-        """``"resolved"``, ``"provisional"`` (one width ahead while searches remain) or
-        ``"tie set 128, 181"``."""
+        """``"resolved"``, ``"provisional"`` (one width ahead while searches remain),
+        ``"tie set 128, 181"``, or ``"tie set 362, 512 so far"`` (while searches remain: more
+        seeds or widths can still split or widen it)."""
         if self.resolved:
             return "resolved"
         if self.provisional and len(self.tie_set) == 1:
             return "provisional"
-        return "tie set " + ", ".join(str(w) for w in self.tie_set)
+        return "tie set " + ", ".join(str(w) for w in self.tie_set) + (" so far" if self.provisional else "")
 
 
 @dataclass(frozen=True)

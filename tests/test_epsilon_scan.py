@@ -415,3 +415,17 @@ def test_side_by_side_tolerances_report_each_sae_on_a_line_prefixed_with_its_tol
     calls.clear()
     scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01], data=object())  # serial: the study's own bar
     assert calls == [(0.01, True, True), (0.01, True, True)]
+
+
+def test_the_verdict_says_when_a_tie_set_is_only_so_far():
+    """A tie set read while searches remain can still split or widen: it says so."""
+    from mdl_utils.scan_results import ScanOptimum
+
+    def opt(tie, resolved, provisional):
+        return ScanOptimum(width=tie[0], dl_bits=1.0, seed_std=None, n_seeds=1, boot_ci=None, l0=1.0, k=1.0,
+                           tie_set=tie, resolved=resolved, provisional=provisional)
+
+    assert opt((128,), True, False).verdict == "resolved"
+    assert opt((128,), False, True).verdict == "provisional"
+    assert opt((128, 181), False, False).verdict == "tie set 128, 181"
+    assert opt((362, 512), False, True).verdict == "tie set 362, 512 so far"
