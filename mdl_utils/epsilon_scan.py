@@ -91,8 +91,24 @@ K_MIN = 2.0**-4
 #: there DL* rises at every doubling past the optimum (seed-0 DL* 68.9 bits at width 128;
 #: +12% at 512, +18% at 1024, +42% at 4096), the seed spread is at most 1.5 bits (2%), and
 #: widths 2048 and 4096 took 15 of its 20.6 hours of training. A width 10% (about 7 bits)
-#: longer than the best narrower one, twice in a row, is far outside the seed noise.
+#: longer than the best narrower one, twice in a row, is far outside the seed noise. (That
+#: spread was read before chapter 3's last seeds at width 4096 were in; with every seed in,
+#: the seed standard deviation is at most 1.5 bits (2.0%) up to width 2048 and 2.3 bits
+#: (2.4%) at 4096.)
 STOP_WIDENING = 0.10
+#: The further seeds' widths at the tolerances other than chapter 3's
+#: (:attr:`mdl_utils.study_plan.StudySettings.replicate_within`): seeds 1 and 2 search only
+#: the widths whose seed-0 DL* is at most 10% above the smallest seed-0 DL*; the others keep
+#: one seed. Added on 2026-12-04, for cost, after seed 0 had finished every planned width at
+#: every tolerance (so it was chosen with the seed-0 curves in view; it decides only which
+#: widths get more seeds, not how the optimum is read). The margin is the width rule's, and
+#: chapter 3 bounds what it can miss: there, with three seeds at every width, seed 0 is at
+#: most 4.1% above the best other seed (width 4096; 2.4% elsewhere) and the seed standard
+#: deviation at most 2.4%: more seeds would have to lower a width's mean by more than twice
+#: the largest offset seen there to bring a width 10% above the best seed-0 DL* within the
+#: optimum's tie set (about 1-2% wide). The widths it leaves at one seed are the
+#: widest and costliest to train (15-40 CPU-minutes per SAE at widths 1024-4096).
+REPLICATE_WITHIN = 0.10
 #: The narrow end of the grid at the tolerances other than chapter 3's
 #: (:attr:`mdl_utils.study_plan.StudySettings.extend_down_to`): while seed 0's optimum is the
 #: narrowest width searched, half that width is searched too, down to width 4. Added on
@@ -116,7 +132,8 @@ def scan_settings(base: StudySettings, epsilon: float, seeds: Sequence[int] | No
     """The study settings at ``epsilon``: ``base`` itself at its own tolerance, else ``base``
     with ``epsilon`` changed, ``k_min`` lowered to :data:`K_MIN`, the first k guessed, the
     width rule :data:`STOP_WIDENING` on, the grid extended below its narrowest width while
-    that is the optimum (:data:`EXTEND_DOWN_TO`), and ``seeds`` (default: the base's) as the
+    that is the optimum (:data:`EXTEND_DOWN_TO`), the further seeds kept to the widths near
+    the best (:data:`REPLICATE_WITHIN`), and ``seeds`` (default: the base's) as the
     seeds."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
@@ -131,6 +148,7 @@ def scan_settings(base: StudySettings, epsilon: float, seeds: Sequence[int] | No
         k_start=k_of_index(j),
         stop_widening=STOP_WIDENING,
         extend_down_to=min(EXTEND_DOWN_TO, min(base.widths)),
+        replicate_within=REPLICATE_WITHIN,
     )
     if seeds is not None:
         if not seeds or seeds[0] != base.seeds[0]:
@@ -343,6 +361,7 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
         "at_edge": None,
         "widths_not_searched": summary.get("widths_not_searched", []),
         "widths_below_grid": summary.get("widths_below_grid", []),
+        "widths_one_seed": summary.get("widths_one_seed", []),
     }
     if res is None:
         return entry
@@ -419,6 +438,7 @@ def summarise_scan(
                 "at_edge": None,
                 "widths_not_searched": [],
                 "widths_below_grid": [],
+                "widths_one_seed": [],
             }
         )
     result: dict[str, Any] = {

@@ -279,11 +279,17 @@ class ScanEntry:
         seed_optima: each seed's own optimum (keyed by the seed as text, as in the file).
         optimum: the optimum across seeds (None with no resolution).
         at_edge: the optimum is the narrowest or widest reachable width searched.
-        widths_not_searched: doubling widths the scan's width rule left out
-            (:func:`mdl_utils.study_plan.doubling_widths`); empty at chapter 3's tolerance.
+        widths_not_searched: doubling widths the scan's width rule ruled out
+            (:func:`mdl_utils.study_plan.doubling_widths`); empty at chapter 3's tolerance. A
+            width that trained before the rule fired is listed too (its seed-0 DL* stays in
+            ``dl_star``; no further seed trains it).
         widths_below_grid: widths below the grid searched because the narrowest width was
             seed 0's optimum (:func:`mdl_utils.study_plan.narrower_widths`); empty at chapter
             3's tolerance and in files written before the rule.
+        widths_one_seed: reachable widths the further seeds skip, their seed-0 DL* being more
+            than :data:`mdl_utils.epsilon_scan.REPLICATE_WITHIN` above the smallest
+            (:func:`mdl_utils.study_plan.widths_one_seed`); empty at chapter 3's tolerance
+            and in files written before the rule.
     """
 
     epsilon: float
@@ -301,6 +307,7 @@ class ScanEntry:
     at_edge: bool | None
     widths_not_searched: tuple[int, ...] = ()
     widths_below_grid: tuple[int, ...] = ()
+    widths_one_seed: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanEntry:
@@ -320,6 +327,7 @@ class ScanEntry:
             at_edge=d["at_edge"],
             widths_not_searched=tuple(int(w) for w in d.get("widths_not_searched", ())),
             widths_below_grid=tuple(int(w) for w in d.get("widths_below_grid", ())),
+            widths_one_seed=tuple(int(w) for w in d.get("widths_one_seed", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,6 +347,7 @@ class ScanEntry:
             "at_edge": self.at_edge,
             "widths_not_searched": list(self.widths_not_searched),
             "widths_below_grid": list(self.widths_below_grid),
+            "widths_one_seed": list(self.widths_one_seed),
         }
 
     @property

@@ -93,6 +93,7 @@ from mdl_utils.study_plan import (
     j_max,
     j_min,
     plan,
+    possible_narrower_widths,
     search_done,
     search_state,
     start_index,
@@ -527,10 +528,7 @@ def _shard_widths(settings: StudySettings, shard_i: int, shard_n: int) -> set[in
     """The widths one shard trains: every n-th of the doubling grid (with the widths below it
     that ``settings.extend_down_to`` may add) and every n-th of the possible sqrt(2) fill-ins,
     so that shards share the cheap and the costly widths."""
-    grid = sorted(settings.widths)
-    if settings.extend_down_to is not None:
-        while grid[0] // 2 >= settings.extend_down_to:
-            grid.insert(0, grid[0] // 2)
+    grid = possible_narrower_widths(settings) + sorted(settings.widths)
     fills = sorted(
         {
             c

@@ -35,7 +35,11 @@ __all__ = [
     "start_index",
     "doubling_widths",
     "narrower_widths",
+    "possible_narrower_widths",
+    "seed0_dl_star",
+    "optimal_width",
     "widths_not_searched",
+    "widths_one_seed",
     "plan",
 ]
 
@@ -69,6 +73,12 @@ class StudySettings:
             optimum: once every planned doubling width has its seed-0 search finished, if the
             narrowest of them is seed 0's optimum, half that width is searched too, and so on,
             down to this width at the narrowest (:func:`narrower_widths`).
+        replicate_within: ``None`` (chapter 3): the further seeds search every reachable
+            width. Otherwise (the epsilon scan, for cost) they search only the widths whose
+            finished seed-0 DL* is at most ``(1 + replicate_within)`` times the smallest
+            finished seed-0 DL*; the others keep one seed (:func:`widths_one_seed`), and the
+            optimum's comparison lends them the pooled seed spread
+            (:func:`mdl_utils.resolution.resolve_optimum`).
     """
 
     n_train: int | None
@@ -85,10 +95,15 @@ class StudySettings:
     train: dict[str, Any] = field(default_factory=dict)
     stop_widening: float | None = None
     extend_down_to: int | None = None
+    replicate_within: float | None = None
 
     def __post_init__(self) -> None:
-        if self.stop_widening is not None and not (self.stop_widening > 0 and math.isfinite(self.stop_widening)):
-            raise ValueError(f"stop_widening must be None or a positive number, got {self.stop_widening!r}")
+        for name in ("stop_widening", "replicate_within"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be None or a positive number, got {value!r}")
         if self.extend_down_to is not None and not (
             isinstance(self.extend_down_to, int) and 1 <= self.extend_down_to <= min(self.widths)
         ):
@@ -101,11 +116,11 @@ class StudySettings:
         return TrainConfig(**{**self.train, "width": width, "k": k, "seed": seed, "device": device, "progress": False})
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict form, as results files record it (``stop_widening`` and
-        ``extend_down_to`` only when set, so that files written before they existed read and
-        write back unchanged)."""
+        """The JSON-ready dict form, as results files record it (``stop_widening``,
+        ``extend_down_to`` and ``replicate_within`` only when set, so that files written
+        before they existed read and write back unchanged)."""
         out = asdict(self)
-        for name in ("stop_widening", "extend_down_to"):
+        for name in ("stop_widening", "extend_down_to", "replicate_within"):
             if out[name] is None:
                 del out[name]
         return out
@@ -281,32 +296,67 @@ def narrower_widths(
     floor = settings.extend_down_to
     if floor is None:
         return []
-    seed = settings.seeds[0]
     grid = sorted(_width_rule(settings, rows)[0] if planned is None else planned)
     added: list[int] = []
     while grid:
-        dl: dict[int, float] = {}
-        for w in grid:
-            if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
-                return added
-            best = best_dl(search_state(rows, w, seed))
-            if best is not None:
-                dl[w] = best
+        dl = seed0_dl_star(settings, rows, grid)
         if not dl:
             return added
-        widths = sorted(dl)
-        best_at = optimum_index([dl[w] for w in widths], widths)
         half = grid[0] // 2
-        if best_at is None or widths[best_at] != grid[0] or half < floor:
+        if optimal_width(dl) != grid[0] or half < floor:
             return added
         added.insert(0, half)
         grid.insert(0, half)
     return added
 
 
+def possible_narrower_widths(settings: StudySettings) -> list[int]:
+    """Every width :func:`narrower_widths` could ever add: ``settings.widths``' narrowest
+    halved repeatedly down to ``settings.extend_down_to``, narrowest first ([] when off)."""
+    floor = settings.extend_down_to
+    below: list[int] = []
+    if floor is None:
+        return below
+    w = min(settings.widths) // 2
+    while w >= floor:
+        below.insert(0, w)
+        w //= 2
+    return below
+
+
+def seed0_dl_star(
+    settings: StudySettings, rows: Sequence[dict[str, Any]], widths: Sequence[int]
+) -> dict[int, float] | None:
+    """Seed 0's DL* (smallest DL over k) at each of ``widths`` that met the tolerance, once
+    every one of their seed-0 searches has finished; ``None`` while one is unfinished.
+    Unreachable widths (no k met the tolerance) are left out, so the dict may be empty."""
+    seed = settings.seeds[0]
+    dl: dict[int, float] = {}
+    for w in widths:
+        if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
+            return None
+        best = best_dl(search_state(rows, w, seed))
+        if best is not None:
+            dl[w] = best
+    return dl
+
+
+def optimal_width(dl_star: Mapping[int, float]) -> int:
+    """The width with the smallest DL* (ties to the narrower, as
+    :func:`mdl_utils.resolution.optimum_index`); ``dl_star`` must not be empty."""
+    if not dl_star:
+        raise ValueError("optimal_width needs at least one width with a DL*")
+    widths = sorted(dl_star)
+    best_at = optimum_index([dl_star[w] for w in widths], widths)
+    assert best_at is not None  # every width has a DL
+    return widths[best_at]
+
+
 def widths_not_searched(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
     """The doubling widths the width rule has ruled out: none while it is off or has not
-    fired (widths merely waiting for a narrower search to finish are not listed)."""
+    fired (widths merely waiting for a narrower search to finish are not listed). A width
+    whose seed-0 search ran ahead and trained before the rule fired is listed as well: no
+    further seed trains it, though its rows stay."""
     kept, fired = _width_rule(settings, rows)
     return [w for w in sorted(settings.widths) if w not in kept] if fired else []
 
@@ -317,21 +367,11 @@ def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> lis
     ``fill_widths`` is off."""
     if not settings.fill_widths:
         return []
-    seed = settings.seeds[0]
-    dl_star: dict[int, float] = {}
     doubling = doubling_widths(settings, rows)
-    for w in doubling:
-        if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
-            return []
-        best = best_dl(search_state(rows, w, seed))
-        if best is not None:
-            dl_star[w] = best
+    dl_star = seed0_dl_star(settings, rows, doubling)
     if not dl_star:
         return []
-    widths = sorted(dl_star)
-    best_at = optimum_index([dl_star[w] for w in widths], widths)
-    assert best_at is not None  # every width in dl_star has a DL
-    opt = widths[best_at]
+    opt = optimal_width(dl_star)
     fills = []
     for w in (int(round(opt / math.sqrt(2))), int(round(opt * math.sqrt(2)))):
         if min(doubling) < w < max(doubling) and w not in settings.widths:
@@ -347,6 +387,21 @@ def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[
     tasks = [(w, seed0) for w in doubling] + [(w, seed0) for w in fills]
     widths = sorted(set(doubling) | set(fills))
     # Further seeds: reachable widths only, the ones whose seed-0 DL* is closest to the best first.
+    dl0, replicated = _replicated(settings, rows, widths)
+    if replicated:
+        low = min(dl0.values())
+        order = sorted(replicated, key=lambda w: (dl0[w] - low, w))
+        tasks += [(w, s) for s in settings.seeds[1:] for w in order]
+    return tasks
+
+
+def _replicated(
+    settings: StudySettings, rows: Sequence[dict[str, Any]], widths: Sequence[int]
+) -> tuple[dict[int, float], list[int]]:
+    """Seed 0's DL* at the ``widths`` whose seed-0 search has finished and met the
+    tolerance, and those of them the further seeds search (all, or those within
+    ``settings.replicate_within`` of the smallest), narrowest first."""
+    seed0 = settings.seeds[0]
     dl0: dict[int, float] = {}
     for w in widths:
         # Further seeds start from seed 0's minimum, so only once that search has finished.
@@ -355,8 +410,19 @@ def plan(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[tuple[
         best = best_dl(search_state(rows, w, seed0))
         if best is not None:
             dl0[w] = best
-    if dl0:
-        low = min(dl0.values())
-        order = sorted(dl0, key=lambda w: (dl0[w] - low, w))
-        tasks += [(w, s) for s in settings.seeds[1:] for w in order]
-    return tasks
+    if not dl0 or settings.replicate_within is None:
+        return dl0, sorted(dl0)
+    bound = (1 + settings.replicate_within) * min(dl0.values())
+    return dl0, sorted(w for w in dl0 if dl0[w] <= bound)
+
+
+def widths_one_seed(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """The reachable widths the further seeds do not search because their seed-0 DL* is more
+    than ``settings.replicate_within`` above the smallest (narrowest first; [] when the rule
+    is off). Read against the finished seed-0 searches so far, so the list can grow as they
+    finish; rows a further seed trained before a width left the list stay in the results."""
+    if settings.replicate_within is None:
+        return []
+    widths = sorted(set(doubling_widths(settings, rows)) | set(_fill_widths(settings, rows)))
+    dl0, replicated = _replicated(settings, rows, widths)
+    return [w for w in sorted(dl0) if w not in replicated]

@@ -37,6 +37,7 @@ from mdl_utils.study_plan import (
     start_index,
     narrower_widths,
     widths_not_searched,
+    widths_one_seed,
 )
 
 __all__ = [
@@ -188,6 +189,8 @@ def summarise(
         **({} if settings.stop_widening is None else {"widths_not_searched": widths_not_searched(settings, rows)}),
         # Likewise only where the grid may grow at its narrow end (the epsilon scan).
         **({} if settings.extend_down_to is None else {"widths_below_grid": narrower_widths(settings, rows)}),
+        # Likewise only where the further seeds skip the widths far from the best (the scan).
+        **({} if settings.replicate_within is None else {"widths_one_seed": widths_one_seed(settings, rows)}),
     }
 
 

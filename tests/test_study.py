@@ -428,6 +428,69 @@ def test_the_grid_grows_at_its_narrow_end_while_the_narrowest_width_is_the_optim
     assert {4, 8, 16, 11, 23} <= both and not _shard_widths(DOWN, 0, 2) & _shard_widths(DOWN, 1, 2)
 
 
+def test_seed0_dl_star_waits_for_every_search_and_the_optimal_width_breaks_ties_narrow():
+    from mdl_utils.study_plan import optimal_width, possible_narrower_widths, seed0_dl_star
+    rows = _finished({32: None, 64: 5.0, 128: 5.0, 256: 7.0})
+    # Unreachable widths are left out; every search finished, so a dict comes back.
+    assert seed0_dl_star(WIDE, rows, [32, 64, 128, 256]) == {64: 5.0, 128: 5.0, 256: 7.0}
+    assert seed0_dl_star(WIDE, rows, [32]) == {}
+    # One unfinished width (512 has no row) and the answer is "not yet".
+    assert seed0_dl_star(WIDE, rows, [64, 512]) is None
+    # Later seeds' rows do not count.
+    assert seed0_dl_star(WIDE, _finished({64: 1.0}, seed=1), [64]) is None
+    assert optimal_width({64: 5.0, 128: 5.0, 256: 7.0}) == 64
+    assert optimal_width({64: 5.1, 128: 5.0}) == 128
+    with pytest.raises(ValueError, match="at least one width"):
+        optimal_width({})
+    # The widths the narrow-end rule may ever add: 32 halved down to the floor.
+    assert possible_narrower_widths(DOWN) == [4, 8, 16]
+    assert possible_narrower_widths(StudySettings(**{**DOWN.__dict__, "extend_down_to": 16})) == [16]
+    assert possible_narrower_widths(WIDE) == []
+
+
+REP = StudySettings(**{**WIDE.__dict__, "widths": (32, 64, 128, 256), "seeds": (0, 1, 2),
+                       "stop_widening": None, "replicate_within": 0.1})
+
+
+def test_further_seeds_search_only_the_widths_within_ten_percent_of_the_best_seed_zero_dl():
+    from mdl_utils.study_plan import widths_one_seed
+    # Best seed-0 DL* 100 at 128; the bound is 110: 64 (110, on the bound) and 256 (105) are
+    # in, 32 (111) is out; the nearest first, as without the rule.
+    rows = _finished({32: 111.0, 64: 110.0, 128: 100.0, 256: 105.0})
+    assert plan(REP, rows)[4:] == [(w, s) for s in (1, 2) for w in (128, 256, 64)]
+    assert widths_one_seed(REP, rows) == [32]
+    # The rule off: every reachable width gets every seed, and nothing is listed.
+    off = StudySettings(**{**REP.__dict__, "replicate_within": None})
+    assert plan(off, rows)[4:] == [(w, s) for s in (1, 2) for w in (128, 256, 64, 32)]
+    assert widths_one_seed(off, rows) == []
+    # Unreachable widths have no seed-0 DL*: neither searched again nor listed.
+    rows = _finished({32: None, 64: 130.0, 128: 100.0, 256: 105.0})
+    assert widths_one_seed(REP, rows) == [64]
+    assert {w for w, s in plan(REP, rows) if s > 0} == {128, 256}
+    # Read against the finished seed-0 searches so far: 128 unfinished, so 64 is the best yet.
+    rows = _finished({64: 130.0, 256: 140.0, 32: 150.0})
+    assert widths_one_seed(REP, rows) == [32] and {w for w, s in plan(REP, rows) if s > 0} == {64, 256}
+
+
+def test_the_replicate_rule_is_written_only_when_on_checked_and_named_in_the_summary(tiny):
+    from mdl_utils.epsilon_scan import REPLICATE_WITHIN, scan_settings
+    d = REP.to_dict()
+    assert d["replicate_within"] == 0.1 and StudySettings.from_dict(d) == REP
+    assert "replicate_within" not in WIDE.to_dict()
+    for bad in (0, -0.1, float("inf"), float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="replicate_within"):
+            StudySettings(**{**REP.__dict__, "replicate_within": bad})
+    base = study_settings("full")
+    assert base.replicate_within is None and scan_settings(base, base.epsilon) is base
+    assert scan_settings(base, 0.02).replicate_within == REPLICATE_WITHIN == 0.1
+    root, _, _ = tiny
+    rows = load_rows(root / "out")
+    assert "widths_one_seed" not in summarise(SETTINGS, rows, d_in=12)
+    on = StudySettings(**{**SETTINGS.__dict__, "replicate_within": 0.1})
+    from mdl_utils.study_plan import widths_one_seed
+    assert summarise(on, rows, d_in=12)["widths_one_seed"] == widths_one_seed(on, rows)
+
+
 def test_the_narrow_end_rule_is_written_with_the_settings_only_when_on_and_checked():
     d = DOWN.to_dict()
     assert d["extend_down_to"] == 4 and StudySettings.from_dict(d) == DOWN
