@@ -265,6 +265,8 @@ _SUMMARY_KEYS: tuple[str, ...] = (
     "format_version", "settings", "epsilon", "n_saes_trained", "training_time_s", "devices", "widths",
     "dl_star", "resolution", "rereads", "points", "remaining", "complete",
 )  # fmt: skip
+#: The keys :func:`summarise` writes only where the matching rule of the settings is on.
+_RULE_KEYS: tuple[str, ...] = ("widths_not_searched", "widths_below_grid", "widths_one_seed")
 
 
 @dataclass(frozen=True)
@@ -412,6 +414,10 @@ class StudySummary:
         rereads: the same at the reread tolerances (keyed by the tolerance as written).
         points: the points A-D, name -> (width, seed).
         remaining: the (width, seed) searches still to finish; ``complete``: none remain.
+        widths_not_searched, widths_below_grid, widths_one_seed: the widths the width rule
+            ruled out, those the narrow-end rule added, and those the further seeds skip
+            (:func:`mdl_utils.study_plan.widths_not_searched`, :func:`~mdl_utils.study_plan.narrower_widths`,
+            :func:`~mdl_utils.study_plan.widths_one_seed`); ``None`` where the rule is off.
         metadata: what the writer added: the run's provenance (machine, date, wall time,
             code version, budget stop; :func:`mdl_utils.profiles.provenance`) and any other
             key (chapter 7's arm ``name``); empty for a summary computed in memory.
@@ -430,6 +436,9 @@ class StudySummary:
     points: dict[str, tuple[int, int]]
     remaining: tuple[tuple[int, int], ...]
     complete: bool
+    widths_not_searched: tuple[int, ...] | None = None
+    widths_below_grid: tuple[int, ...] | None = None
+    widths_one_seed: tuple[int, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -464,7 +473,8 @@ class StudySummary:
             points={name: (int(p["width"]), int(p["seed"])) for name, p in d["points"].items()},
             remaining=tuple((int(w), int(s)) for w, s in d["remaining"]),
             complete=bool(d["complete"]),
-            metadata={k: v for k, v in d.items() if k not in _SUMMARY_KEYS},
+            **{k: tuple(int(w) for w in d[k]) for k in _RULE_KEYS if k in d},
+            metadata={k: v for k, v in d.items() if k not in _SUMMARY_KEYS + _RULE_KEYS},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -491,6 +501,7 @@ class StudySummary:
             "points": {name: {"width": w, "seed": s} for name, (w, s) in self.points.items()},
             "remaining": [list(t) for t in self.remaining],
             "complete": self.complete,
+            **{k: list(v) for k in _RULE_KEYS if (v := getattr(self, k)) is not None},
             **self.metadata,
         }
 

@@ -51,6 +51,7 @@ import torch
 
 from mdl_utils.corpus import Corpus, fetch_corpus
 from mdl_utils.data import SweepData, data_fingerprint
+from mdl_utils.epsilon_scan import EXTEND_DOWN_TO, REPLICATE_WITHIN, STOP_WIDENING
 from mdl_utils.executors import Executor, ProgressMode, SerialExecutor, check_progress_mode
 from mdl_utils.io import atomic_write_text
 from mdl_utils.loss_measure import measure_under_loss
@@ -134,7 +135,9 @@ class TextStudySettings:
 
 
 def settings_for(profile: str) -> TextStudySettings:
-    """``quick`` (minutes, CI: a small slice of the text, three widths, one seed) or ``full``."""
+    """``quick`` (minutes, CI: a small slice of the text, two widths, one seed) or ``full``
+    (paper scale, with the epsilon scan's cost rules: :data:`mdl_utils.epsilon_scan.STOP_WIDENING`,
+    :data:`~mdl_utils.epsilon_scan.EXTEND_DOWN_TO`, :data:`~mdl_utils.epsilon_scan.REPLICATE_WITHIN`)."""
     return choose(
         profile,
         quick=TextStudySettings(
@@ -161,6 +164,13 @@ def settings_for(profile: str) -> TextStudySettings:
                 seeds=(0, 1, 2),
                 k_start=32.0,
                 train=dict(RECIPE),
+                # The epsilon scan's three cost rules (chapter 6), fixed for this profile before
+                # its float64 run: wider widths stop after two 10% rises, the grid grows at its
+                # narrow end while the narrowest width is the optimum, and further seeds go only
+                # to widths within 10% of the best seed-0 DL*.
+                stop_widening=STOP_WIDENING,
+                extend_down_to=EXTEND_DOWN_TO,
+                replicate_within=REPLICATE_WITHIN,
             ),
         ),
     )

@@ -15,8 +15,8 @@
 #
 # {cite:t}`ayonrinde2024mdl` write about language models; MNIST has been this book's worked
 # example because it trains on a laptop. This chapter closes the loop: it runs chapter 3's
-# protocol, unchanged, on the hidden states of a pretrained transformer reading real English
-# prose, and reports what it finds with the same discipline.
+# protocol on the hidden states of a pretrained transformer reading real English prose, and
+# reports what it finds with the same discipline.
 #
 # ## The parts
 #
@@ -59,10 +59,21 @@
 #   loss within $[0.999\,\epsilon, \epsilon]$; seeds, a bootstrap over test tokens, and an
 #   optimum called resolved only when every other width is longer by more than the combined
 #   uncertainty. Every SAE is measured under both losses.
+# - **Cost rules (full profile).** The three rules chapter 6's epsilon scan adds to chapter 3's
+#   protocol, with the same margins, fixed for this chapter before its full run was read
+#   ({py:mod}`mdl_utils.study_plan`): widths are searched narrowest first and no wider
+#   doubling width is tried once two in a row come out longer than the best narrower one by
+#   more than a fixed margin; the grid is halved at its narrow end while its narrowest width
+#   is the optimum; and the second and third seeds go only to widths whose first-seed DL* is
+#   within a fixed margin of the best. An optimum is then resolved among the widths searched;
+#   the margins, and the widths each rule acted on, are printed with each arm's progress. The
+#   quick slice (two widths, one seed) leaves them off: they would have nothing to act on but
+#   the narrow end, which would cost minutes.
 #
 # The `full` profile uses 200,000 training tokens (20,000 for validation, 10,000 for test: every
 # reading of the embedding change runs the model's last three layers over all of them),
-# widths 128 to 4096 with $\sqrt 2$ fill-ins and three seeds: tens of hours on a laptop CPU,
+# widths 128 to 4096 (as far as the width rule lets it go) with $\sqrt 2$ fill-ins and three
+# seeds: tens of hours on a laptop CPU,
 # speed on a GPU not yet measured. Its rows and selected SAEs are committed under
 # `results/full/transformer/` as the resumable job (`python -m mdl_utils transformer
 # --profile full`) progresses, and read back here; a partial run is reported as such. The
@@ -174,6 +185,16 @@ for name in arm_names(settings):
                 parts.append(f"seed {s}: " + ("done" if search.complete else "running")
                              + ("" if search.reachable else ", misses eps"))
         print(f"  width {w:5d}: " + "; ".join(parts))
+    rules = summary.settings
+    for what, widths in (
+        (f"ruled out by the width rule (two rises of more than {rules.stop_widening or 0:.0%})",
+         summary.widths_not_searched),
+        (f"added below the grid (down to width {rules.extend_down_to})", summary.widths_below_grid),
+        (f"with the first seed only (first-seed DL* more than {rules.replicate_within or 0:.0%} above the best)",
+         summary.widths_one_seed),
+    ):
+        if widths is not None:  # None: the rule is off (the quick profile)
+            print(f"  widths {what}: " + (", ".join(str(w) for w in widths) or "none"))
 
 # %% [markdown]
 # ## The selected SAE of every width

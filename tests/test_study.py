@@ -313,8 +313,17 @@ def test_the_typed_summary_reads_and_writes_the_summary_file_key_for_key(tiny, t
 def test_the_committed_summary_round_trips_through_the_typed_summary():
     from mdl_utils.study_summary import read_summary
 
-    for path in (FULL / "summary.json", REPO / "results" / "full" / "downstream" / "ce" / "summary.json"):
+    scan = sorted((REPO / "results" / "full" / "epsilon-scan").glob("eps-*/summary.json"))
+    assert scan  # the scan's tolerances, whose summaries carry the rules' widths
+    for path in (FULL / "summary.json", REPO / "results" / "full" / "downstream" / "ce" / "summary.json", *scan):
         assert json.dumps(read_summary(path).to_dict(), indent=2) == path.read_text(), path
+    typed = read_summary(FULL / "summary.json")
+    assert (typed.widths_not_searched, typed.widths_below_grid, typed.widths_one_seed) == (None, None, None)
+    for path in scan:
+        d, typed = json.loads(path.read_text()), read_summary(path)
+        assert typed.widths_not_searched == tuple(d["widths_not_searched"]), path
+        assert typed.widths_one_seed == tuple(d["widths_one_seed"]), path
+        assert not set(typed.metadata) & {"widths_not_searched", "widths_below_grid", "widths_one_seed"}
 
 
 def _finished(dl_by_width, seed=0):

@@ -70,6 +70,22 @@ def test_calibration_is_the_median_over_reachable_widths():
         calibrate_embedding_epsilon({"widths": summary["widths"][:1]}, 0)
 
 
+def test_the_full_profile_runs_with_the_epsilon_scans_cost_rules_and_the_quick_slice_without():
+    from mdl_utils.epsilon_scan import EXTEND_DOWN_TO, REPLICATE_WITHIN, STOP_WIDENING, scan_settings
+    from mdl_utils.study_plan import StudySettings
+    from mdl_utils.text_study import settings_for
+
+    full, quick = settings_for("full").study, settings_for("quick").study
+    # The same three rules, with the same margins, as the scan's tolerances other than chapter 3's.
+    scan = scan_settings(StudySettings(n_train=None, n_test=None, widths=full.widths), 0.02)
+    rules = ("stop_widening", "extend_down_to", "replicate_within")
+    assert [getattr(full, r) for r in rules] == [getattr(scan, r) for r in rules]
+    assert (full.stop_widening, full.extend_down_to, full.replicate_within) == (
+        STOP_WIDENING, EXTEND_DOWN_TO, REPLICATE_WITHIN)  # fmt: skip
+    assert [getattr(quick, r) for r in rules] == [None, None, None]
+    assert StudySettings.from_dict(full.to_dict()) == full
+
+
 def test_settings_refuse_bad_tolerances():
     with pytest.raises(ValueError, match="fvus must lie in"):
         replace(SMALL, fvus=(1.5,))
