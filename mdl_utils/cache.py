@@ -88,13 +88,16 @@ def result_row(config: TrainConfig, key: str, sae: BatchTopKSAE, history: Any, d
 
 @dataclass
 class TrainedPayload:
-    """What a training returns to the driver: the SAE, its history, its results row and the
-    device it trained on. Everything here is plain data (picklable), so it crosses processes."""
+    """What a training returns to the driver: the SAE, its history, its results row, the
+    device it trained on (:func:`mdl_utils.train.device_label`) and, on a CPU, the vector
+    kernels torch used (:func:`mdl_utils.train.cpu_kernels`). Everything here is plain data
+    (picklable), so it crosses processes."""
 
     sae: Any
     history: Any
     row: dict[str, Any]
     device: str
+    cpu_kernels: str | None = None
 
 
 def train_payload(config: Any, data: Any, threads: int | None = None) -> TrainedPayload:
@@ -102,7 +105,7 @@ def train_payload(config: Any, data: Any, threads: int | None = None) -> Trained
     writing nothing to disk. ``threads``: torch CPU threads for this training (restored)."""
     import torch
 
-    from mdl_utils.train import resolve_device, train_sae
+    from mdl_utils.train import cpu_kernels, device_label, resolve_device, train_sae
 
     previous = torch.get_num_threads()
     if threads is not None:
@@ -112,7 +115,10 @@ def train_payload(config: Any, data: Any, threads: int | None = None) -> Trained
         row = result_row(config, config_key(config, data.fingerprint), sae, history, data)
     finally:
         torch.set_num_threads(previous)
-    return TrainedPayload(sae=sae.cpu(), history=history, row=row, device=str(resolve_device(config.device)))
+    device = resolve_device(config.device)
+    return TrainedPayload(
+        sae=sae.cpu(), history=history, row=row, device=device_label(device), cpu_kernels=cpu_kernels(device)
+    )
 
 
 def _check_entry(entry: dict[str, Any], config: TrainConfig, fingerprint: str, entry_dir: Path) -> None:
@@ -226,6 +232,9 @@ def store_trained(
             "data_fingerprint": fingerprint,
             "row": row,
             "history": history.to_dict(),
+            # Where it trained (entries written before these were recorded lack them).
+            "trained_on": payload.device,
+            "cpu_kernels": payload.cpu_kernels,
         }
         atomic_write_text(tmp / "entry.json", json.dumps(entry, indent=2, sort_keys=True))
         _fsync_dir(tmp)

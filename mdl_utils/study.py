@@ -109,7 +109,7 @@ from mdl_utils.study_store import (
     write_rows,
 )
 from mdl_utils.study_summary import summarise
-from mdl_utils.train import TrainConfig, resolve_device
+from mdl_utils.train import TrainConfig, device_label, resolve_device
 
 __all__ = [
     "MSEMeasure",
@@ -220,13 +220,6 @@ def _finalise_selected(
     save_compact(sae, final)
 
 
-def device_label(device: torch.device) -> str:
-    """How rows name the device that trained them: ``cpu``, or ``cuda (NVIDIA H200)``."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
-
-
 def device_kind(label: str) -> str:
     """The device type (``cpu``, ``cuda``) of a row's device as :func:`device_label` wrote it
     (older rows say ``cpu`` or ``cuda:0``)."""
@@ -239,7 +232,13 @@ def device_kind(label: str) -> str:
 
 
 def _row(
-    config: TrainConfig, key: str, trained: dict[str, Any], measure: dict[str, Any], j: float, device: str
+    config: TrainConfig,
+    key: str,
+    trained: dict[str, Any],
+    measure: dict[str, Any],
+    j: float,
+    device: str,
+    cpu_kernels: str | None = None,
 ) -> dict[str, Any]:
     return {
         "width": config.width,
@@ -248,6 +247,8 @@ def _row(
         "k": config.k,
         "key": key,
         "device": device,
+        # Only where known: a CPU training whose cache entry recorded its kernels.
+        **({} if cpu_kernels is None else {"cpu_kernels": cpu_kernels}),
         "train": {
             name: trained.get(name)
             for name in (
@@ -407,8 +408,11 @@ def _run_study(
         if measured is None:
             measured = measure(sae, x_test, weights)
         m = measured
-        history = json.loads((cache_path / key / "entry.json").read_text()).get("history", {})
-        row = _row(config, key, trained, m, j, trained_on)
+        entry = json.loads((cache_path / key / "entry.json").read_text())
+        history = entry.get("history", {})
+        # Where the SAE trained, as its cache entry recorded it (a configuration another study
+        # trained earlier, perhaps on another device); entries from before that: this run's.
+        row = _row(config, key, trained, m, j, entry.get("trained_on") or trained_on, entry.get("cpu_kernels"))
         row["train"]["curve"] = {
             name: [round(float(e[name]), 7) for e in history.get("epochs", [])]
             for name in ("train_mse", "val_mse", "dead_fraction")

@@ -119,7 +119,10 @@ class StudyRow:
         width, seed: its (width, seed) search; ``k_index`` and ``k``: its place on the k grid
             (``k = 2**(k_index/4)``; half steps have a fractional index).
         key: its training configuration's key in the cache (:mod:`mdl_utils.cache`).
-        device: where it trained (``cpu``, ``cuda``).
+        device: where it trained (``cpu``, ``cuda (NVIDIA H200)``; older rows ``cuda:0``).
+        cpu_kernels: for a CPU training, the vector kernels torch used (``AVX2``, ...;
+            :func:`mdl_utils.train.cpu_kernels`); ``None`` on a GPU and in rows written
+            before it was recorded.
         train: :class:`TrainRecord`; ``measure``: its measurement under the study's tolerance.
         measure_extra: readings a study's measure adds beyond
             :class:`mdl_utils.protocol.SAEMeasurement` (chapter 7's cross-entropy).
@@ -134,6 +137,7 @@ class StudyRow:
     train: TrainRecord
     measure: SAEMeasurement
     measure_extra: dict[str, Any] = field(default_factory=dict)
+    cpu_kernels: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyRow:
@@ -149,6 +153,7 @@ class StudyRow:
             train=TrainRecord.from_dict(d["train"]),
             measure=SAEMeasurement.from_dict(m),
             measure_extra={k: v for k, v in m.items() if k not in known},
+            cpu_kernels=None if d.get("cpu_kernels") is None else str(d["cpu_kernels"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +165,7 @@ class StudyRow:
             "k": self.k,
             "key": self.key,
             "device": self.device,
+            **({} if self.cpu_kernels is None else {"cpu_kernels": self.cpu_kernels}),
             "train": self.train.to_dict(),
             "measure": {**self.measure.to_dict(), **self.measure_extra},
         }

@@ -264,6 +264,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(device: torch.device) -> str:
+    """How results name the device that trained an SAE: ``cpu``, or ``cuda (NVIDIA H200)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def cpu_kernels(device: torch.device) -> str | None:
+    """The vector kernels torch's CPU operations use in this process (``AVX2``, ``AVX512``, ...;
+    ``ATEN_CPU_CAPABILITY`` pins them), for a training on the CPU; ``None`` on another device.
+    Two kernel sets can end a training in different last digits, so results record it."""
+    return str(torch.backends.cpu.get_cpu_capability()) if device.type == "cpu" else None
+
+
 def as_tensor(x: Any, name: str, device: torch.device | str = "cpu") -> Tensor:
     """A float32 (N, D) tensor from an array, with clear errors for empty, NaN or non-2-D data."""
     if isinstance(x, Tensor):

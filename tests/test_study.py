@@ -602,3 +602,39 @@ def test_finalise_keeps_a_row_trained_on_another_kind_of_device_without_retraini
     assert not sae_stem(tmp_path, 64, 1).with_suffix(".json").exists()
     assert device_label(torch.device("cpu")) == "cpu"
     assert [device_kind(d) for d in ("cuda (NVIDIA H200)", "cuda:0", "cpu")] == ["cuda", "cuda", "cpu"]
+
+
+def test_rows_record_where_their_sae_trained_even_when_it_came_from_the_cache(tiny, tmp_path):
+    """Each row names the device and, on a CPU, the vector kernels of the process that trained
+    its SAE, as the cache entry recorded them: a configuration reused from the cache keeps the
+    provenance of the training that made it, not of the run that reused it."""
+    import shutil
+    from mdl_utils.study_store import read_rows
+
+    root, data, _ = tiny
+    kernels = str(torch.backends.cpu.get_cpu_capability())
+    rows = load_rows(root / "out")
+    assert {(r["device"], r.get("cpu_kernels")) for r in rows} == {("cpu", kernels)}
+    typed = read_rows(root / "out")
+    assert [r.to_dict() for r in typed] == rows and {r.cpu_kernels for r in typed} == {kernels}
+    # Pretend one entry was trained on a GPU elsewhere; a new study reusing the cache says so.
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache)
+    key = rows[0]["key"]
+    entry_path = cache / key / "entry.json"
+    entry = json.loads(entry_path.read_text())
+    assert (entry["trained_on"], entry["cpu_kernels"]) == ("cpu", kernels)
+    entry.update(trained_on="cuda (Some GPU)", cpu_kernels=None)
+    entry_path.write_text(json.dumps(entry))
+    # And one entry from before the provenance was recorded: this run's device, kernels unknown.
+    old_key = next(r["key"] for r in rows if r["key"] != key)
+    old_path = cache / old_key / "entry.json"
+    old = json.loads(old_path.read_text())
+    del old["trained_on"], old["cpu_kernels"]
+    old_path.write_text(json.dumps(old))
+    run_study(SETTINGS, tmp_path / "out", cache=cache, progress=False, data=data)
+    again = {r["key"]: r for r in load_rows(tmp_path / "out")}
+    assert again[key]["device"] == "cuda (Some GPU)" and "cpu_kernels" not in again[key]
+    assert again[old_key]["device"] == "cpu" and "cpu_kernels" not in again[old_key]
+    others = [r for k, r in again.items() if k not in (key, old_key)]
+    assert others and all(r["cpu_kernels"] == kernels for r in others)
