@@ -330,15 +330,26 @@ def seed0_dl_star(
     """Seed 0's DL* (smallest DL over k) at each of ``widths`` that met the tolerance, once
     every one of their seed-0 searches has finished; ``None`` while one is unfinished.
     Unreachable widths (no k met the tolerance) are left out, so the dict may be empty."""
+    dl, all_finished = _finished_seed0_dl(settings, rows, widths)
+    return dl if all_finished else None
+
+
+def _finished_seed0_dl(
+    settings: StudySettings, rows: Sequence[dict[str, Any]], widths: Sequence[int]
+) -> tuple[dict[int, float], bool]:
+    """Seed 0's DL* at those of ``widths`` whose seed-0 search has finished and met the
+    tolerance, and whether every one of their searches has finished."""
     seed = settings.seeds[0]
     dl: dict[int, float] = {}
+    all_finished = True
     for w in widths:
         if not search_done(settings, rows, w, seed, start_index(settings, rows, w, seed)):
-            return None
+            all_finished = False
+            continue
         best = best_dl(search_state(rows, w, seed))
         if best is not None:
             dl[w] = best
-    return dl
+    return dl, all_finished
 
 
 def optimal_width(dl_star: Mapping[int, float]) -> int:
@@ -401,15 +412,8 @@ def _replicated(
     """Seed 0's DL* at the ``widths`` whose seed-0 search has finished and met the
     tolerance, and those of them the further seeds search (all, or those within
     ``settings.replicate_within`` of the smallest), narrowest first."""
-    seed0 = settings.seeds[0]
-    dl0: dict[int, float] = {}
-    for w in widths:
-        # Further seeds start from seed 0's minimum, so only once that search has finished.
-        if not search_done(settings, rows, w, seed0, start_index(settings, rows, w, seed0)):
-            continue
-        best = best_dl(search_state(rows, w, seed0))
-        if best is not None:
-            dl0[w] = best
+    # Further seeds start from seed 0's minimum, so only once that search has finished.
+    dl0 = _finished_seed0_dl(settings, rows, widths)[0]
     if not dl0 or settings.replicate_within is None:
         return dl0, sorted(dl0)
     bound = (1 + settings.replicate_within) * min(dl0.values())
