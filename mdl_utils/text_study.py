@@ -32,7 +32,9 @@ Command line::
         [--budget-hours H] [--workers N | --ray-address HOST:PORT] [--device cuda] [--summary-only]
 
 Output folder: ``transformer.json`` (settings, the activations' provenance and wall times, the
-variance, each arm's tolerance and study summary, provenance of the run), and one study folder
+variance, the rank bound on any SAE's test MSE at each width up to d
+(:func:`mdl_utils.bounds.rank_mse_bound`), each arm's tolerance and study summary, provenance
+of the run), and one study folder
 per arm (``rows/``, ``saes/``, ``summary.json``). The activations themselves are cached
 (``$MDL_CACHE_DIR``), not committed: the job collects them again from a clean clone.
 """
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdl_utils.bounds import rank_mse_bound
 from mdl_utils.corpus import Corpus, fetch_corpus
 from mdl_utils.data import SweepData, data_fingerprint
 from mdl_utils.epsilon_scan import EXTEND_DOWN_TO, REPLICATE_WITHIN, STOP_WIDENING
@@ -465,12 +468,17 @@ def summarise_text_study(
             if rows
             else None,
         }
+    test = acts.split("test")
+    d_model = int(test.shape[1])
+    bound = rank_mse_bound(test, range(1, d_model + 1))
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": settings.to_dict(),
         "activations": acts.meta,
         "variance": variance,
-        "d_model": int(acts.split("test").shape[1]),
+        "d_model": d_model,
+        # The smallest test MSE any SAE of width w can reach (mdl_utils.bounds), w = 1 .. d.
+        "rank_bound_mse": [bound[w] for w in range(1, d_model + 1)],
         "calibration": json.loads((out / "calibration.json").read_text()) if calibrated is not None else None,
         "arms": arms,
         "n_saes_trained": sum(a["summary"]["n_saes_trained"] for a in arms.values() if a["summary"]),

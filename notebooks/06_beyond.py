@@ -256,7 +256,7 @@ offsets = {d.width: d.dl_by_seed[first] / min(v for s, v in d.dl_by_seed.items()
            for d in ref_entry.dl_star if first in d.dl_by_seed and len(d.dl_by_seed) > 1}
 if offsets:
     w_max = max(offsets, key=lambda w: offsets[w])
-    print(f"  chapter 3 (epsilon {eps:g}): the first seed's DL* is at most {offsets[w_max]:+.1%} from the best other "
+    print(f"  chapter 3 (epsilon {eps:g}): the first seed's DL* is at most {offsets[w_max]:+.1%} relative to the best other "
           f"seed's (width {w_max}; {len(offsets)} widths with several seeds)")
 else:
     print(f"  chapter 3 (epsilon {eps:g}): no width has several seeds here, so that offset is not measured")
@@ -270,7 +270,7 @@ for e in entries:
     print(f"  epsilon {e.epsilon:g}: widths ruled out: {left}; widths added below the grid: {below}")
     dl0 = {d.width: d.dl_by_seed[first] for d in e.dl_star if first in d.dl_by_seed}
     if e.widths_one_seed:
-        print("    one seed only (first-seed DL* above the best): "
+        print("    one seed only (first-seed DL* relative to the best first-seed DL*): "
               + ", ".join(f"{w} ({dl0[w] / min(dl0.values()) - 1:+.1%})" for w in e.widths_one_seed))
 
 # %% [markdown]

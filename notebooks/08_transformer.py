@@ -162,6 +162,36 @@ for name, (eps, summary) in results.arms.items():
         print(f"{name}: epsilon = {eps:.5f} per dimension = {name.removeprefix('fvu-')} x variance")
 
 # %% [markdown]
+# An SAE of width $w$ reconstructs every token as $b + W_{dec} f$, so whatever its codes, its
+# reconstructions lie in an affine subspace of dimension at most $w$. No such subspace fits the
+# test tokens better than the one through their mean along their top $w$ principal
+# directions, so the sum of the remaining eigenvalues of the test tokens' covariance is a
+# floor under the test MSE of every width-$w$ SAE, trained or not
+# ({py:func}`mdl_utils.bounds.rank_mse_bound`; the floor is zero from $w = d$ on). A width
+# whose floor lies above an FVU tolerance misses it at every $k$, and its search can only
+# confirm that. The floor below is written as an FVU (divided by the variance above).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+floor = info.get("rank_bound_mse")
+if floor is None:
+    print("rank bound: not recorded in these results (written by a job older than the bound)")
+else:
+    d = info["d_model"]
+    fvu_floor = {w: floor[w - 1] / info["variance"] for w in range(1, d + 1)}
+    below_d = sorted({w for w in settings.study.widths if w < d} | {w for s in arms.values() for w in s[1].widths if w < d})
+    print("lowest FVU any SAE can reach, by width: "
+          + ", ".join(f"{w}: {fvu_floor[w]:.3f}" for w in below_d) + f"; 0 from width {d} on")
+    for name in arm_names(settings):
+        if name == "embedding":
+            continue
+        f = float(name.removeprefix("fvu-"))
+        narrowest = min(w for w in range(1, d + 1) if fvu_floor[w] <= f)
+        why = "" if narrowest == 1 else f" (rank {narrowest - 1} leaves FVU {fvu_floor[narrowest - 1]:.3f})"
+        print(f"{name}: no SAE narrower than {narrowest} can meet it{why}; widths of the grid it rules out: "
+              + (", ".join(str(w) for w in below_d if fvu_floor[w] > f) or "none"))
+
+# %% [markdown]
 # ## How far the study has got
 #
 # Each arm's searches, and how its SAEs stopped training. A width "misses" when no $k$ its

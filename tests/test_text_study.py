@@ -162,6 +162,15 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     eps, summary = typed.arms["fvu-0.5"]
     assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
     assert typed.info["activations"]["n_tokens"] == {"train": 1200, "val": 300, "test": 300}
+    # The rank bound at every width up to d, and no SAE of either arm below it at its width.
+    bound = payload["rank_bound_mse"]
+    assert len(bound) == payload["d_model"] == 384 and bound[-1] == pytest.approx(0.0, abs=1e-9)
+    assert all(a >= b for a, b in zip(bound, bound[1:]))
+    for arm in ("fvu-0.5", "embedding"):
+        for row in load_rows(out / arm):
+            assert row["measure"]["mse"] >= bound[row["width"] - 1] * (1 - 1e-6)
+    for row in load_rows(out / "fvu-0.5"):  # its loss is the MSE, so at its precision too
+        assert row["measure"]["precision"]["mse_quantised"] >= bound[row["width"] - 1] * (1 - 1e-6)
     # Rows measured on other activations (here: format 2's float32 states) are not resumed.
     stale = json.loads((out / "transformer.json").read_text())
     stale["activations"]["format_version"] = 2
