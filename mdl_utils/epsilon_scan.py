@@ -63,6 +63,7 @@ __all__ = [
     "K_MIN",
     "STOP_WIDENING",
     "EXTEND_DOWN_TO",
+    "REPLICATE_WITHIN",
     "QUICK_EPSILONS",
     "QUICK_SEEDS",
     "RESULTS_FORMAT_VERSION",

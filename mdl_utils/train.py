@@ -43,6 +43,8 @@ __all__ = [
     "train_step",
     "LEGACY_DEFAULTS",
     "resolve_device",
+    "device_label",
+    "cpu_kernels",
     "as_tensor",
 ]
 
