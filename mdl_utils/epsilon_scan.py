@@ -36,6 +36,7 @@ and their verdicts; the rate-distortion curves of chapter 3's SAEs and their cro
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -56,7 +57,7 @@ from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows
 from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
-from mdl_utils.study_summary import read_summary, summarise
+from mdl_utils.study_summary import RULE_KEYS, read_summary, summarise
 
 __all__ = [
     "EPSILONS",
@@ -70,6 +71,7 @@ __all__ = [
     "load_scan",
     "main",
     "run_epsilon_scan",
+    "rewrite_study_summaries",
     "scan_entry",
     "scan_settings",
     "study_dir_for",
@@ -283,6 +285,11 @@ def run_epsilon_scan(
         else:
             for eps in eps_list:
                 one(eps)
+    # The first pass wrote every tolerance's summary for its one seed, and a budget can stop the
+    # second before it rewrites them all: each summary is recomputed for every seed.
+    rewrite_study_summaries(
+        base, out, epsilons=eps_list, reference_dir=ref, seeds=seeds, d_in=int(data.split("test").shape[1])
+    )
     return summarise_scan(
         base,
         out,
@@ -482,6 +489,39 @@ def summarise_scan(
     return scan
 
 
+def rewrite_study_summaries(
+    base: StudySettings,
+    out_dir: str | os.PathLike[str],
+    *,
+    epsilons: Sequence[float] = EPSILONS,
+    reference_dir: str | os.PathLike[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    d_in: int = 784,
+) -> list[Path]:
+    """Recompute each tolerance's ``summary.json`` from its rows (no training), keeping what
+    the run that trained them recorded (machine, date, wall time, code version, budget stop,
+    executor), so that a change to :func:`mdl_utils.study_summary.summarise` reaches the
+    tolerances a budgeted run did not get to. Chapter 3's study (``reference_dir``) is left
+    alone: it has its own job. Returns the files rewritten.
+    """
+    from mdl_utils.profiles import write_results
+
+    out = Path(out_dir)
+    ref = Path(reference_dir) if reference_dir is not None else None
+    written = []
+    for eps in _check_epsilons(epsilons):
+        folder = study_dir_for(out, eps, base, ref)
+        path = folder / "summary.json"
+        if (ref is not None and folder == ref) or not (folder / "rows").is_dir() or not path.is_file():
+            continue
+        before = json.loads(path.read_text())
+        summary = summarise(scan_settings(base, eps, seeds), load_rows(folder), d_in=d_in)
+        summary.update({k: v for k, v in before.items() if k not in summary and k not in RULE_KEYS})
+        write_results(path, summary)
+        written.append(path)
+    return written
+
+
 def load_scan(out_dir: str | os.PathLike[str]) -> ScanResults:
     """Read ``out_dir/scan.json`` (see :func:`summarise_scan`) as typed records.
 
@@ -522,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         doc=__doc__,
         out_subdir="epsilon-scan",
         default_profile="quick",
-        summary_name="scan.json",
+        summary_name="scan.json and each tolerance's summary.json",
     )
     parser.add_argument(
         "--reference",
@@ -554,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
             seeds=seeds,
             **training_options(args),
         ),
-        summarise=lambda: summarise_scan(
-            base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves, seeds=seeds
-        ),
+        summarise=lambda: (
+            rewrite_study_summaries(base, out, epsilons=eps, reference_dir=ref, seeds=seeds),
+            summarise_scan(base, out, epsilons=eps, reference_dir=ref, curves=not args.no_curves, seeds=seeds),
+        )[1],
         report=lambda result: _report(result, out / "scan.json"),
     )

@@ -42,6 +42,7 @@ from mdl_utils.study_plan import (
 
 __all__ = [
     "RESULTS_FORMAT_VERSION",
+    "RULE_KEYS",
     "summarise",
     "points_from",
     "StudySummary",
@@ -266,7 +267,7 @@ _SUMMARY_KEYS: tuple[str, ...] = (
     "dl_star", "resolution", "rereads", "points", "remaining", "complete",
 )  # fmt: skip
 #: The keys :func:`summarise` writes only where the matching rule of the settings is on.
-_RULE_KEYS: tuple[str, ...] = ("widths_not_searched", "widths_below_grid", "widths_one_seed")
+RULE_KEYS: tuple[str, ...] = ("widths_not_searched", "widths_below_grid", "widths_one_seed")
 
 
 @dataclass(frozen=True)
@@ -473,8 +474,8 @@ class StudySummary:
             points={name: (int(p["width"]), int(p["seed"])) for name, p in d["points"].items()},
             remaining=tuple((int(w), int(s)) for w, s in d["remaining"]),
             complete=bool(d["complete"]),
-            **{k: tuple(int(w) for w in d[k]) for k in _RULE_KEYS if k in d},
-            metadata={k: v for k, v in d.items() if k not in _SUMMARY_KEYS + _RULE_KEYS},
+            **{k: tuple(int(w) for w in d[k]) for k in RULE_KEYS if k in d},
+            metadata={k: v for k, v in d.items() if k not in _SUMMARY_KEYS + RULE_KEYS},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -501,7 +502,7 @@ class StudySummary:
             "points": {name: {"width": w, "seed": s} for name, (w, s) in self.points.items()},
             "remaining": [list(t) for t in self.remaining],
             "complete": self.complete,
-            **{k: list(v) for k in _RULE_KEYS if (v := getattr(self, k)) is not None},
+            **{k: list(v) for k in RULE_KEYS if (v := getattr(self, k)) is not None},
             **self.metadata,
         }
 

@@ -121,6 +121,37 @@ def test_rerun_trains_nothing_and_writes_the_same_scan(scan):
     assert _strip(json.loads((root / "scan" / "scan.json").read_text())) == _strip(result)
 
 
+def test_every_tolerances_summary_ends_with_all_its_seeds_even_when_the_budget_stops_the_second_pass(scan, tmp_path):
+    """The first pass writes each tolerance's summary for seed 0 alone; the run ends by
+    recomputing every summary for all seeds, so one the second pass never reached (budget)
+    does not stay a one-seed summary that calls itself complete."""
+    import shutil
+    from dataclasses import replace
+
+    from mdl_utils.study_summary import summarise
+
+    root, data, _, _ = scan
+    for folder in sorted((root / "scan").glob("eps-*")):
+        on_disk = json.loads((folder / "summary.json").read_text())
+        settings = scan_settings(SETTINGS, float(folder.name.removeprefix("eps-")))
+        assert on_disk["settings"]["seeds"] == list(SETTINGS.seeds)
+        expected = json.loads(json.dumps(summarise(settings, load_rows(folder), d_in=data.split("test").shape[1])))
+        assert {k: on_disk[k] for k in expected} == expected
+    # A copy whose first tolerance holds a first-pass summary; a rerun with no budget left
+    # trains nothing and visits no study, yet the summary comes back with every seed.
+    copy = tmp_path / "scan"
+    shutil.copytree(root / "scan", copy)
+    folder = sorted(copy.glob("eps-*"))[0]
+    settings = scan_settings(SETTINGS, float(folder.name.removeprefix("eps-")))
+    full = json.loads((folder / "summary.json").read_text())
+    one_seed = summarise(replace(settings, seeds=settings.seeds[:1]), load_rows(folder),
+                         d_in=data.split("test").shape[1])
+    (folder / "summary.json").write_text(json.dumps({**full, **one_seed}, indent=2))
+    run_epsilon_scan(SETTINGS, copy, epsilons=EPSILONS, reference_dir=root / "ref", cache=root / "cache",
+                     progress=False, data=data, budget_hours=0.0, curves=False)
+    assert json.loads((folder / "summary.json").read_text()) == full
+
+
 def test_curves_reread_the_measured_dl_at_the_studys_own_tolerance(scan):
     root, data, result, _ = scan
     curves = rate_distortion_curves(root / "ref", SETTINGS, data.split("test"),
@@ -400,12 +431,16 @@ def test_side_by_side_tolerances_report_each_sae_on_a_line_prefixed_with_its_tol
 
     monkeypatch.setattr(scan_mod, "run_study", fake_study)
     monkeypatch.setattr(scan_mod, "summarise_scan", lambda *a, **k: "summary")
+    monkeypatch.setattr(scan_mod, "rewrite_study_summaries", lambda *a, **k: [])
+    from types import SimpleNamespace
+
+    dummy = SimpleNamespace(split=lambda name: np.zeros((1, 784)))  # only its dimension is read
 
     class TwoAtOnce:
         capacity = 2
 
     base = study_settings("quick")
-    out = scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01, 0.03], executor=TwoAtOnce(), data=object())
+    out = scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01, 0.03], executor=TwoAtOnce(), data=dummy)
     assert out == "summary"
     err = capsys.readouterr().err
     assert "[eps 0.01] [mnist-mdl] width 64 seed 0 k=4: trained at 0.01" in err
@@ -413,7 +448,7 @@ def test_side_by_side_tolerances_report_each_sae_on_a_line_prefixed_with_its_tol
     assert sorted(calls) == sorted([(e, False, False) for e in (0.01, 0.03)] * 2)  # two passes, no bars
 
     calls.clear()
-    scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01], data=object())  # serial: the study's own bar
+    scan_mod.run_epsilon_scan(base, tmp_path, epsilons=[0.01], data=dummy)  # serial: the study's own bar
     assert calls == [(0.01, True, True), (0.01, True, True)]
 
 
@@ -429,3 +464,41 @@ def test_the_verdict_says_when_a_tie_set_is_only_so_far():
     assert opt((128,), False, True).verdict == "provisional"
     assert opt((128, 181), False, False).verdict == "tie set 128, 181"
     assert opt((362, 512), False, True).verdict == "tie set 362, 512 so far"
+
+
+@pytest.mark.skipif(not (FULL_SCAN / "scan.json").is_file(), reason="no committed full scan")
+def test_summary_only_rewrites_each_tolerances_summary_from_its_rows_keeping_the_runs_record(tmp_path):
+    """The committed per-tolerance summaries are what their rows give today (rewriting changes
+    no byte), and a stale one (a key missing, a number edited) is rewritten from the rows with
+    the training run's provenance kept; chapter 3's study is not touched."""
+    import shutil
+    from mdl_utils.epsilon_scan import EPSILONS, rewrite_study_summaries
+    from mdl_utils.study_plan import study_settings
+    from mdl_utils.study_summary import summarise
+
+    base = study_settings("full")
+    out = tmp_path / "scan"
+    folders = sorted(FULL_SCAN.glob("eps-*"))
+    for folder in folders:
+        shutil.copytree(folder / "rows", out / folder.name / "rows")
+        shutil.copy(folder / "summary.json", out / folder.name / "summary.json")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    written = rewrite_study_summaries(base, out, epsilons=EPSILONS, reference_dir=reference)
+    assert sorted(p.parent.name for p in written) == [f.name for f in folders]
+    for folder in folders:
+        assert (out / folder.name / "summary.json").read_text() == (folder / "summary.json").read_text(), folder
+    assert not any(reference.iterdir())
+    # A stale summary: rewritten from its rows, the run's own record kept.
+    path = out / folders[0].name / "summary.json"
+    stale = json.loads(path.read_text())
+    record = {k: stale[k] for k in ("machine", "date", "wall_time_s", "code_version")}
+    del stale["widths_one_seed"]
+    stale["n_saes_trained"] = -1
+    path.write_text(json.dumps(stale, indent=2))
+    rewrite_study_summaries(base, out, epsilons=EPSILONS, reference_dir=reference)
+    again = json.loads(path.read_text())
+    eps = float(folders[0].name.removeprefix("eps-"))
+    expected = summarise(scan_settings(base, eps), load_rows(out / folders[0].name))
+    assert {k: again[k] for k in expected} == json.loads(json.dumps(expected))
+    assert {k: again[k] for k in record} == record
