@@ -40,6 +40,7 @@ __all__ = [
     "optimal_width",
     "widths_not_searched",
     "widths_one_seed",
+    "widths_below_min_width",
     "plan",
 ]
 
@@ -79,6 +80,12 @@ class StudySettings:
             finished seed-0 DL*; the others keep one seed (:func:`widths_one_seed`), and the
             optimum's comparison lends them the pooled seed spread
             (:func:`mdl_utils.resolution.resolve_optimum`).
+        min_width: ``None``: every width may be searched. Otherwise no width below it is
+            searched, doubling, fill-in or below the grid (:func:`widths_below_min_width`).
+            Meant for a width no SAE can reach: chapter 8 sets it, for an MSE tolerance, to
+            the narrowest width whose rank bound (:func:`mdl_utils.bounds.rank_mse_bound`, a
+            floor under the test MSE of every SAE of that width) is within the tolerance, so
+            that no training is spent confirming a miss the bound already proves.
     """
 
     n_train: int | None
@@ -96,6 +103,7 @@ class StudySettings:
     stop_widening: float | None = None
     extend_down_to: int | None = None
     replicate_within: float | None = None
+    min_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("stop_widening", "replicate_within"):
@@ -104,6 +112,10 @@ class StudySettings:
                 isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
             ):
                 raise ValueError(f"{name} must be None or a positive number, got {value!r}")
+        if self.min_width is not None and not (
+            isinstance(self.min_width, int) and not isinstance(self.min_width, bool) and self.min_width >= 1
+        ):
+            raise ValueError(f"min_width must be None or a positive whole number, got {self.min_width!r}")
         if self.extend_down_to is not None and not (
             isinstance(self.extend_down_to, int) and 1 <= self.extend_down_to <= min(self.widths)
         ):
@@ -117,10 +129,10 @@ class StudySettings:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dict form, as results files record it (``stop_widening``,
-        ``extend_down_to`` and ``replicate_within`` only when set, so that files written
-        before they existed read and write back unchanged)."""
+        ``extend_down_to``, ``replicate_within`` and ``min_width`` only when set, so that files
+        written before they existed read and write back unchanged)."""
         out = asdict(self)
-        for name in ("stop_widening", "extend_down_to", "replicate_within"):
+        for name in ("stop_widening", "extend_down_to", "replicate_within", "min_width"):
             if out[name] is None:
                 del out[name]
         return out
@@ -240,7 +252,7 @@ def start_index(settings: StudySettings, rows: Sequence[dict[str, Any]], width: 
 
 def _width_rule(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> tuple[list[int], bool]:
     """The doubling widths planned so far, and whether the width rule has fired."""
-    widths = sorted(settings.widths)
+    widths = sorted(w for w in settings.widths if w >= (settings.min_width or 1))
     if settings.stop_widening is None:
         return widths, False
     seed = settings.seeds[0]
@@ -303,7 +315,7 @@ def narrower_widths(
         if not dl:
             return added
         half = grid[0] // 2
-        if optimal_width(dl) != grid[0] or half < floor:
+        if optimal_width(dl) != grid[0] or half < max(floor, settings.min_width or 1):
             return added
         added.insert(0, half)
         grid.insert(0, half)
@@ -318,7 +330,7 @@ def possible_narrower_widths(settings: StudySettings) -> list[int]:
     if floor is None:
         return below
     w = min(settings.widths) // 2
-    while w >= floor:
+    while w >= max(floor, settings.min_width or 1):
         below.insert(0, w)
         w //= 2
     return below
@@ -369,7 +381,13 @@ def widths_not_searched(settings: StudySettings, rows: Sequence[dict[str, Any]])
     whose seed-0 search ran ahead and trained before the rule fired is listed as well: no
     further seed trains it, though its rows stay."""
     kept, fired = _width_rule(settings, rows)
-    return [w for w in sorted(settings.widths) if w not in kept] if fired else []
+    allowed = [w for w in sorted(settings.widths) if w not in widths_below_min_width(settings)]
+    return [w for w in allowed if w not in kept] if fired else []
+
+
+def widths_below_min_width(settings: StudySettings) -> list[int]:
+    """The doubling widths below ``settings.min_width``, never searched ([] when unset)."""
+    return [w for w in sorted(settings.widths) if settings.min_width is not None and w < settings.min_width]
 
 
 def _fill_widths(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> list[int]:

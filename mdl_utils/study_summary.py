@@ -37,6 +37,7 @@ from mdl_utils.study_plan import (
     start_index,
     narrower_widths,
     widths_not_searched,
+    widths_below_min_width,
     widths_one_seed,
 )
 
@@ -192,6 +193,8 @@ def summarise(
         **({} if settings.extend_down_to is None else {"widths_below_grid": narrower_widths(settings, rows)}),
         # Likewise only where the further seeds skip the widths far from the best (the scan).
         **({} if settings.replicate_within is None else {"widths_one_seed": widths_one_seed(settings, rows)}),
+        # And where a floor on the width is set (chapter 8's MSE tolerances, from the rank bound).
+        **({} if settings.min_width is None else {"widths_below_min_width": widths_below_min_width(settings)}),
     }
 
 
@@ -267,7 +270,7 @@ _SUMMARY_KEYS: tuple[str, ...] = (
     "dl_star", "resolution", "rereads", "points", "remaining", "complete",
 )  # fmt: skip
 #: The keys :func:`summarise` writes only where the matching rule of the settings is on.
-RULE_KEYS: tuple[str, ...] = ("widths_not_searched", "widths_below_grid", "widths_one_seed")
+RULE_KEYS: tuple[str, ...] = ("widths_not_searched", "widths_below_grid", "widths_one_seed", "widths_below_min_width")
 
 
 @dataclass(frozen=True)
@@ -415,10 +418,12 @@ class StudySummary:
         rereads: the same at the reread tolerances (keyed by the tolerance as written).
         points: the points A-D, name -> (width, seed).
         remaining: the (width, seed) searches still to finish; ``complete``: none remain.
-        widths_not_searched, widths_below_grid, widths_one_seed: the widths the width rule
-            ruled out, those the narrow-end rule added, and those the further seeds skip
+        widths_not_searched, widths_below_grid, widths_one_seed, widths_below_min_width: the
+            widths the width rule ruled out, those the narrow-end rule added, those the further
+            seeds skip, and the doubling widths below the settings' ``min_width``
             (:func:`mdl_utils.study_plan.widths_not_searched`, :func:`~mdl_utils.study_plan.narrower_widths`,
-            :func:`~mdl_utils.study_plan.widths_one_seed`); ``None`` where the rule is off.
+            :func:`~mdl_utils.study_plan.widths_one_seed`,
+            :func:`~mdl_utils.study_plan.widths_below_min_width`); ``None`` where the rule is off.
         metadata: what the writer added: the run's provenance (machine, date, wall time,
             code version, budget stop; :func:`mdl_utils.profiles.provenance`) and any other
             key (chapter 7's arm ``name``); empty for a summary computed in memory.
@@ -440,6 +445,7 @@ class StudySummary:
     widths_not_searched: tuple[int, ...] | None = None
     widths_below_grid: tuple[int, ...] | None = None
     widths_one_seed: tuple[int, ...] | None = None
+    widths_below_min_width: tuple[int, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -46,6 +46,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,8 @@ __all__ = [
     "text_data",
     "arm_names",
     "calibrate_embedding_epsilon",
+    "rank_floor",
+    "min_width_for",
     "run_text_study",
     "summarise_text_study",
     "load_text_study",
@@ -325,16 +328,42 @@ def calibrate_embedding_epsilon(summary: dict[str, Any], seed: int) -> dict[str,
 
 
 def _arm_settings(
-    settings: TextStudySettings, arm: str, variance: float, calibrated: float | None
+    settings: TextStudySettings, arm: str, variance: float, calibrated: float | None, floor: Sequence[float]
 ) -> tuple[StudySettings, str, float] | None:
-    """The arm's study settings, loss and tolerance (None: the embedding arm, not calibrated yet)."""
+    """The arm's study settings, loss and tolerance (None: the embedding arm, not calibrated yet).
+
+    ``floor``: the rank bound on the test MSE at widths 1 .. d (:func:`min_width_for`); an
+    FVU arm searches no width below the narrowest whose floor is within its tolerance.
+    """
     if arm == "embedding":
         eps = settings.embedding_epsilon if settings.embedding_epsilon is not None else calibrated
         if eps is None:
             return None
         return replace(settings.study, epsilon=eps), "embedding", eps
     fvu = float(arm.removeprefix("fvu-"))
-    return replace(settings.study, epsilon=fvu * variance), "mse", fvu * variance
+    eps = fvu * variance
+    return replace(settings.study, epsilon=eps, min_width=min_width_for(floor, eps)), "mse", eps
+
+
+def rank_floor(acts: TokenActivations) -> list[float]:
+    """The rank bound on the test MSE of any SAE at widths 1 .. d, on the test activations
+    (:func:`mdl_utils.bounds.rank_mse_bound`), as a list indexed by width - 1."""
+    test = acts.split("test")
+    d = int(test.shape[1])
+    bound = rank_mse_bound(test, range(1, d + 1))
+    return [bound[w] for w in range(1, d + 1)]
+
+
+def min_width_for(floor: Sequence[float], epsilon: float) -> int:
+    """The narrowest width whose rank bound ``floor[w - 1]`` (the smallest test MSE any SAE of
+    width w can reach, :func:`mdl_utils.bounds.rank_mse_bound`, for w = 1 .. d) is at most
+    ``epsilon``: no narrower SAE can meet that MSE tolerance at any k."""
+    if not floor:
+        raise ValueError("floor must give the rank bound at widths 1 .. d (got none)")
+    for w, value in enumerate(floor, start=1):
+        if value <= epsilon:
+            return w
+    return len(floor) + 1  # unreachable only if the floor at d is above epsilon (it is 0 there)
 
 
 def _calibrated(out: Path) -> float | None:
@@ -382,6 +411,7 @@ def run_text_study(
     # The text and activations' bars only with a display (``"lines"`` is for a log file).
     acts, data, variance, model = text_data(settings, cache_path, progress=progress is True)
     _check_same_activations(out, acts)
+    floor = rank_floor(acts)
     data_seconds = round(time.time() - t0, 1)
     executor = executor if executor is not None else SerialExecutor()
     first = settings.study.seeds[0]
@@ -390,7 +420,7 @@ def run_text_study(
 
     def run_arm(arm: str, seeds: tuple[int, ...]) -> dict[str, Any] | None:
         nonlocal stopped
-        found = _arm_settings(settings, arm, variance, _calibrated(out))
+        found = _arm_settings(settings, arm, variance, _calibrated(out), floor)
         if found is None:
             return None
         study, loss, epsilon = found
@@ -428,7 +458,7 @@ def run_text_study(
             stopped = True
             break
         if arm == "calibrate":
-            first_arm = _arm_settings(settings, fvu_arms[0], variance, None)
+            first_arm = _arm_settings(settings, fvu_arms[0], variance, None, floor)
             assert first_arm is not None  # an FVU arm's tolerance needs no calibration
             rows = load_rows(out / fvu_arms[0]) if (out / fvu_arms[0] / "rows").is_dir() else []
             summary = summarise(replace(first_arm[0], seeds=(first,)), rows, d_in=data.split("test").shape[1],
@@ -455,8 +485,9 @@ def summarise_text_study(
     out = Path(out_dir)
     arms: dict[str, Any] = {}
     calibrated = _calibrated(out)
+    floor = rank_floor(acts)
     for arm in arm_names(settings):
-        found = _arm_settings(settings, arm, variance, calibrated)
+        found = _arm_settings(settings, arm, variance, calibrated, floor)
         if found is None:
             arms[arm] = {"epsilon": None, "summary": None}
             continue
@@ -468,9 +499,7 @@ def summarise_text_study(
             if rows
             else None,
         }
-    test = acts.split("test")
-    d_model = int(test.shape[1])
-    bound = rank_mse_bound(test, range(1, d_model + 1))
+    d_model = len(floor)
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "settings": settings.to_dict(),
@@ -478,7 +507,7 @@ def summarise_text_study(
         "variance": variance,
         "d_model": d_model,
         # The smallest test MSE any SAE of width w can reach (mdl_utils.bounds), w = 1 .. d.
-        "rank_bound_mse": [bound[w] for w in range(1, d_model + 1)],
+        "rank_bound_mse": floor,
         "calibration": json.loads((out / "calibration.json").read_text()) if calibrated is not None else None,
         "arms": arms,
         "n_saes_trained": sum(a["summary"]["n_saes_trained"] for a in arms.values() if a["summary"]),

@@ -168,8 +168,11 @@ for name, (eps, summary) in results.arms.items():
 # directions, so the sum of the remaining eigenvalues of the test tokens' covariance is a
 # floor under the test MSE of every width-$w$ SAE, trained or not
 # ({py:func}`mdl_utils.bounds.rank_mse_bound`; the floor is zero from $w = d$ on). A width
-# whose floor lies above an FVU tolerance misses it at every $k$, and its search can only
-# confirm that. The floor below is written as an FVU (divided by the variance above).
+# whose floor lies above an FVU tolerance misses it at every $k$, so an FVU arm does not
+# search it: no width narrower than the narrowest the floor allows is trained
+# ({py:attr}`mdl_utils.study_plan.StudySettings.min_width`; the embedding arm's loss is not
+# the MSE, and the floor says nothing about it). The floor below is written as an FVU
+# (divided by the variance above).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -222,6 +225,8 @@ for name in arm_names(settings):
         (f"added below the grid (down to width {rules.extend_down_to})", summary.widths_below_grid),
         (f"with the first seed only (first-seed DL* more than {rules.replicate_within or 0:.0%} above the best)",
          summary.widths_one_seed),
+        (f"not searched, below width {rules.min_width} (the narrowest the rank bound below allows)",
+         summary.widths_below_min_width),
     ):
         if widths is not None:  # None: the rule is off (the quick profile)
             print(f"  widths {what}: " + (", ".join(str(w) for w in widths) or "none"))

@@ -638,3 +638,32 @@ def test_rows_record_where_their_sae_trained_even_when_it_came_from_the_cache(ti
     assert again[old_key]["device"] == "cpu" and "cpu_kernels" not in again[old_key]
     others = [r for k, r in again.items() if k not in (key, old_key)]
     assert others and all(r["cpu_kernels"] == kernels for r in others)
+
+
+def test_no_width_below_min_width_is_searched_and_the_summary_names_the_grid_widths_left_out(tiny):
+    from mdl_utils.study_plan import (doubling_widths, narrower_widths, possible_narrower_widths,
+                                      widths_below_min_width, widths_not_searched)
+    floor = StudySettings(**{**WIDE.__dict__, "extend_down_to": 4, "min_width": 50})
+    assert widths_below_min_width(floor) == [32]
+    assert doubling_widths(floor, []) == [64, 128]  # narrowest first, one running ahead
+    # 64 the optimum: the narrow-end rule would add 32, but it is below the floor.
+    rows = _finished({64: 4.0, 128: 6.0, 256: 8.0})
+    assert narrower_widths(floor, rows) == [] and possible_narrower_widths(floor) == []
+    # With the floor at 32 and a grid starting at 64, 32 is added (and nothing below it).
+    grid64 = StudySettings(**{**floor.__dict__, "widths": (64, 128, 256, 512), "min_width": 32})
+    assert narrower_widths(grid64, rows) == [32] and possible_narrower_widths(grid64) == [32]
+    assert {w for w, _ in plan(floor, rows)} == {64, 128, 256}
+    # The width rule has fired (two rises): 512 and wider are ruled out, 32 is not listed there.
+    assert widths_not_searched(floor, rows) == [512, 1024, 2048, 4096]
+    assert floor.to_dict()["min_width"] == 50 and StudySettings.from_dict(floor.to_dict()) == floor
+    assert "min_width" not in WIDE.to_dict()
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="min_width"):
+            StudySettings(**{**WIDE.__dict__, "min_width": bad})
+    root, _, _ = tiny
+    rows = load_rows(root / "out")
+    on = StudySettings(**{**SETTINGS.__dict__, "min_width": min(SETTINGS.widths) + 1})
+    summary = summarise(on, rows, d_in=12)
+    assert summary["widths_below_min_width"] == [min(SETTINGS.widths)]
+    assert all(w != min(SETTINGS.widths) for w, _ in summary["remaining"])
+    assert "widths_below_min_width" not in summarise(SETTINGS, rows, d_in=12)

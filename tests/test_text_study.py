@@ -86,6 +86,20 @@ def test_the_full_profile_runs_with_the_epsilon_scans_cost_rules_and_the_quick_s
     assert StudySettings.from_dict(full.to_dict()) == full
 
 
+def test_an_fvu_arm_searches_no_width_the_rank_bound_rules_out():
+    from mdl_utils.text_study import _arm_settings, min_width_for
+
+    floor = [0.9, 0.6, 0.4, 0.1, 0.0]  # the rank bound at widths 1 .. 5
+    assert [min_width_for(floor, e) for e in (1.0, 0.6, 0.5, 0.1, 0.05, 0.0)] == [1, 2, 3, 4, 5, 5]
+    with pytest.raises(ValueError, match="widths 1 .. d"):
+        min_width_for([], 0.1)
+    study, loss, eps = _arm_settings(SMALL, "fvu-0.5", 0.8, None, floor)  # epsilon 0.4
+    assert (loss, eps, study.min_width) == ("mse", 0.4, 3)
+    # The embedding arm's loss is not the MSE: the bound says nothing about it.
+    study, loss, _ = _arm_settings(replace(SMALL, embedding_epsilon=0.1), "embedding", 0.8, None, floor)
+    assert (loss, study.min_width) == ("embedding", None)
+
+
 def test_settings_refuse_bad_tolerances():
     with pytest.raises(ValueError, match="fvus must lie in"):
         replace(SMALL, fvus=(1.5,))
@@ -143,6 +157,8 @@ def test_an_sae_measured_under_the_embedding_tolerance_sits_in_the_band(minilm, 
 
 
 def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, corpus_dir, monkeypatch, tmp_path):
+    from mdl_utils.text_study import min_width_for
+
     monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
     out = tmp_path / "out"
     payload = run_text_study(SMALL, out, cache=tmp_path / "cache", progress=False)
@@ -166,6 +182,8 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     bound = payload["rank_bound_mse"]
     assert len(bound) == payload["d_model"] == 384 and bound[-1] == pytest.approx(0.0, abs=1e-9)
     assert all(a >= b for a, b in zip(bound, bound[1:]))
+    assert first["settings"]["min_width"] == min_width_for(bound, 0.5 * payload["variance"])
+    assert "min_width" not in payload["arms"]["embedding"]["summary"]["settings"]
     for arm in ("fvu-0.5", "embedding"):
         for row in load_rows(out / arm):
             assert row["measure"]["mse"] >= bound[row["width"] - 1] * (1 - 1e-6)
