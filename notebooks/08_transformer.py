@@ -225,7 +225,7 @@ for name in arm_names(settings):
         (f"added below the grid (down to width {rules.extend_down_to})", summary.widths_below_grid),
         (f"with the first seed only (first-seed DL* more than {rules.replicate_within or 0:.0%} above the best)",
          summary.widths_one_seed),
-        (f"not searched, below width {rules.min_width} (the narrowest the rank bound below allows)",
+        (f"not searched, below width {rules.min_width} (the narrowest the rank bound above allows)",
          summary.widths_below_min_width),
     ):
         if widths is not None:  # None: the rule is off (the quick profile)
