@@ -469,7 +469,7 @@ def run_text_study(
                 )
             continue
         run_arm(arm, seeds)
-    payload = summarise_text_study(settings, out, acts=acts, variance=variance)
+    payload = summarise_text_study(settings, out, acts=acts, variance=variance, floor=floor)
     payload["data_seconds"] = data_seconds
     payload.update(provenance(started))
     payload["stopped_by_budget"] = stopped
@@ -479,13 +479,22 @@ def run_text_study(
 
 
 def summarise_text_study(
-    settings: TextStudySettings, out_dir: str | os.PathLike[str], *, acts: TokenActivations, variance: float
+    settings: TextStudySettings,
+    out_dir: str | os.PathLike[str],
+    *,
+    acts: TokenActivations,
+    variance: float,
+    floor: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """``transformer.json``'s content from the arms' rows (no training)."""
+    """``transformer.json``'s content from the arms' rows (no training).
+
+    ``floor``: :func:`rank_floor` of ``acts`` when the caller has it already (computed here
+    otherwise).
+    """
     out = Path(out_dir)
     arms: dict[str, Any] = {}
     calibrated = _calibrated(out)
-    floor = rank_floor(acts)
+    floor = list(floor) if floor is not None else rank_floor(acts)
     for arm in arm_names(settings):
         found = _arm_settings(settings, arm, variance, calibrated, floor)
         if found is None:

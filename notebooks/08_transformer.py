@@ -98,7 +98,7 @@ from mdl_utils.entropy import dense_dl, dl_upper_bound
 from mdl_utils.profiles import cache_dir, results_dir
 from mdl_utils.study_store import load_study, read_rows
 from mdl_utils.tables import Table
-from mdl_utils.text_study import arm_names, load_text_study, run_text_study, settings_for
+from mdl_utils.text_study import arm_names, load_text_study, min_width_for, run_text_study, settings_for
 
 torch.set_num_threads(1)  # one thread keeps the sums, and so the results, reproducible
 plots.use_style()
@@ -189,10 +189,10 @@ else:
         if name == "embedding":
             continue
         f = float(name.removeprefix("fvu-"))
-        narrowest = min(w for w in range(1, d + 1) if fvu_floor[w] <= f)
+        narrowest = min_width_for(floor, f * info["variance"])  # the rule the job applies
         why = "" if narrowest == 1 else f" (rank {narrowest - 1} leaves FVU {fvu_floor[narrowest - 1]:.3f})"
         print(f"{name}: no SAE narrower than {narrowest} can meet it{why}; widths of the grid it rules out: "
-              + (", ".join(str(w) for w in below_d if fvu_floor[w] > f) or "none"))
+              + (", ".join(str(w) for w in below_d if w < narrowest) or "none"))
 
 # %% [markdown]
 # ## How far the study has got
