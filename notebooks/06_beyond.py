@@ -44,6 +44,8 @@ profile = "quick"
 retrain = False
 
 # %% tags=["hide-input"]
+import collections
+
 import numpy as np
 import torch
 
@@ -57,7 +59,7 @@ from mdl_utils.epsilon_scan import (
     study_dir_for,
 )
 from mdl_utils.protocol import sparse_latents
-from mdl_utils.study_store import load_selected_sae
+from mdl_utils.study_store import load_selected_sae, load_study
 from mdl_utils.profiles import cache_dir, choose, results_dir
 from mdl_utils.study_plan import study_settings
 from mdl_utils.tables import Table
@@ -375,6 +377,79 @@ for name, f in fits.items():
           f"{f.n_epsilons} tolerances) -> {'supported' if f.supported else 'not supported'}")
     for reason in f.reasons:
         print(f"          - {reason}")
+
+# %% [markdown]
+# ### How the scan's SAEs stopped training
+#
+# Every SAE here trains under chapter 3's recipe: a plateau schedule that cuts the learning
+# rate after a run of epochs without a better validation MSE and stops after the last cut's
+# run, keeping the weights of the best validation epoch. The table says, per tolerance, how
+# the trainings ended, where their best epochs fell, and how far the validation MSE of the
+# last epoch lies above the best one; the last column gives the best epochs of the SAEs each
+# seed selected at the optimal width. The lines under it look at the SAEs whose best epoch
+# came early: epoch 10 or sooner, a cut chosen after a first look at these rows.
+# They give how far the validation MSE stays above its minimum for the rest of the run and
+# how much the training MSE falls meanwhile: the many epochs after the best one found no
+# better SAE by the criterion every SAE of the book is kept by, which is why the schedule
+# stopped them as converged.
+#
+# The two MSEs are read differently. The training MSE is BatchTopK's: a batch of $B$ digits
+# keeps its $\mathrm{round}(kB)$ largest activations. The validation MSE uses the inference
+# threshold, a running average learned during training, and the number of features it lets
+# through per digit need not equal $k$. The last line compares the two counts through the
+# kept SAEs' test L0 over their $k$, for the early SAEs and for the others at the same
+# tolerances. Where the early ones run well above $k$, their lower validation MSE was bought
+# with extra active features. That does not make their description lengths wrong, since DL is
+# computed from the L0 each SAE measures on the test digits and the search over $k$ compares
+# SAEs by DL. It does mean that, at these $k$, choosing the epoch by validation MSE alone
+# favours a threshold that lets more features through.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+EARLY_EPOCH = 10  # a best epoch at or before this one counts as early
+table, early = [], []
+for e in entries:
+    summary_e, rows_e = load_study(study_dir_for(scan_dir, e.epsilon, base, reference_dir))
+    best = [r.train.best_epoch for r in rows_e if r.train.best_epoch is not None]
+    stops = collections.Counter(r.train.stop_reason for r in rows_e)
+    rise = [r.train.curve.val_mse[-1] / min(r.train.curve.val_mse) - 1 for r in rows_e if r.train.curve]
+    early += [(e.epsilon, r) for r in rows_e if r.train.best_epoch is not None and r.train.best_epoch <= EARLY_EPOCH]
+    chosen = "" if e.optimum is None else ", ".join(
+        str(summary_e.searches[(e.optimum.width, s)].selected.best_epoch) for s in base.seeds
+        if (e.optimum.width, s) in summary_e.searches and summary_e.searches[(e.optimum.width, s)].selected)
+    table.append([f"{e.epsilon:g}", len(rows_e), ", ".join(f"{n} {why}" for why, n in sorted(stops.items())),
+                  f"{np.median(best):.0f} [{min(best)}, {max(best)}]" if best else None,
+                  sum(b <= EARLY_EPOCH for b in best),
+                  f"{100 * np.median(rise):.2f} / {100 * max(rise):.2f}" if rise else None, chosen])
+display(Table(["epsilon", "SAEs", "stop reasons", "best epoch: median [min, max]", f"best epoch <= {EARLY_EPOCH}",
+               "last-epoch val MSE above best (%): median / max", "best epochs at the optimum (per seed)"], table,
+              caption="How the scan's trainings ended (all rows of each tolerance's study)"))
+if early:
+    ks = [r.k for _, r in early]
+    after = [np.median(r.train.curve.val_mse[r.train.best_epoch:]) / min(r.train.curve.val_mse) - 1
+             for _, r in early if r.train.curve and r.train.best_epoch < len(r.train.curve.val_mse)]
+    fall = [1 - r.train.curve.train_mse[-1] / r.train.curve.train_mse[r.train.best_epoch - 1]
+            for _, r in early if r.train.curve]
+    print(f"best epoch <= {EARLY_EPOCH}: {len(early)} SAEs, at epsilon "
+          + ", ".join(f"{x:g}" for x in sorted({x for x, _ in early}))
+          + f"; k from {min(ks):.3g} to {max(ks):.3g}; widths {sorted({r.width for _, r in early})}")
+    if after and fall:
+        print(f"  after their best epoch: validation MSE a median {100 * np.median(after):.2f}% above its minimum "
+              f"(median over epochs, then over SAEs; largest {100 * max(after):.2f}%), while the training MSE "
+              f"falls a further {100 * np.median(fall):.2f}% (median) by the last epoch")
+    early_eps = {x for x, _ in early}
+    rest = [r for e in entries if e.epsilon in early_eps
+            for r in load_study(study_dir_for(scan_dir, e.epsilon, base, reference_dir))[1]
+            if r.train.best_epoch is not None and r.train.best_epoch > EARLY_EPOCH]
+
+    def ratio(rs):
+        return f"{np.median([r.measure.l0 / r.k for r in rs]):.3f}"
+
+    print(f"  test L0 / k (median): {ratio([r for _, r in early])} for these {len(early)} SAEs, "
+          + (f"{ratio(rest)} for the other {len(rest)} at the same tolerances" if rest else
+             "no other SAE at the same tolerances"))
+else:
+    print(f"no SAE has its best epoch at or before epoch {EARLY_EPOCH}")
 
 # %% [markdown]
 # ## Provenance
