@@ -58,7 +58,10 @@
 #   smallest DL is bracketed; each SAE's precision on the continuous scale, its quantised
 #   loss within $[0.999\,\epsilon, \epsilon]$; seeds, a bootstrap over test tokens, and an
 #   optimum called resolved only when every other width is longer by more than the combined
-#   uncertainty. Every SAE is measured under both losses.
+#   uncertainty and the minimum is bracketed: a smallest DL* at the grid's widest width, or at
+#   the narrowest width searched while narrower ones might still meet the tolerance, is
+#   reported as not resolved, because the grid was fixed before the run and is not extended
+#   after it. Every SAE is measured under both losses.
 # - **Cost rules (full profile).** The three rules chapter 6's epsilon scan adds to chapter 3's
 #   protocol, with the same margins, fixed for this chapter before its full run was read
 #   ({py:mod}`mdl_utils.study_plan`): widths are searched narrowest first and no wider
@@ -295,16 +298,29 @@ for name, (eps, summary) in arms.items():
         continue
     best = summary.dl_star_of(res.optimum)
     spread = "" if best.seed_std is None else f" +/- {best.seed_std:.1f} (seed std, {best.n_seeds} seeds)"
-    if res.resolved:
-        verdict = "resolved: every other width is longer by more than the combined uncertainty"
-    elif res.provisional:
+    # Is the minimum bracketed? On the wide side by a wider width with a DL*; on the narrow side by
+    # a narrower one, or by narrower widths that miss the tolerance (by search or by the rank bound).
+    reachable = [d.width for d in summary.dl_star]
+    grid = summary.settings.widths
+    misses = [w for w in summary.widths if w < res.optimum and w not in reachable] + list(summary.widths_below_min_width or ())
+    open_sides = []
+    if res.optimum == max(reachable) and res.optimum >= max(grid):
+        open_sides.append(f"it is the grid's widest width ({max(grid)}) and nothing wider is searched")
+    if res.optimum == min(reachable) and not misses:
+        open_sides.append("nothing narrower was searched")
+    edge = ""
+    if res.optimum == min(reachable) and misses:
+        edge = f" (the narrowest width that meets the tolerance: {', '.join(map(str, sorted(misses)))} cannot)"
+    if res.provisional:
         verdict = "provisional: searches that can change it remain"
+    elif open_sides:
+        verdict = "not resolved: the minimum is not bracketed, since " + " and ".join(open_sides)
+    elif res.resolved:
+        verdict = "resolved: every other width is longer by more than the combined uncertainty"
     elif not res.seed_spread_known:
         verdict = "not resolved: one seed per width, so the training noise is unknown"
     else:
         verdict = "not resolved: cannot be told apart from " + ", ".join(str(w) for w in res.tie_set if w != res.optimum)
-    reachable = [d.width for d in summary.dl_star]
-    edge = " (at the edge of the widths that reach the tolerance)" if res.optimum in (min(reachable), max(reachable)) else ""
     print(f"{name}: the smallest DL* is at width {res.optimum}{edge}, {best.mean:.1f} bits per token{spread}; {verdict}")
 
 # %% [markdown]
