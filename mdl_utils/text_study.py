@@ -26,10 +26,20 @@ the embedding arm, then the other seeds. Each arm's study is resumable, so ``--b
 and a later rerun continue where it was; an SAE configuration that two arms both ask for is
 trained once (the model cache) and measured by each.
 
+``--arms`` runs only the named arms, so that disjoint sets of arms can run at once in separate
+processes (or on separate machines) sharing one output folder, as ``--shard`` splits chapter 3's
+widths: each arm's rows live in its own folder, and no arm's results depend on another's except
+the embedding arm's tolerance, which waits for the first FVU arm's first seed (a process running
+``embedding`` without that arm calibrates once the other process has finished it). The
+arms' results are the same whichever process trains them; ``--summary-only`` afterwards writes
+``transformer.json`` from every arm's rows. Give each arm to one process only: two processes on
+one arm would both write its rows.
+
 Command line::
 
     python -m mdl_utils transformer --profile full [--out results/full/transformer]
         [--budget-hours H] [--workers N | --ray-address HOST:PORT] [--device cuda] [--summary-only]
+        [--arms ARM [ARM ...]]
 
 Output folder: ``transformer.json`` (settings, the activations' provenance and wall times, the
 variance, the rank bound on any SAE's test MSE at each width up to d
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -345,6 +356,24 @@ def _arm_settings(
     return replace(settings.study, epsilon=eps, min_width=min_width_for(floor, eps)), "mse", eps
 
 
+def check_arms(settings: TextStudySettings, arms: Sequence[str] | None) -> list[str]:
+    """The arms to run, in :func:`arm_names` order: all of them for ``None``; ValueError for an
+    empty selection, a repeated name or a name the settings do not have."""
+    names = arm_names(settings)
+    if arms is None:
+        return names
+    if isinstance(arms, str):
+        raise TypeError(f"arms must be a sequence of arm names, not the string {arms!r}")
+    if not arms:
+        raise ValueError(f"arms must name at least one arm ({', '.join(names)}), or be None for all")
+    unknown = [a for a in arms if a not in names]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}: this profile's arms are {', '.join(names)}")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"arms names an arm twice: {list(arms)}")
+    return [a for a in names if a in arms]
+
+
 def rank_floor(acts: TokenActivations) -> list[float]:
     """The rank bound on the test MSE of any SAE at widths 1 .. d, on the test activations
     (:func:`mdl_utils.bounds.rank_mse_bound`), as a list indexed by width - 1."""
@@ -400,8 +429,12 @@ def run_text_study(
     progress: ProgressMode = True,
     threads: int | None = 1,
     executor: Executor | None = None,
+    arms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every arm; write ``out_dir/transformer.json`` and return it."""
+    """Run (or resume) every arm, or only ``arms`` (names from :func:`arm_names`; see the module
+    docstring for running disjoint sets at once); write ``out_dir/transformer.json`` (every
+    arm's rows on disk summarised) and return it."""
+    selected = check_arms(settings, arms)
     started = time.time()
     deadline = None if budget_hours is None else started + 3600 * budget_hours
     out = Path(out_dir)
@@ -453,6 +486,8 @@ def run_text_study(
     phases: list[tuple[str, tuple[int, ...]]] = [(a, (first,)) for a in fvu_arms]
     phases += [("calibrate", ()), ("embedding", (first,))] if settings.embedding_arm else []
     phases += [(a, settings.study.seeds) for a in arm_names(settings)]
+    # The calibration belongs to the embedding arm: it only reads the first FVU arm's rows.
+    phases = [(a, s) for a, s in phases if (a == "calibrate" and "embedding" in selected) or a in selected]
     for arm, seeds in phases:
         if deadline is not None and time.time() > deadline:
             stopped = True
@@ -468,7 +503,12 @@ def run_text_study(
                     out / "calibration.json", json.dumps(calibrate_embedding_epsilon(summary, first), indent=2)
                 )
             continue
-        run_arm(arm, seeds)
+        if run_arm(arm, seeds) is None:
+            print(
+                f"[transformer] arm {arm}: not run, its tolerance is not calibrated yet (the first seed of "
+                f"arm {fvu_arms[0]} must finish first)",
+                file=sys.stderr,
+            )
     payload = summarise_text_study(settings, out, acts=acts, variance=variance, floor=floor)
     payload["data_seconds"] = data_seconds
     payload.update(provenance(started))
@@ -580,9 +620,21 @@ def main(argv: list[str] | None = None) -> int:
         default_profile="full",
         summary_name="transformer.json",
     )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        metavar="ARM",
+        help="run only these arms (default: all; e.g. fvu-0.1 embedding): disjoint sets can run at once "
+        "in separate processes sharing --out",
+    )
     args = parse_job(parser, argv)
     settings = settings_for(args.profile)
     out = Path(args.out) if args.out else results_dir() / args.profile / "transformer"
+    try:
+        check_arms(settings, args.arms)
+    except ValueError as err:
+        parser.error(str(err))
 
     def summarise_only() -> dict[str, Any]:
         cache_path = Path(args.cache) if args.cache else default_cache_dir()
@@ -591,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_job(
         args,
-        train=lambda executor: run_text_study(settings, out, executor=executor, **training_options(args)),
+        train=lambda executor: run_text_study(
+            settings, out, executor=executor, arms=args.arms, **training_options(args)
+        ),
         summarise=summarise_only,
         report=lambda payload: _report(payload, out / "transformer.json"),
         summary_path=out / "transformer.json",

@@ -198,6 +198,56 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     assert {p.name: p.read_text() for p in sorted(out.glob("*/rows/*.json"))} == before
 
 
+def _rows_without_timings(out):
+    rows = {}
+    for path in sorted(out.glob("*/rows/*.json")):
+        entries = json.loads(path.read_text())
+        for row in entries:
+            row["train"].pop("train_seconds")
+        rows[f"{path.parent.parent.name}/{path.name}"] = entries
+    return rows
+
+
+def test_arms_run_in_separate_calls_give_the_rows_of_one_whole_run(minilm, corpus_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
+    whole = tmp_path / "whole"
+    run_text_study(SMALL, whole, cache=tmp_path / "cache-whole", progress=False)
+    split, cache = tmp_path / "split", tmp_path / "cache-split"  # nothing shared: every SAE trained again
+    # The embedding arm alone, before the FVU arm's first seed: no tolerance yet, so nothing is trained.
+    early = run_text_study(SMALL, split, cache=cache, progress=False, arms=["embedding"])
+    assert early["n_saes_trained"] == 0 and early["arms"]["embedding"]["epsilon"] is None
+    assert not (split / "calibration.json").exists()
+    alone = run_text_study(SMALL, split, cache=cache, progress=False, arms=["fvu-0.5"])
+    assert alone["arms"]["fvu-0.5"]["summary"]["complete"] and alone["arms"]["embedding"]["summary"] is None
+    assert not (split / "calibration.json").exists()  # the calibration belongs to the embedding arm
+    last = run_text_study(SMALL, split, cache=cache, progress=False, arms=["embedding"])
+    assert (split / "calibration.json").read_text() == (whole / "calibration.json").read_text()
+    rows = _rows_without_timings(split)
+    assert {k.split("/")[0] for k in rows} == {"fvu-0.5", "embedding"}
+    assert rows == _rows_without_timings(whole)
+    reference = json.loads((whole / "transformer.json").read_text())
+    for arm in ("fvu-0.5", "embedding"):
+        assert last["arms"][arm]["summary"]["dl_star"] == reference["arms"][arm]["summary"]["dl_star"]
+
+
+def test_arm_selection_refuses_unknown_empty_and_repeated_names(tmp_path):
+    from mdl_utils.text_study import check_arms, main
+
+    assert check_arms(SMALL, None) == ["fvu-0.5", "embedding"]
+    assert check_arms(SMALL, ["embedding", "fvu-0.5"]) == ["fvu-0.5", "embedding"]  # run in the job's order
+    with pytest.raises(ValueError, match="unknown arm\\(s\\) 'fvu-0.2': this profile's arms are fvu-0.5, embedding"):
+        check_arms(SMALL, ["fvu-0.2"])
+    with pytest.raises(ValueError, match="at least one arm"):
+        check_arms(SMALL, [])
+    with pytest.raises(ValueError, match="twice"):
+        check_arms(SMALL, ["embedding", "embedding"])
+    with pytest.raises(TypeError, match="not the string"):
+        check_arms(SMALL, "embedding")
+    with pytest.raises(SystemExit) as exit_info:  # before any text is read or model loaded
+        main(["--profile", "quick", "--out", str(tmp_path), "--arms", "fvu-0.7"])
+    assert exit_info.value.code == 2 and not any(tmp_path.iterdir())
+
+
 FULL = __import__("pathlib").Path(__file__).resolve().parents[1] / "results" / "full" / "transformer"
 
 
