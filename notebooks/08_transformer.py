@@ -191,7 +191,6 @@ else:
     for name in arm_names(settings):
         if name == "embedding":
             continue
-        f = float(name.removeprefix("fvu-"))
         narrowest = min_width_for(floor, results.arms[name][0])  # the job's rule, at the arm's stored tolerance
         why = "" if narrowest == 1 else f" (rank {narrowest - 1} leaves FVU {fvu_floor[narrowest - 1]:.3f})"
         print(f"{name}: no SAE narrower than {narrowest} can meet it{why}; widths of the grid it rules out: "
