@@ -76,7 +76,7 @@ from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows, load_selected_sae
 from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
-from mdl_utils.study_summary import summarise
+from mdl_utils.study_summary import StudySummary, summarise
 from mdl_utils.data import DataSpec, SweepData, prepare_data
 from mdl_utils import verdicts as V
 
@@ -278,10 +278,12 @@ def downstream_verdicts(ce: dict[str, Any] | None, mse: dict[str, Any] | None, e
     """Chapter 7's claims, each judged by a rule of :mod:`mdl_utils.verdicts` (see there)."""
     res_ce = None if ce is None or ce["resolution"] is None else Resolution.from_dict(ce["resolution"])
     res_mse = None if mse is None or mse["resolution"] is None else Resolution.from_dict(mse["resolution"])
+    br_ce = None if ce is None else StudySummary.from_dict(ce).bracket
+    br_mse = None if mse is None else StudySummary.from_dict(mse).bracket
     out = [
-        V.optimum_resolved("cross-entropy", res_ce),
-        V.optimum_resolved("MSE", res_mse),
-        V.optimum_moves(res_ce, res_mse),
+        V.optimum_resolved("cross-entropy", res_ce, br_ce),
+        V.optimum_resolved("MSE", res_mse, br_mse),
+        V.optimum_moves(res_ce, res_mse, (br_ce, br_mse)),
     ]
     if ce is not None and mse is not None:
         out.append(V.shorter_description(_by_width(ce, "dl_bits"), _by_width(mse, "dl_bits")))

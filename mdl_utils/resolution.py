@@ -5,7 +5,8 @@ DL*(width) varies with the training seed and with the test digits it is measured
 smallest mean DL* *resolved* only when every other width's DL* is higher by more than the
 combined uncertainty of the difference; otherwise it reports the set of widths that cannot be
 told apart. :func:`optimum_index` is the selection rule itself (smallest DL, ties to the
-narrower width), written once for the whole library.
+narrower width), written once for the whole library. :func:`bracket_optimum` says whether the
+smallest DL* is a minimum the grid can show at all: a measured width on each side of it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WidthSummary", "Resolution", "optimum_index", "resolve_optimum"]
+__all__ = ["WidthSummary", "Resolution", "Bracket", "optimum_index", "resolve_optimum", "bracket_optimum"]
 
 
 @dataclass(frozen=True)
@@ -177,4 +178,96 @@ def resolve_optimum(summaries: Sequence[WidthSummary], *, z: float = 2.0) -> Res
         pooled_rel_seed_std=pooled,
         z=z,
         seed_spread_known=known,
+    )
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """Whether the smallest DL* has evidence on both sides that it is a minimum.
+
+    A smallest DL* at an end of the widths measured may only be where the grid stopped: the
+    curve can go on falling past it. The minimum is *bracketed* on the wide side by a wider
+    width with a DL*, and on the narrow side by a narrower width with a DL* or by narrower
+    widths that cannot meet the tolerance at all (a finished search that missed it at every
+    k, or a width the rank bound rules out), since then nothing narrower can be shorter.
+
+    Attributes:
+        optimum: the width with the smallest mean DL*.
+        wider, narrower: the nearest widths with a DL* on each side (``None``: none).
+        narrower_infeasible: narrower widths that cannot meet the tolerance, narrow to wide.
+        grid_widest: the widest width of the grid fixed before the run.
+    """
+
+    optimum: int
+    wider: int | None
+    narrower: int | None
+    narrower_infeasible: tuple[int, ...]
+    grid_widest: int
+
+    @property
+    def wide_closed(self) -> bool:
+        """A wider width has a DL* (longer than the optimum's, since it is the minimum)."""
+        return self.wider is not None
+
+    @property
+    def narrow_closed(self) -> bool:
+        """A narrower width has a DL*, or narrower widths cannot meet the tolerance."""
+        return self.narrower is not None or bool(self.narrower_infeasible)
+
+    @property
+    def bracketed(self) -> bool:
+        """Both sides are closed."""
+        return self.wide_closed and self.narrow_closed
+
+    @property
+    def at_infeasible_edge(self) -> bool:
+        """The optimum is the narrowest width that meets the tolerance: its narrow side is
+        closed by widths that cannot meet it, not by a longer DL*."""
+        return self.narrower is None and bool(self.narrower_infeasible)
+
+    def open_sides(self) -> list[str]:
+        """Why the minimum is not bracketed, one phrase per open side (empty when it is)."""
+        out = []
+        if not self.wide_closed:
+            if self.optimum >= self.grid_widest:
+                out.append(f"it is the grid's widest width ({self.grid_widest}) and nothing wider is searched")
+            else:
+                out.append("no wider width has a DL*")
+        if not self.narrow_closed:
+            out.append("nothing narrower was searched")
+        return out
+
+
+def bracket_optimum(
+    optimum: int, reachable: Sequence[int], grid: Sequence[int], infeasible: Sequence[int] = ()
+) -> Bracket:
+    """Whether ``optimum`` is bracketed (see :class:`Bracket`).
+
+    Args:
+        optimum: the width with the smallest mean DL*.
+        reachable: every width with a DL* (the optimum among them).
+        grid: the widths fixed before the run (its widest bounds the search).
+        infeasible: widths known not to meet the tolerance (missed at every k, or ruled out
+            by a bound); only the narrower ones count.
+
+    Raises:
+        ValueError: ``optimum`` is not among ``reachable``, ``grid`` is empty, or a width is
+            both reachable and infeasible.
+    """
+    reach = sorted({int(w) for w in reachable})
+    if optimum not in reach:
+        raise ValueError(f"the optimum {optimum} is not among the widths with a DL* {reach}")
+    if not grid:
+        raise ValueError("the grid has no widths")
+    both = sorted(set(reach) & {int(w) for w in infeasible})
+    if both:
+        raise ValueError(f"widths {both} are given both as having a DL* and as unable to meet the tolerance")
+    wider = [w for w in reach if w > optimum]
+    narrower = [w for w in reach if w < optimum]
+    return Bracket(
+        optimum=optimum,
+        wider=wider[0] if wider else None,
+        narrower=narrower[-1] if narrower else None,
+        narrower_infeasible=tuple(sorted({int(w) for w in infeasible if w < optimum})),
+        grid_widest=max(int(w) for w in grid),
     )

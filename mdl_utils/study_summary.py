@@ -27,7 +27,7 @@ import numpy as np
 
 from mdl_utils.profiles import read_record
 from mdl_utils.entropy import two_part_bits
-from mdl_utils.resolution import Resolution, WidthSummary, resolve_optimum
+from mdl_utils.resolution import Bracket, Resolution, WidthSummary, bracket_optimum, resolve_optimum
 from mdl_utils.study_plan import (
     StudySettings,
     j_max,
@@ -459,6 +459,27 @@ class StudySummary:
             if entry.width == width:
                 return entry
         raise KeyError(f"width {width} has no finished search; widths with DL*: {[e.width for e in self.dl_star]}")
+
+    @property
+    def widths_infeasible(self) -> list[int]:
+        """Widths that cannot meet the tolerance: a finished search at the width missed it at
+        every k, or the rank bound rules the width out (``widths_below_min_width``)."""
+        missed = {w for (w, _), s in self.searches.items() if s.complete and not s.reachable}
+        missed -= {d.width for d in self.dl_star}
+        return sorted(missed | set(self.widths_below_min_width or ()))
+
+    @property
+    def bracket(self) -> Bracket | None:
+        """Whether the smallest DL* is bracketed (:func:`mdl_utils.resolution.bracket_optimum`),
+        ``None`` before any search has finished."""
+        if self.resolution is None:
+            return None
+        return bracket_optimum(
+            self.resolution.optimum,
+            [d.width for d in self.dl_star],
+            self.settings.widths,
+            self.widths_infeasible,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySummary:

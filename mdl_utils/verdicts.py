@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mdl_utils.resolution import Resolution
+from mdl_utils.resolution import Bracket, Resolution
 
 __all__ = [
     "Verdict",
@@ -218,28 +218,44 @@ def t_interval(values: Sequence[float], coverage: float = INTERVAL) -> tuple[flo
     return float(v.mean()) - half, float(v.mean()) + half
 
 
-def optimum_resolved(name: str, resolution: Resolution | None) -> Verdict:
-    """The optimum under one tolerance is resolved (see :func:`mdl_utils.resolution.resolve_optimum`)."""
+def optimum_resolved(name: str, resolution: Resolution | None, bracket: Bracket | None) -> Verdict:
+    """The optimum under one tolerance is resolved (see :func:`mdl_utils.resolution.resolve_optimum`)
+    and its minimum is bracketed (:func:`mdl_utils.resolution.bracket_optimum`; ``bracket`` is
+    the study's, ``None`` only before any search has finished)."""
     claim = f"the {name} optimum is resolved"
     rule = (
         "yes when every other width's mean DL* exceeds the optimum's by more than the combined "
-        "uncertainty (seeds and test-digit bootstrap) and every search has finished"
+        "uncertainty (seeds and test-digit bootstrap), the minimum is bracketed (a measured width "
+        "on each side, or narrower widths that cannot meet the tolerance) and every search has finished"
     )
     if resolution is None:
         return Verdict(claim, "not resolved", rule, "no finished search yet")
+    if bracket is None or bracket.optimum != resolution.optimum:
+        raise ValueError(f"the {name} optimum needs the bracket of its own minimum (width {resolution.optimum})")
     evidence = f"optimum width {resolution.optimum}, tie set {list(resolution.tie_set)}"
+    if not bracket.bracketed:
+        evidence += "; not bracketed: " + " and ".join(bracket.open_sides())
     if resolution.provisional:
         evidence += " (searches still to run)"
-    return Verdict(claim, "yes" if resolution.resolved else "no", rule, evidence)
+    return Verdict(claim, "yes" if resolution.resolved and bracket.bracketed else "no", rule, evidence)
 
 
-def optimum_moves(res_ce: Resolution | None, res_mse: Resolution | None) -> Verdict:
-    """The epsilon-MDL-optimal width differs between the two tolerances."""
+def optimum_moves(
+    res_ce: Resolution | None,
+    res_mse: Resolution | None,
+    brackets: tuple[Bracket | None, Bracket | None] = (None, None),
+) -> Verdict:
+    """The epsilon-MDL-optimal width differs between the two tolerances.
+
+    ``brackets`` are the two studies' (:func:`mdl_utils.resolution.bracket_optimum`): "no"
+    needs both minima bracketed, since an optimum at an end of the widths measured may lie
+    further out.
+    """
     claim = "the optimal width moves when the tolerance is the classifier's loss"
     rule = (
         "yes when both studies are finished and the two tie sets share no width; no when both "
-        "optima are resolved and equal; not resolved otherwise (searches still to run, or the "
-        "tie sets overlap)"
+        "optima are resolved, bracketed and equal; not resolved otherwise (searches still to run, "
+        "the tie sets overlap, or a minimum is not bracketed)"
     )
     if res_ce is None or res_mse is None:
         return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
@@ -250,6 +266,9 @@ def optimum_moves(res_ce: Resolution | None, res_mse: Resolution | None) -> Verd
         return Verdict(claim, "not resolved", rule, evidence + " (searches still to run)")
     if not ce & mse:
         return Verdict(claim, "yes", rule, evidence)
+    open_arms = [n for n, b in zip(("cross-entropy", "MSE"), brackets) if b is None or not b.bracketed]
+    if open_arms:
+        return Verdict(claim, "not resolved", rule, evidence + f" (not bracketed: {', '.join(open_arms)})")
     if res_ce.resolved and res_mse.resolved and res_ce.optimum == res_mse.optimum:
         return Verdict(claim, "no", rule, evidence)
     return Verdict(claim, "not resolved", rule, evidence)

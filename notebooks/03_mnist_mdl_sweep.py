@@ -226,7 +226,10 @@ print(f"selected SAEs that stopped at the epoch cap: {sum(e.stop_reason == 'max_
 #
 # $\mathrm{DL}^*$ per width: the mean over seeds, the seeds' standard deviation, and a 95%
 # bootstrap interval over test digits of the seed mean. The verdict below is computed by the
-# rule of the protocol. The same SAEs are then reread at tolerances 2% either side of
+# rule of the protocol. A width counts as the optimum only if two things hold. Every other
+# width must be longer by more than the combined uncertainty. And the minimum must be
+# bracketed: a measured width on each side, or narrower widths that cannot meet the tolerance
+# ({py:func}`mdl_utils.resolution.bracket_optimum`). The same SAEs are then reread at tolerances 2% either side of
 # $\epsilon$ (each SAE's precision re-tuned to that tolerance); a reread takes the minimum over
 # the $k$ trained for $\epsilon$, so it can only overstate a width's $\mathrm{DL}^*$ there.
 
@@ -245,8 +248,11 @@ if res.provisional:
     print(f"Provisional: the study is incomplete, so no optimum is final. Among the widths "
           f"measured so far the smallest mean DL* is at width {res.optimum}, and widths "
           f"{list(res.tie_set)} cannot be told apart from it.")
-elif res.resolved:
+elif res.resolved and summary.bracket.bracketed:
     print(f"The epsilon-MDL optimum is resolved: width {res.optimum}.")
+elif res.resolved:  # distinguishable from every other width, but at an end of what was measured
+    print(f"The optimum is not resolved: the smallest mean DL* is at width {res.optimum}, but the minimum "
+          f"is not bracketed, since {' and '.join(summary.bracket.open_sides())}.")
 else:
     print(f"The optimum is not resolved: widths {list(res.tie_set)} cannot be told apart "
           f"(smallest mean DL* at width {res.optimum}).")

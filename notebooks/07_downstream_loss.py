@@ -42,7 +42,8 @@
 #   $\Delta\mathrm{CE}$ of its *quantised* latents lies in $[0.999\,\epsilon, \epsilon]$;
 #   the DL measured there; several seeds per width, a bootstrap over test digits, and an
 #   optimum called resolved only when every other width is longer by more than the combined
-#   uncertainty. Quantisation is therefore treated exactly as in chapter 3: it may use
+#   uncertainty and the minimum is bracketed (chapter 3's rule,
+#   {py:func}`mdl_utils.resolution.bracket_optimum`). Quantisation is therefore treated exactly as in chapter 3: it may use
 #   whatever part of the tolerance the unquantised SAE leaves.
 # - **The comparison.** The same protocol under an MSE tolerance on the same activations,
 #   calibrated to be as strict as $\epsilon_{\mathrm{CE}}$ in the typical case:
@@ -211,7 +212,10 @@ for arm, s in arms.items():
     if res is None:
         print(f"{NAMES[arm]}: no finished search yet")
         continue
-    word = "resolved" if res.resolved else "not resolved"
+    bracket = s.bracket
+    word = "resolved" if res.resolved and bracket.bracketed else "not resolved"
+    if not bracket.bracketed:
+        word += "; the minimum is not bracketed, since " + " and ".join(bracket.open_sides())
     print(f"{NAMES[arm]}: optimum width {res.optimum} ({word}); tie set {list(res.tie_set)}"
           + ("; provisional, searches remain" if res.provisional else ""))
     for r in s.dl_star:

@@ -61,7 +61,7 @@
 #   uncertainty and the minimum is bracketed: a smallest DL* at the grid's widest width, or at
 #   the narrowest width searched while narrower ones might still meet the tolerance, is
 #   reported as not resolved, because the grid was fixed before the run and is not extended
-#   after it. Every SAE is measured under both losses.
+#   after it ({py:func}`mdl_utils.resolution.bracket_optimum`). Every SAE is measured under both losses.
 # - **Cost rules (full profile).** The three rules chapter 6's epsilon scan adds to chapter 3's
 #   protocol, with the same margins, fixed for this chapter before its full run was read
 #   ({py:mod}`mdl_utils.study_plan`): widths are searched narrowest first and no wider
@@ -299,17 +299,12 @@ for name, (eps, summary) in arms.items():
     spread = "" if best.seed_std is None else f" +/- {best.seed_std:.1f} (seed std, {best.n_seeds} seeds)"
     # Is the minimum bracketed? On the wide side by a wider width with a DL*; on the narrow side by
     # a narrower one, or by narrower widths that miss the tolerance (by search or by the rank bound).
-    reachable = [d.width for d in summary.dl_star]
-    grid = summary.settings.widths
-    misses = [w for w in summary.widths if w < res.optimum and w not in reachable] + list(summary.widths_below_min_width or ())
-    open_sides = []
-    if res.optimum == max(reachable) and res.optimum >= max(grid):
-        open_sides.append(f"it is the grid's widest width ({max(grid)}) and nothing wider is searched")
-    if res.optimum == min(reachable) and not misses:
-        open_sides.append("nothing narrower was searched")
+    bracket = summary.bracket
+    open_sides = bracket.open_sides()
     edge = ""
-    if res.optimum == min(reachable) and misses:
-        edge = f" (the narrowest width that meets the tolerance: {', '.join(map(str, sorted(misses)))} cannot)"
+    if bracket.at_infeasible_edge:
+        edge = (f" (the narrowest width that meets the tolerance: "
+                f"{', '.join(map(str, bracket.narrower_infeasible))} cannot)")
     if res.provisional:
         verdict = "provisional: searches that can change it remain"
     elif open_sides:

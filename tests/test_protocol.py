@@ -228,3 +228,31 @@ def test_coarsest_whole_bits_is_the_first_whole_bit_meeting_epsilon_or_none():
     # loss halves per bit from 1.0 at 0 bits: 2**-b <= 0.1 first at b = 4 (0.0625).
     assert coarsest_whole_bits(lambda b: 2.0**-b, 0.1) == (4, 0.0625)
     assert coarsest_whole_bits(lambda b: 1.0, 0.1) is None
+
+
+def test_a_minimum_is_bracketed_only_with_evidence_on_both_sides():
+    from mdl_utils.resolution import bracket_optimum
+
+    grid = (128, 256, 512, 1024)
+    inside = bracket_optimum(256, [128, 256, 512], grid)
+    assert inside.bracketed and (inside.narrower, inside.wider) == (128, 512) and inside.open_sides() == []
+    # Smallest at the grid's widest width: the curve may go on falling past it.
+    wide = bracket_optimum(1024, [256, 512, 1024], grid)
+    assert not wide.bracketed and wide.narrow_closed and not wide.wide_closed
+    assert wide.open_sides() == ["it is the grid's widest width (1024) and nothing wider is searched"]
+    # Smallest at the widest width that has a DL*, but the grid goes further.
+    assert bracket_optimum(512, [256, 512], grid).open_sides() == ["no wider width has a DL*"]
+    # Smallest at the narrowest width searched, nothing narrower tried.
+    narrow = bracket_optimum(128, [128, 256], grid)
+    assert narrow.open_sides() == ["nothing narrower was searched"] and not narrow.at_infeasible_edge
+    # ... unless the narrower widths cannot meet the tolerance: then it is a minimum, at that edge.
+    edge = bracket_optimum(256, [256, 512], grid, infeasible=[64, 128, 2048])
+    assert edge.bracketed and edge.at_infeasible_edge and edge.narrower_infeasible == (64, 128)
+    # A lone width is open on both sides.
+    assert len(bracket_optimum(256, [256], grid).open_sides()) == 2
+    with pytest.raises(ValueError, match="not among the widths with a DL"):
+        bracket_optimum(64, [128, 256], grid)
+    with pytest.raises(ValueError, match="both"):
+        bracket_optimum(256, [128, 256], grid, infeasible=[128])
+    with pytest.raises(ValueError, match="no widths"):
+        bracket_optimum(256, [256], ())

@@ -667,3 +667,34 @@ def test_no_width_below_min_width_is_searched_and_the_summary_names_the_grid_wid
     assert summary["widths_below_min_width"] == [min(SETTINGS.widths)]
     assert all(w != min(SETTINGS.widths) for w, _ in summary["remaining"])
     assert "widths_below_min_width" not in summarise(SETTINGS, rows, d_in=12)
+
+
+def test_the_summary_brackets_its_minimum_from_its_searches_and_the_rank_bound():
+    from dataclasses import replace
+
+    from mdl_utils.study_summary import SeedSearch, read_summary
+
+    typed = read_summary(FULL / "summary.json")
+    # Chapter 3: width 32's search ended without meeting the tolerance; the minimum has
+    # measured widths on both sides.
+    assert typed.widths_infeasible == [32]
+    b = typed.bracket
+    opt = typed.resolution.optimum
+    reach = [d.width for d in typed.dl_star]
+    assert (b.optimum, b.narrower, b.wider) == (opt, max(w for w in reach if w < opt), min(w for w in reach if w > opt))
+    assert b.bracketed and not b.at_infeasible_edge
+    # Drop every width narrower than the optimum: open at the narrow end ...
+    cut = replace(typed, dl_star=tuple(d for d in typed.dl_star if d.width >= opt),
+                  searches={k: v for k, v in typed.searches.items() if k[0] >= opt})
+    assert cut.bracket.open_sides() == ["nothing narrower was searched"]
+    # ... closed again by a narrower search that missed at every k, but not by one still running.
+    missed = SeedSearch(complete=True, n_trained=4, n_at_epoch_cap=0, reachable=False)
+    running = replace(missed, complete=False)
+    assert replace(cut, searches={**cut.searches, (64, 0): running}).bracket.open_sides() == [
+        "nothing narrower was searched"]
+    closed = replace(cut, searches={**cut.searches, (64, 0): missed}).bracket
+    assert closed.bracketed and closed.at_infeasible_edge and closed.narrower_infeasible == (64,)
+    # ... or by the rank bound's widths, which are never searched.
+    ranked = replace(cut, widths_below_min_width=(32, 64)).bracket
+    assert ranked.bracketed and ranked.narrower_infeasible == (32, 64)
+    assert replace(typed, resolution=None).bracket is None

@@ -89,12 +89,30 @@ def test_t_interval_matches_the_formula_by_hand():
     assert verdicts.t_interval([1.0]) is None
 
 
+def _inside(optimum):
+    from mdl_utils.resolution import bracket_optimum
+    return bracket_optimum(optimum, [optimum // 2, optimum, optimum * 2], [optimum // 2, optimum * 2])
+
+
 def test_optimum_resolved_and_optimum_moves_answer_each_way():
-    assert verdicts.optimum_resolved("MSE", _res(64, [64], True)).answer == "yes"
-    assert verdicts.optimum_resolved("MSE", _res(64, [64, 128], False)).answer == "no"
-    assert verdicts.optimum_resolved("MSE", None).answer == "not resolved"
+    from mdl_utils.resolution import bracket_optimum
+    assert verdicts.optimum_resolved("MSE", _res(64, [64], True), _inside(64)).answer == "yes"
+    assert verdicts.optimum_resolved("MSE", _res(64, [64, 128], False), _inside(64)).answer == "no"
+    assert verdicts.optimum_resolved("MSE", None, None).answer == "not resolved"
+    # Distinguishable from every other width, but the narrowest width searched: not a minimum yet.
+    edge = bracket_optimum(64, [64, 128, 256], [64, 128, 256])
+    v = verdicts.optimum_resolved("MSE", _res(64, [64], True), edge)
+    assert v.answer == "no" and "not bracketed: nothing narrower was searched" in v.evidence
+    with pytest.raises(ValueError, match="bracket of its own minimum"):
+        verdicts.optimum_resolved("MSE", _res(64, [64], True), _inside(128))
+    with pytest.raises(ValueError, match="bracket of its own minimum"):
+        verdicts.optimum_resolved("MSE", _res(64, [64], True), None)
     assert verdicts.optimum_moves(_res(32, [32], True), _res(128, [128, 256], False)).answer == "yes"
-    assert verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True)).answer == "no"
+    assert verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True),
+                                  (_inside(64), _inside(64))).answer == "no"
+    # Equal and resolved, but one minimum is at an open end: the data cannot say "no".
+    v = verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True), (edge, _inside(64)))
+    assert v.answer == "not resolved" and "not bracketed: cross-entropy" in v.evidence
     # Overlapping tie sets: the data cannot say, even when the point optima differ.
     assert verdicts.optimum_moves(_res(64, [64, 128], False), _res(128, [128], True)).answer == "not resolved"
     assert verdicts.optimum_moves(None, _res(128, [128], True)).answer == "not resolved"
