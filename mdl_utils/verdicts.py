@@ -243,7 +243,7 @@ def optimum_resolved(name: str, resolution: Resolution | None, bracket: Bracket 
 def optimum_moves(
     res_ce: Resolution | None,
     res_mse: Resolution | None,
-    brackets: tuple[Bracket | None, Bracket | None] = (None, None),
+    brackets: tuple[Bracket | None, Bracket | None],
 ) -> Verdict:
     """The epsilon-MDL-optimal width differs between the two tolerances.
 

@@ -107,17 +107,20 @@ def test_optimum_resolved_and_optimum_moves_answer_each_way():
         verdicts.optimum_resolved("MSE", _res(64, [64], True), _inside(128))
     with pytest.raises(ValueError, match="bracket of its own minimum"):
         verdicts.optimum_resolved("MSE", _res(64, [64], True), None)
-    assert verdicts.optimum_moves(_res(32, [32], True), _res(128, [128, 256], False)).answer == "yes"
+    assert verdicts.optimum_moves(_res(32, [32], True), _res(128, [128, 256], False),
+                                  (_inside(32), _inside(128))).answer == "yes"
     assert verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True),
                                   (_inside(64), _inside(64))).answer == "no"
     # Equal and resolved, but one minimum is at an open end: the data cannot say "no".
     v = verdicts.optimum_moves(_res(64, [64], True), _res(64, [64], True), (edge, _inside(64)))
     assert v.answer == "not resolved" and "not bracketed: cross-entropy" in v.evidence
     # Overlapping tie sets: the data cannot say, even when the point optima differ.
-    assert verdicts.optimum_moves(_res(64, [64, 128], False), _res(128, [128], True)).answer == "not resolved"
-    assert verdicts.optimum_moves(None, _res(128, [128], True)).answer == "not resolved"
+    assert verdicts.optimum_moves(_res(64, [64, 128], False), _res(128, [128], True),
+                                  (_inside(64), _inside(128))).answer == "not resolved"
+    assert verdicts.optimum_moves(None, _res(128, [128], True), (None, _inside(128))).answer == "not resolved"
     # Disjoint tie sets read from unfinished studies (one seed, searches left) say nothing yet.
-    moved = verdicts.optimum_moves(_res(256, [256], False, provisional=True), _res(512, [512], True))
+    moved = verdicts.optimum_moves(_res(256, [256], False, provisional=True), _res(512, [512], True),
+                                   (_inside(256), _inside(512)))
     assert moved.answer == "not resolved" and "still to run" in moved.evidence
 
 
