@@ -6,7 +6,9 @@ smallest mean DL* *resolved* only when every other width's DL* is higher by more
 combined uncertainty of the difference; otherwise it reports the set of widths that cannot be
 told apart. :func:`optimum_index` is the selection rule itself (smallest DL, ties to the
 narrower width), written once for the whole library. :func:`bracket_optimum` says whether the
-smallest DL* is a minimum the grid can show at all: a measured width on each side of it.
+smallest DL* is a minimum the grid can show at all: a measured width on each side of it, and
+every width's DL* a minimum over k rather than the last k a capped search reached.
+:func:`judge_optimum` combines the two into the one verdict every chapter prints.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WidthSummary", "Resolution", "Bracket", "optimum_index", "resolve_optimum", "bracket_optimum"]
+__all__ = [
+    "WidthSummary",
+    "Resolution",
+    "Bracket",
+    "OptimumVerdict",
+    "optimum_index",
+    "resolve_optimum",
+    "bracket_optimum",
+    "judge_optimum",
+]
 
 
 @dataclass(frozen=True)
@@ -191,11 +202,19 @@ class Bracket:
     widths that cannot meet the tolerance at all (a finished search that missed it at every
     k, or a width the rank bound rules out), since then nothing narrower can be shorter.
 
+    Each DL* must itself be a minimum over k. A k search that stopped at its cap on trainings
+    while DL was still falling (its selected k not bracketed) gives only an upper bound on that
+    width's DL*: at the optimum the number is not measured, and at any other width the true DL*
+    may lie below the optimum's. Such *capped* widths leave the minimum unbracketed, wherever
+    they are.
+
     Attributes:
         optimum: the width with the smallest mean DL*.
         wider, narrower: the nearest widths with a DL* on each side (``None``: none).
         narrower_infeasible: narrower widths that cannot meet the tolerance, narrow to wide.
         grid_widest: the widest width of the grid fixed before the run.
+        capped: widths whose DL* is only an upper bound (some seed's k search ended before its
+            minimum over k was bracketed), narrow to wide.
     """
 
     optimum: int
@@ -203,6 +222,7 @@ class Bracket:
     narrower: int | None
     narrower_infeasible: tuple[int, ...]
     grid_widest: int
+    capped: tuple[int, ...] = ()
 
     @property
     def wide_closed(self) -> bool:
@@ -216,8 +236,8 @@ class Bracket:
 
     @property
     def bracketed(self) -> bool:
-        """Both sides are closed."""
-        return self.wide_closed and self.narrow_closed
+        """Both sides are closed and no width's DL* is only an upper bound."""
+        return self.wide_closed and self.narrow_closed and not self.capped
 
     @property
     def at_infeasible_edge(self) -> bool:
@@ -226,7 +246,8 @@ class Bracket:
         return self.narrower is None and bool(self.narrower_infeasible)
 
     def open_sides(self) -> list[str]:
-        """Why the minimum is not bracketed, one phrase per open side (empty when it is)."""
+        """Why the minimum is not bracketed, one phrase per open side and one for the capped
+        widths (empty when it is bracketed)."""
         out = []
         if not self.wide_closed:
             if self.optimum >= self.grid_widest:
@@ -235,11 +256,23 @@ class Bracket:
                 out.append("no wider width has a DL*")
         if not self.narrow_closed:
             out.append("nothing narrower was searched")
+        if self.capped:
+            widths = ", ".join(str(w) for w in self.capped)
+            one = len(self.capped) == 1
+            out.append(
+                f"the k search{'' if one else 'es'} at width{'' if one else 's'} {widths} reached the cap on "
+                f"trainings per search while DL was still falling, so {'its' if one else 'their'} DL* "
+                f"{'is' if one else 'are'} only an upper bound"
+            )
         return out
 
 
 def bracket_optimum(
-    optimum: int, reachable: Sequence[int], grid: Sequence[int], infeasible: Sequence[int] = ()
+    optimum: int,
+    reachable: Sequence[int],
+    grid: Sequence[int],
+    infeasible: Sequence[int] = (),
+    capped: Sequence[int] = (),
 ) -> Bracket:
     """Whether ``optimum`` is bracketed (see :class:`Bracket`).
 
@@ -249,10 +282,12 @@ def bracket_optimum(
         grid: the widths fixed before the run (its widest bounds the search).
         infeasible: widths known not to meet the tolerance (missed at every k, or ruled out
             by a bound); only the narrower ones count.
+        capped: widths with a DL* that is only an upper bound (a k search stopped before its
+            minimum over k was bracketed); any one leaves the minimum unbracketed.
 
     Raises:
-        ValueError: ``optimum`` is not among ``reachable``, ``grid`` is empty, or a width is
-            both reachable and infeasible.
+        ValueError: ``optimum`` is not among ``reachable``, ``grid`` is empty, a width is
+            both reachable and infeasible, or a capped width has no DL*.
     """
     reach = sorted({int(w) for w in reachable})
     if optimum not in reach:
@@ -262,6 +297,9 @@ def bracket_optimum(
     both = sorted(set(reach) & {int(w) for w in infeasible})
     if both:
         raise ValueError(f"widths {both} are given both as having a DL* and as unable to meet the tolerance")
+    stray = sorted({int(w) for w in capped} - set(reach))
+    if stray:
+        raise ValueError(f"widths {stray} are given as capped but have no DL* (widths with one: {reach})")
     wider = [w for w in reach if w > optimum]
     narrower = [w for w in reach if w < optimum]
     return Bracket(
@@ -270,4 +308,60 @@ def bracket_optimum(
         narrower=narrower[-1] if narrower else None,
         narrower_infeasible=tuple(sorted({int(w) for w in infeasible if w < optimum})),
         grid_widest=max(int(w) for w in grid),
+        capped=tuple(sorted({int(w) for w in capped})),
     )
+
+
+@dataclass(frozen=True)
+class OptimumVerdict:
+    """What the data say about the epsilon-MDL optimum, as every chapter prints it.
+
+    Attributes:
+        optimum: the width with the smallest mean DL*.
+        status: ``"resolved"``, ``"not resolved"`` or ``"provisional"`` (searches that can
+            change the optimum remain).
+        reason: why, as a phrase (the first that applies, see :func:`judge_optimum`).
+    """
+
+    optimum: int
+    status: str
+    reason: str
+
+    @property
+    def resolved(self) -> bool:
+        return self.status == "resolved"
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}"
+
+
+def judge_optimum(resolution: Resolution, bracket: Bracket) -> OptimumVerdict:
+    """The one rule that calls an epsilon-MDL optimum resolved.
+
+    In order, the first that applies: *provisional* while searches that can change it remain;
+    *not resolved* when the minimum is not bracketed (an open side in width, or a width whose
+    DL* is only an upper bound, see :class:`Bracket`); *resolved* when every other width's
+    mean DL* is longer by more than the combined uncertainty (:func:`resolve_optimum`); *not
+    resolved* when no width has two seeds (the training noise is unknown) or when other widths
+    cannot be told apart from it.
+
+    Raises:
+        ValueError: ``bracket`` is of another width than ``resolution``'s optimum.
+    """
+    if bracket.optimum != resolution.optimum:
+        raise ValueError(
+            f"the bracket is of width {bracket.optimum}, the resolution's optimum is width {resolution.optimum}"
+        )
+    opt = resolution.optimum
+    if resolution.provisional:
+        return OptimumVerdict(opt, "provisional", "searches that can change it remain")
+    if not bracket.bracketed:
+        return OptimumVerdict(
+            opt, "not resolved", "the minimum is not bracketed, since " + " and ".join(bracket.open_sides())
+        )
+    if resolution.resolved:
+        return OptimumVerdict(opt, "resolved", "every other width is longer by more than the combined uncertainty")
+    if not resolution.seed_spread_known:
+        return OptimumVerdict(opt, "not resolved", "one seed per width, so the training noise is unknown")
+    rivals = ", ".join(str(w) for w in resolution.tie_set if w != opt)
+    return OptimumVerdict(opt, "not resolved", f"it cannot be told apart from width(s) {rivals}")

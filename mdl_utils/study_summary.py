@@ -27,7 +27,15 @@ import numpy as np
 
 from mdl_utils.profiles import read_record
 from mdl_utils.entropy import two_part_bits
-from mdl_utils.resolution import Bracket, Resolution, WidthSummary, bracket_optimum, resolve_optimum
+from mdl_utils.resolution import (
+    Bracket,
+    OptimumVerdict,
+    Resolution,
+    WidthSummary,
+    bracket_optimum,
+    judge_optimum,
+    resolve_optimum,
+)
 from mdl_utils.study_plan import (
     StudySettings,
     j_max,
@@ -469,6 +477,19 @@ class StudySummary:
         return sorted(missed | set(self.widths_below_min_width or ()))
 
     @property
+    def widths_capped(self) -> list[int]:
+        """Widths whose DL* is only an upper bound: some seed's finished k search counted in it
+        reached ``settings.max_trainings_per_search`` with its selected k not bracketed (DL
+        still falling towards k not tried)."""
+        out = set()
+        for d in self.dl_star:
+            for seed in d.dl_by_seed:
+                search = self.searches.get((d.width, seed))
+                if search is not None and search.selected is not None and not search.selected.bracketed:
+                    out.add(d.width)
+        return sorted(out)
+
+    @property
     def bracket(self) -> Bracket | None:
         """Whether the smallest DL* is bracketed (:func:`mdl_utils.resolution.bracket_optimum`),
         ``None`` before any search has finished."""
@@ -479,7 +500,16 @@ class StudySummary:
             [d.width for d in self.dl_star],
             self.settings.widths,
             self.widths_infeasible,
+            self.widths_capped,
         )
+
+    @property
+    def verdict(self) -> OptimumVerdict | None:
+        """The optimum's verdict (:func:`mdl_utils.resolution.judge_optimum`), ``None`` before
+        any search has finished."""
+        if self.resolution is None or self.bracket is None:
+            return None
+        return judge_optimum(self.resolution, self.bracket)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySummary:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mdl_utils.resolution import Bracket, Resolution
+from mdl_utils.resolution import Bracket, Resolution, judge_optimum
 
 __all__ = [
     "Verdict",
@@ -219,25 +219,23 @@ def t_interval(values: Sequence[float], coverage: float = INTERVAL) -> tuple[flo
 
 
 def optimum_resolved(name: str, resolution: Resolution | None, bracket: Bracket | None) -> Verdict:
-    """The optimum under one tolerance is resolved (see :func:`mdl_utils.resolution.resolve_optimum`)
-    and its minimum is bracketed (:func:`mdl_utils.resolution.bracket_optimum`; ``bracket`` is
-    the study's, ``None`` only before any search has finished)."""
+    """The optimum under one tolerance is resolved, by the library's one rule
+    (:func:`mdl_utils.resolution.judge_optimum`; ``bracket`` is the study's, ``None`` only
+    before any search has finished)."""
     claim = f"the {name} optimum is resolved"
     rule = (
-        "yes when every other width's mean DL* exceeds the optimum's by more than the combined "
-        "uncertainty (seeds and test-digit bootstrap), the minimum is bracketed (a measured width "
-        "on each side, or narrower widths that cannot meet the tolerance) and every search has finished"
+        "yes when every search has finished, the minimum is bracketed (a measured width on each "
+        "side, or narrower widths that cannot meet the tolerance, and no width's DL* only an upper "
+        "bound from a k search stopped at its cap) and every other width's mean DL* exceeds the "
+        "optimum's by more than the combined uncertainty (seeds and test-digit bootstrap)"
     )
     if resolution is None:
         return Verdict(claim, "not resolved", rule, "no finished search yet")
     if bracket is None or bracket.optimum != resolution.optimum:
         raise ValueError(f"the {name} optimum needs the bracket of its own minimum (width {resolution.optimum})")
-    evidence = f"optimum width {resolution.optimum}, tie set {list(resolution.tie_set)}"
-    if not bracket.bracketed:
-        evidence += "; not bracketed: " + " and ".join(bracket.open_sides())
-    if resolution.provisional:
-        evidence += " (searches still to run)"
-    return Verdict(claim, "yes" if resolution.resolved and bracket.bracketed else "no", rule, evidence)
+    verdict = judge_optimum(resolution, bracket)
+    evidence = f"optimum width {resolution.optimum}, tie set {list(resolution.tie_set)}; {verdict}"
+    return Verdict(claim, "yes" if verdict.resolved else "no", rule, evidence)
 
 
 def optimum_moves(
@@ -249,13 +247,16 @@ def optimum_moves(
 
     ``brackets`` are the two studies' (:func:`mdl_utils.resolution.bracket_optimum`): "no"
     needs both minima bracketed, since an optimum at an end of the widths measured may lie
-    further out.
+    further out; "yes" needs every DL* measured (no capped width, see
+    :class:`mdl_utils.resolution.Bracket`), since a capped width may be shorter than its bound
+    says and so be the true optimum.
     """
     claim = "the optimal width moves when the tolerance is the classifier's loss"
     rule = (
-        "yes when both studies are finished and the two tie sets share no width; no when both "
-        "optima are resolved, bracketed and equal; not resolved otherwise (searches still to run, "
-        "the tie sets overlap, or a minimum is not bracketed)"
+        "yes when both studies are finished, no width's DL* is only an upper bound and the two tie "
+        "sets share no width; no when both optima are resolved, bracketed and equal; not resolved "
+        "otherwise (searches still to run, a capped width, the tie sets overlap, or a minimum is "
+        "not bracketed)"
     )
     if res_ce is None or res_mse is None:
         return Verdict(claim, "not resolved", rule, "an arm has no finished search yet")
@@ -264,6 +265,9 @@ def optimum_moves(
     if res_ce.provisional or res_mse.provisional:
         # A tie set read before every seed and width is in can only shrink by accident.
         return Verdict(claim, "not resolved", rule, evidence + " (searches still to run)")
+    capped = [f"{n} at width(s) {list(b.capped)}" for n, b in zip(("cross-entropy", "MSE"), brackets) if b and b.capped]
+    if capped:
+        return Verdict(claim, "not resolved", rule, evidence + f" (DL* only an upper bound: {'; '.join(capped)})")
     if not ce & mse:
         return Verdict(claim, "yes", rule, evidence)
     open_arms = [n for n, b in zip(("cross-entropy", "MSE"), brackets) if b is None or not b.bracketed]

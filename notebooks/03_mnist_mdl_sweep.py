@@ -226,12 +226,15 @@ print(f"selected SAEs that stopped at the epoch cap: {sum(e.stop_reason == 'max_
 #
 # $\mathrm{DL}^*$ per width: the mean over seeds, the seeds' standard deviation, and a 95%
 # bootstrap interval over test digits of the seed mean. The verdict below is computed by the
-# rule of the protocol. A width counts as the optimum only if two things hold. Every other
-# width must be longer by more than the combined uncertainty. And the minimum must be
-# bracketed: a measured width on each side, or narrower widths that cannot meet the tolerance
-# ({py:func}`mdl_utils.resolution.bracket_optimum`). The same SAEs are then reread at tolerances 2% either side of
-# $\epsilon$ (each SAE's precision re-tuned to that tolerance); a reread takes the minimum over
-# the $k$ trained for $\epsilon$, so it can only overstate a width's $\mathrm{DL}^*$ there.
+# rule of the protocol ({py:func}`mdl_utils.resolution.judge_optimum`, shared by every
+# chapter). The width with the smallest mean DL* is called resolved only if two things hold.
+# Every other width must be longer by more than the combined uncertainty. And the minimum must
+# be bracketed: a measured width on each side, or narrower widths that cannot meet the
+# tolerance, and every width's DL* a minimum over $k$ rather than the last $k$ of a search that
+# reached its cap on trainings ({py:func}`mdl_utils.resolution.bracket_optimum`). The same
+# SAEs are then reread at tolerances 2% either side of $\epsilon$ (each SAE's precision re-tuned
+# to that tolerance); a reread takes the minimum over the $k$ trained for $\epsilon$, so it can
+# only overstate a width's $\mathrm{DL}^*$ there.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -244,18 +247,10 @@ for w in sorted(star):
                   "optimum" if m is None else f"{m[0]:+.2f}", None if m is None else f"{m[1]:.2f}"])
 display(Table(["width", "seeds", "mean DL* (bits)", "seed sd (bits)", "bootstrap 95% (bits)",
                "difference to optimum (bits)", "2 x se (bits)"], table))
+verdict = summary.verdict
+print(f"Smallest mean DL* at width {res.optimum}; the optimum is {verdict}.")
 if res.provisional:
-    print(f"Provisional: the study is incomplete, so no optimum is final. Among the widths "
-          f"measured so far the smallest mean DL* is at width {res.optimum}, and widths "
-          f"{list(res.tie_set)} cannot be told apart from it.")
-elif res.resolved and summary.bracket.bracketed:
-    print(f"The epsilon-MDL optimum is resolved: width {res.optimum}.")
-elif res.resolved:  # distinguishable from every other width, but at an end of what was measured
-    print(f"The optimum is not resolved: the smallest mean DL* is at width {res.optimum}, but the minimum "
-          f"is not bracketed, since {' and '.join(summary.bracket.open_sides())}.")
-else:
-    print(f"The optimum is not resolved: widths {list(res.tie_set)} cannot be told apart "
-          f"(smallest mean DL* at width {res.optimum}).")
+    print(f"So far widths {list(res.tie_set)} cannot be told apart from it.")
 if not res.seed_spread_known:
     print("No width has two seeds yet, so the training noise is unknown and the margins above "
           "count the test digits' noise only.")

@@ -212,12 +212,7 @@ for arm, s in arms.items():
     if res is None:
         print(f"{NAMES[arm]}: no finished search yet")
         continue
-    bracket = s.bracket
-    word = "resolved" if res.resolved and bracket.bracketed else "not resolved"
-    if not bracket.bracketed:
-        word += "; the minimum is not bracketed, since " + " and ".join(bracket.open_sides())
-    print(f"{NAMES[arm]}: optimum width {res.optimum} ({word}); tie set {list(res.tie_set)}"
-          + ("; provisional, searches remain" if res.provisional else ""))
+    print(f"{NAMES[arm]}: optimum width {res.optimum}, {s.verdict}; tie set {list(res.tie_set)}")
     for r in s.dl_star:
         margin = res.margins.get(r.width)
         extra = "" if margin is None else f"; {margin[0]:+.2f} bits from the optimum (uncertainty {margin[1]:.2f})"

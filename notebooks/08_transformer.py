@@ -55,13 +55,17 @@
 #     to the tolerance.
 # - **Protocol.** Chapter 3's ({py:mod}`mdl_utils.study`): SAEs trained to convergence with the
 #   same recipe; for every width and seed, $k$ searched on the grid $2^{j/4}$ until the
-#   smallest DL is bracketed; each SAE's precision on the continuous scale, its quantised
-#   loss within $[0.999\,\epsilon, \epsilon]$; seeds, a bootstrap over test tokens, and an
-#   optimum called resolved only when every other width is longer by more than the combined
-#   uncertainty and the minimum is bracketed: a smallest DL* at the grid's widest width, or at
-#   the narrowest width searched while narrower ones might still meet the tolerance, is
-#   reported as not resolved, because the grid was fixed before the run and is not extended
-#   after it ({py:func}`mdl_utils.resolution.bracket_optimum`). Every SAE is measured under both losses.
+#   smallest DL is bracketed or the search has used its cap on trainings, fixed before the run;
+#   each SAE's precision on the continuous scale, its quantised loss within
+#   $[0.999\,\epsilon, \epsilon]$; seeds, a bootstrap over test tokens, and an optimum called
+#   resolved only when every other width is longer by more than the combined uncertainty and
+#   the minimum is bracketed ({py:func}`mdl_utils.resolution.judge_optimum`, the rule of every
+#   chapter). A smallest DL* at the grid's widest width, or at the narrowest width searched
+#   while narrower ones might still meet the tolerance, is reported as not resolved, because
+#   the grid was fixed before the run and is not extended after it. So is any optimum while a
+#   width's search stopped at the cap with DL still falling: that width's DL* is only an upper
+#   bound, and neither the cap nor the first $k$ is changed after the rows are read. Every SAE
+#   is measured under both losses.
 # - **Cost rules (full profile).** The three rules chapter 6's epsilon scan adds to chapter 3's
 #   protocol, with the same margins, fixed for this chapter before its full run was read
 #   ({py:mod}`mdl_utils.study_plan`): widths are searched narrowest first and no wider
@@ -297,25 +301,22 @@ for name, (eps, summary) in arms.items():
         continue
     best = summary.dl_star_of(res.optimum)
     spread = "" if best.seed_std is None else f" +/- {best.seed_std:.1f} (seed std, {best.n_seeds} seeds)"
-    # Is the minimum bracketed? On the wide side by a wider width with a DL*; on the narrow side by
-    # a narrower one, or by narrower widths that miss the tolerance (by search or by the rank bound).
+    # The library's one rule (mdl_utils.resolution.judge_optimum): provisional while searches
+    # remain; otherwise resolved only when the minimum is bracketed (a measured width on each side,
+    # or narrower widths that miss the tolerance; no DL* an upper bound from a capped k search)
+    # and every other width is longer by more than the combined uncertainty.
     bracket = summary.bracket
-    open_sides = bracket.open_sides()
     edge = ""
     if bracket.at_infeasible_edge:
         edge = (f" (the narrowest width that meets the tolerance: "
                 f"{', '.join(map(str, bracket.narrower_infeasible))} cannot)")
-    if res.provisional:
-        verdict = "provisional: searches that can change it remain"
-    elif open_sides:
-        verdict = "not resolved: the minimum is not bracketed, since " + " and ".join(open_sides)
-    elif res.resolved:
-        verdict = "resolved: every other width is longer by more than the combined uncertainty"
-    elif not res.seed_spread_known:
-        verdict = "not resolved: one seed per width, so the training noise is unknown"
-    else:
-        verdict = "not resolved: cannot be told apart from " + ", ".join(str(w) for w in res.tie_set if w != res.optimum)
+    verdict = summary.verdict
     print(f"{name}: the smallest DL* is at width {res.optimum}{edge}, {best.mean:.1f} bits per token{spread}; {verdict}")
+    # Said even while provisional: a capped search's DL* is only an upper bound, whatever comes next.
+    cap = summary.settings.max_trainings_per_search
+    for w in summary.widths_capped:
+        print(f"  width {w}: its k search reached the cap of {cap} trainings with DL still falling; "
+              f"its DL* ({summary.dl_star_of(w).mean:.1f} bits per token) is only an upper bound")
 
 # %% [markdown]
 # ## The shape of the curve, beside MNIST's

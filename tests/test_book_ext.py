@@ -63,7 +63,7 @@ def test_headline_from_the_study_states_the_resolution_and_what_remains(tmp_path
     (tmp_path / "sweep.json").write_text(json.dumps({"rows": [{"width": 16, "dl_bits": 1.0}]}))
     sentence, found = mdl_book.headline(tmp_path)
     assert found and "**70.2 bits per test digit** at width 128" in sentence
-    assert "**not resolved**: widths 128, 256 cannot be told apart" in sentence
+    assert "**not resolved**: it cannot be told apart from width(s) 256" in sentence
     assert "69.5 to 71.0" in sentence and "3 seed(s)" in sentence
     assert "3 (width, seed) searches so far, 2 remain" in sentence
     assert "16" not in sentence.split("(Read from")[0].replace("2026-12-02", "")
@@ -76,6 +76,13 @@ def test_headline_from_the_study_states_the_resolution_and_what_remains(tmp_path
     sentence, _ = mdl_book.headline(tmp_path)
     assert "**resolved: width 128**" in sentence and "the study is complete" in sentence
     assert "not resolved" not in sentence
+    # Resolved by its margins, but nothing wider than the optimum has a DL*: the same rule as
+    # the chapters (mdl_utils.resolution.judge_optimum) says not resolved.
+    open_wide = _study_summary(True, [128], True)
+    open_wide["dl_star"] = open_wide["dl_star"][:2]
+    path.write_text(json.dumps(open_wide))
+    sentence, _ = mdl_book.headline(tmp_path)
+    assert "**not resolved**: the minimum is not bracketed, since no wider width has a DL*" in sentence
 
 
 def test_headline_refuses_a_study_summary_in_another_format(tmp_path):

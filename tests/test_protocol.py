@@ -256,3 +256,57 @@ def test_a_minimum_is_bracketed_only_with_evidence_on_both_sides():
         bracket_optimum(256, [128, 256], grid, infeasible=[128])
     with pytest.raises(ValueError, match="no widths"):
         bracket_optimum(256, [256], ())
+    with pytest.raises(ValueError, match="capped but have no DL"):
+        bracket_optimum(256, [128, 256, 512], grid, capped=[1024])
+
+
+def test_a_width_whose_k_search_hit_its_cap_leaves_the_minimum_unbracketed():
+    from mdl_utils.resolution import bracket_optimum
+
+    grid = (128, 256, 512, 1024)
+    # Bracketed in width, but width 1024's DL* is only an upper bound: its true value may lie
+    # below the optimum's, so the minimum is not shown.
+    rival = bracket_optimum(256, [128, 256, 512, 1024], grid, capped=[1024])
+    assert rival.wide_closed and rival.narrow_closed and not rival.bracketed
+    assert rival.open_sides() == [
+        "the k search at width 1024 reached the cap on trainings per search while DL was still falling, "
+        "so its DL* is only an upper bound"
+    ]
+    # The optimum's own DL* capped: not measured, so not bracketed either.
+    own = bracket_optimum(256, [128, 256, 512], grid, capped=[512, 256])
+    assert own.capped == (256, 512) and not own.bracketed
+    assert own.open_sides()[0].startswith("the k searches at widths 256, 512 reached the cap")
+    # An open side and capped widths: one phrase each.
+    assert len(bracket_optimum(1024, [512, 1024], grid, capped=[512]).open_sides()) == 2
+
+
+def test_the_optimum_verdict_takes_the_first_reason_that_applies():
+    from mdl_utils.resolution import Resolution, bracket_optimum, judge_optimum
+
+    def res(tie, resolved, **kw):
+        return Resolution(optimum=256, resolved=resolved, tie_set=tuple(tie), margins={}, pooled_rel_seed_std=0.01,
+                          z=2.0, **kw)  # fmt: skip
+
+    grid = (128, 256, 512)
+    inside = bracket_optimum(256, [128, 256, 512], grid)
+    capped = bracket_optimum(256, [128, 256, 512], grid, capped=[512])
+    edge = bracket_optimum(256, [128, 256], (128, 256))
+    ok = judge_optimum(res([256], True), inside)
+    assert (ok.status, ok.resolved, ok.optimum) == ("resolved", True, 256)
+    assert str(ok) == "resolved: every other width is longer by more than the combined uncertainty"
+    # Provisional comes first, even over an open side.
+    assert judge_optimum(res([256], False, provisional=True), edge).status == "provisional"
+    # An unbracketed minimum is not resolved however large the margins.
+    assert str(judge_optimum(res([256], True), edge)) == (
+        "not resolved: the minimum is not bracketed, since it is the grid's widest width (256) and nothing wider "
+        "is searched"
+    )
+    assert "width 512 reached the cap" in judge_optimum(res([256], True), capped).reason
+    # Bracketed but not resolved: unknown training noise, or rivals within the margin.
+    assert judge_optimum(res([256], False, seed_spread_known=False), inside).reason == (
+        "one seed per width, so the training noise is unknown"
+    )
+    tie = judge_optimum(res([128, 256, 512], False), inside)
+    assert not tie.resolved and tie.reason == "it cannot be told apart from width(s) 128, 512"
+    with pytest.raises(ValueError, match="bracket is of width 512"):
+        judge_optimum(res([256], True), bracket_optimum(512, [256, 512], grid))

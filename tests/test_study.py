@@ -698,3 +698,28 @@ def test_the_summary_brackets_its_minimum_from_its_searches_and_the_rank_bound()
     ranked = replace(cut, widths_below_min_width=(32, 64)).bracket
     assert ranked.bracketed and ranked.narrower_infeasible == (32, 64)
     assert replace(typed, resolution=None).bracket is None
+
+
+def test_the_summary_names_widths_whose_k_search_stopped_before_its_minimum():
+    from dataclasses import replace
+
+    from mdl_utils.study_summary import read_summary
+
+    typed = read_summary(FULL / "summary.json")
+    # Chapter 3: every finished search bracketed its minimum over k.
+    assert typed.widths_capped == [] and typed.bracket.capped == ()
+    # Mark one seed's selection at a rival width as unbracketed (what a search stopped at its
+    # cap leaves): that width's DL* is an upper bound, and the optimum is not resolved.
+    opt = typed.resolution.optimum
+    rival = min(d.width for d in typed.dl_star if d.width > opt)
+    seed = min(typed.dl_star_of(rival).dl_by_seed)
+    search = typed.searches[(rival, seed)]
+    open_k = replace(search, selected=replace(search.selected, bracketed=False))
+    cut = replace(typed, searches={**typed.searches, (rival, seed): open_k})
+    assert cut.widths_capped == [rival] and not cut.bracket.bracketed
+    assert cut.verdict.status == "not resolved" and f"width {rival} reached the cap" in cut.verdict.reason
+    # A search that is not counted in the width's DL* (still running) does not cap it.
+    absent = replace(cut, dl_star=tuple(replace(d, dl_by_seed={s: v for s, v in d.dl_by_seed.items() if s != seed})
+                                        if d.width == rival else d for d in cut.dl_star))  # fmt: skip
+    assert absent.widths_capped == []
+    assert replace(typed, resolution=None).verdict is None

@@ -286,3 +286,31 @@ def test_committed_full_results_reproduce_from_a_fresh_collection(minilm):
         assert m["dl_bits"] == pytest.approx(row.dl_bits, rel=1e-5)
         checked += 1
     assert checked >= 1 or not stored_any
+
+
+@pytest.mark.skipif(not (FULL / "transformer.json").is_file(), reason="no committed full chapter-8 results")
+def test_committed_widths_whose_k_search_ran_out_are_named_from_their_rows():
+    """A (width, seed) search that used up its cap on trainings with its smallest DL at an end of
+    the k it trained (the smallest k above k_min, or the largest below k = width) has DL still
+    falling: read from the rows alone, these must be exactly the summary's capped widths, and
+    no arm with one is resolved."""
+    results = load_text_study(FULL)
+    for arm, (_, summary) in results.arms.items():
+        if summary is None:
+            continue
+        rows = load_rows(FULL / arm)
+        cap = summary.settings.max_trainings_per_search
+        by_hand = set()
+        for d in summary.dl_star:
+            for seed in d.dl_by_seed:
+                mine = [r for r in rows if r["width"] == d.width and r["seed"] == seed]
+                met = [r for r in mine if r["measure"]["dl_bits"] is not None]
+                best = min(met, key=lambda r: r["measure"]["dl_bits"])
+                ks = [r["k"] for r in mine]
+                at_low = best["k"] == min(ks) and best["k"] > summary.settings.k_min
+                at_high = best["k"] == max(ks) and best["k"] < d.width
+                if len(mine) >= cap and (at_low or at_high):
+                    by_hand.add(d.width)
+        assert summary.widths_capped == sorted(by_hand), arm
+        if by_hand:
+            assert summary.bracket.capped == tuple(sorted(by_hand)) and not summary.verdict.resolved

@@ -102,7 +102,11 @@ def test_optimum_resolved_and_optimum_moves_answer_each_way():
     # Distinguishable from every other width, but the narrowest width searched: not a minimum yet.
     edge = bracket_optimum(64, [64, 128, 256], [64, 128, 256])
     v = verdicts.optimum_resolved("MSE", _res(64, [64], True), edge)
-    assert v.answer == "no" and "not bracketed: nothing narrower was searched" in v.evidence
+    assert v.answer == "no" and "not bracketed, since nothing narrower was searched" in v.evidence
+    # Distinguishable and bracketed in width, but a rival's DL* is only an upper bound.
+    capped = bracket_optimum(64, [32, 64, 128], [32, 128], capped=[128])
+    v = verdicts.optimum_resolved("MSE", _res(64, [64], True), capped)
+    assert v.answer == "no" and "width 128 reached the cap" in v.evidence
     with pytest.raises(ValueError, match="bracket of its own minimum"):
         verdicts.optimum_resolved("MSE", _res(64, [64], True), _inside(128))
     with pytest.raises(ValueError, match="bracket of its own minimum"):
@@ -122,6 +126,10 @@ def test_optimum_resolved_and_optimum_moves_answer_each_way():
     moved = verdicts.optimum_moves(_res(256, [256], False, provisional=True), _res(512, [512], True),
                                    (_inside(256), _inside(512)))
     assert moved.answer == "not resolved" and "still to run" in moved.evidence
+    # Disjoint tie sets, but a capped width could be below its bound, and so the true optimum.
+    capped = verdicts.optimum_moves(_res(32, [32], True), _res(128, [128], True),
+                                    (_inside(32), bracket_optimum(128, [64, 128, 256], [256], capped=[64])))
+    assert capped.answer == "not resolved" and "MSE at width(s) [64]" in capped.evidence
 
 
 def test_shorter_description_needs_every_width_below_zero_and_fails_on_one_above():

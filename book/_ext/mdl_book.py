@@ -75,13 +75,15 @@ def study_headline(summary_path: Path) -> str:
     best = summary.dl_star_of(res.optimum)
     ci_text = f" (bootstrap 95% interval {best.boot_ci[0]:.1f} to {best.boot_ci[1]:.1f})" if best.boot_ci else ""
     tie = ", ".join(str(w) for w in res.tie_set)
+    # The library's one rule (mdl_utils.resolution.judge_optimum), as chapter 3 prints it.
+    verdict = summary.verdict
     if res.provisional:
         opt = (f"this is **provisional**, as the study is incomplete (so far widths {tie} "
                "cannot be told apart)")
-    elif res.resolved:
+    elif verdict is not None and verdict.resolved:
         opt = f"the optimum is **resolved: width {res.optimum}**"
     else:
-        opt = f"the optimum is **not resolved**: widths {tie} cannot be told apart"
+        opt = f"the optimum is **not resolved**: {verdict.reason if verdict else 'no verdict'}"
     source = (RESULTS_DIR / STUDY_SUMMARY).as_posix()
     meta = summary.metadata
     return (
