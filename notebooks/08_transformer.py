@@ -204,7 +204,8 @@ else:
 # ## How far the study has got
 #
 # Each arm's searches, and how its SAEs stopped training. A width "misses" when no $k$ its
-# search tried meets the tolerance.
+# search tried meets the tolerance; a search is "capped" when it used up its trainings with DL
+# still falling at the last $k$ it tried, so its DL* is only an upper bound.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -221,8 +222,9 @@ for name in arm_names(settings):
         for s in summary.settings.seeds:
             search = summary.searches.get((w, s))
             if search is not None:
+                capped_k = search.complete and search.selected is not None and not search.selected.bracketed
                 parts.append(f"seed {s}: " + ("done" if search.complete else "running")
-                             + ("" if search.reachable else ", misses eps"))
+                             + ("" if search.reachable else ", misses eps") + (", capped" if capped_k else ""))
         print(f"  width {w:5d}: " + "; ".join(parts))
     rules = summary.settings
     for what, widths in (
