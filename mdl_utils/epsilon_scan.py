@@ -57,7 +57,7 @@ from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows
 from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
-from mdl_utils.study_summary import RULE_KEYS, read_summary, summarise
+from mdl_utils.study_summary import RULE_KEYS, StudySummary, read_summary, summarise
 
 __all__ = [
     "EPSILONS",
@@ -349,7 +349,9 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
     seed-mean DL*, None before any search finishes); ``at_edge`` (the optimum is the
     narrowest or widest reachable width, or an end of the grid, so the true optimum may lie
     outside it); ``optimum`` (its width, mean DL*, seed spread, mean L0 and k over its seeds);
-    ``seed_optima`` (each seed's own optimum); ``dl_star`` (the per-width table).
+    ``seed_optima`` (each seed's own optimum); ``dl_star`` (the per-width table);
+    ``widths_capped`` (widths whose DL* is only an upper bound,
+    :attr:`mdl_utils.study_summary.StudySummary.widths_capped`).
     """
     summary = summarise(settings, rows)
     res = summary["resolution"]
@@ -370,6 +372,9 @@ def scan_entry(settings: StudySettings, rows: Sequence[dict[str, Any]]) -> dict[
         "widths_not_searched": summary.get("widths_not_searched", []),
         "widths_below_grid": summary.get("widths_below_grid", []),
         "widths_one_seed": summary.get("widths_one_seed", []),
+        # Widths whose DL* is only an upper bound (a k search used up its trainings with DL
+        # still falling): any one can hide the true optimum (mdl_utils.resolution.Bracket).
+        "widths_capped": StudySummary.from_dict(summary).widths_capped,
     }
     if res is None:
         return entry

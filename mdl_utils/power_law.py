@@ -3,7 +3,8 @@
 Chapter 6 (:mod:`mdl_utils.epsilon_scan`) asks whether the optimal width, its L0 and its DL
 follow ``y = c * eps**alpha``. :func:`fit_scan` fits the law to each seed's own optima and
 puts a t interval over the seeds' exponents; a law is *supported* only when that interval
-excludes zero and the optimum is resolved (and not at the grid's edge) at every tolerance.
+excludes zero and the optimum is resolved (and not at the grid's edge, and no width's DL* only
+an upper bound from a capped k search) at every tolerance.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class ExponentInterval:
         method: ``"seeds"`` or ``"one seed, least-squares error"``.
         n_epsilons: tolerances used per seed (those where the seed has an optimum).
         excludes_zero: the interval lies wholly on one side of zero.
-        supported: ``excludes_zero`` and every tolerance used is complete, resolved and not
-            at the edge of the width grid.
+        supported: ``excludes_zero`` and every tolerance used is complete, resolved, not
+            at the edge of the width grid, and has no width whose DL* is only an upper bound.
         reasons: why not supported (empty when supported).
     """
 
@@ -146,6 +147,11 @@ def fit_scan(entries: Sequence[dict[str, Any]], *, level: float = 0.95) -> dict[
                 reasons.append(f"{tag}: optimum not resolved (tie set {list(e['resolution']['tie_set'])})")
         if e["at_edge"]:
             reasons.append(f"{tag}: optimum at the edge of the width grid")
+        if e.get("widths_capped"):
+            reasons.append(
+                f"{tag}: DL* only an upper bound at width(s) {list(e['widths_capped'])} "
+                "(k search used up its trainings with DL still falling)"
+            )
     seeds = sorted({s for e in entries for s in e["seed_optima"]}, key=int)
     out: dict[str, dict[str, Any]] = {}
     for quantity in ("width", "l0", "dl_bits"):

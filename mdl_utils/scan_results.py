@@ -290,6 +290,10 @@ class ScanEntry:
             than :data:`mdl_utils.epsilon_scan.REPLICATE_WITHIN` above the smallest
             (:func:`mdl_utils.study_plan.widths_one_seed`); empty at chapter 3's tolerance
             and in files written before the rule.
+        widths_capped: widths whose DL* is only an upper bound, a k search having used up its
+            trainings with DL still falling
+            (:attr:`mdl_utils.study_summary.StudySummary.widths_capped`); empty in files
+            written before the rule.
     """
 
     epsilon: float
@@ -308,6 +312,7 @@ class ScanEntry:
     widths_not_searched: tuple[int, ...] = ()
     widths_below_grid: tuple[int, ...] = ()
     widths_one_seed: tuple[int, ...] = ()
+    widths_capped: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanEntry:
@@ -328,6 +333,7 @@ class ScanEntry:
             widths_not_searched=tuple(int(w) for w in d.get("widths_not_searched", ())),
             widths_below_grid=tuple(int(w) for w in d.get("widths_below_grid", ())),
             widths_one_seed=tuple(int(w) for w in d.get("widths_one_seed", ())),
+            widths_capped=tuple(int(w) for w in d.get("widths_capped", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,6 +354,7 @@ class ScanEntry:
             "widths_not_searched": list(self.widths_not_searched),
             "widths_below_grid": list(self.widths_below_grid),
             "widths_one_seed": list(self.widths_one_seed),
+            "widths_capped": list(self.widths_capped),
         }
 
     @property

@@ -274,6 +274,9 @@ for e in entries:
     if e.widths_one_seed:
         print("    one seed only (first-seed DL* relative to the best first-seed DL*): "
               + ", ".join(f"{w} ({dl0[w] / min(dl0.values()) - 1:+.1%})" for w in e.widths_one_seed))
+    if e.widths_capped:
+        print("    DL* only an upper bound (a k search used up its trainings with DL still falling): "
+              + ", ".join(str(w) for w in e.widths_capped))
 
 # %% [markdown]
 # The table puts each tolerance beside the variance of the test digits. An "SAE" that answered
@@ -365,8 +368,10 @@ for ax, (name, title, ylabel) in zip(axes[0], panels):
 # $y = c\,\epsilon^{\alpha}$ is fitted to each seed's points by least squares in log-log, and
 # the exponent's 95% interval is the t interval over the seeds' exponents (with one seed,
 # the least-squares standard error of its fit). We call a law **supported** only when that
-# interval excludes zero *and* at every tolerance used the study is complete and its optimum
-# is resolved and not at the edge of the width grid. Otherwise the line below says why not.
+# interval excludes zero *and* at every tolerance used the study is complete, its optimum is
+# resolved and not at the edge of the width grid, and no width's DL* is only an upper bound (a
+# $k$ search that used up its trainings with DL still falling, which the rules listing above
+# would name). Otherwise the line below says why not.
 
 # %%
 # NBVAL_CHECK_OUTPUT

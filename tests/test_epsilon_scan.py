@@ -104,6 +104,20 @@ def test_seed_optima_and_resolution_follow_from_the_rows(scan):
         if e["optimum"] is not None:
             means = {row["width"]: row["mean"] for row in e["dl_star"]}
             assert e["optimum"]["width"] == min(means, key=lambda w: (means[w], w))
+        # By hand: a width is capped when a seed counted in its DL* used up its trainings with
+        # its smallest DL at the smallest k it tried above k_min (or the largest below the width).
+        capped = set()
+        for row in e["dl_star"]:
+            for seed in row["dl_by_seed"]:
+                mine = [r for r in rows if r["width"] == row["width"] and r["seed"] == int(seed)]
+                best_r = min((r for r in mine if r["measure"]["dl_bits"] is not None),
+                             key=lambda r: r["measure"]["dl_bits"])
+                ks = [r["k"] for r in mine]
+                at_end = (best_r["k"] == min(ks) and best_r["k"] > e["k_min"]) or (
+                    best_r["k"] == max(ks) and best_r["k"] < row["width"])
+                if len(mine) >= SETTINGS.max_trainings_per_search and at_end:
+                    capped.add(row["width"])
+        assert e["widths_capped"] == sorted(capped)
 
 
 def test_rerun_trains_nothing_and_writes_the_same_scan(scan):
@@ -233,6 +247,15 @@ def test_fit_is_not_supported_when_a_tolerance_is_unresolved_at_the_edge_or_unfi
     text = " ".join(f["reasons"])
     assert "eps=0.02: optimum not resolved" in text and "eps=0.04: optimum at the edge" in text
     assert "eps=0.04: study not finished" in text
+    # A width whose k search used up its trainings with DL still falling: its DL* is only an
+    # upper bound, so the optimum read at that tolerance may be wrong.
+    entries = _exact([-1.0, -1.1, -0.9])
+    entries[3]["widths_capped"] = [512]
+    f = fit_scan(entries)["width"]
+    assert f["excludes_zero"] and not f["supported"]
+    assert list(f["reasons"]) == [
+        "eps=0.08: DL* only an upper bound at width(s) [512] (k search used up its trainings with DL still falling)"
+    ]
 
 
 def test_fit_with_one_seed_uses_the_least_squares_error_of_a_second_method():
