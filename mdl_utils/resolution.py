@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -324,7 +324,7 @@ class OptimumVerdict:
     """
 
     optimum: int
-    status: str
+    status: Literal["resolved", "not resolved", "provisional"]
     reason: str
 
     @property
