@@ -352,6 +352,12 @@ class SeedSearch:
         """The selected SAE's DL, bits per sample (``None``: unreachable)."""
         return None if self.selected is None else self.selected.dl_bits
 
+    @property
+    def capped(self) -> bool:
+        """The search is over but its selected k is not bracketed: it used up
+        ``max_trainings_per_search`` with DL still falling, so its DL is only an upper bound."""
+        return self.complete and self.selected is not None and not self.selected.bracketed
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeedSearch:
         return cls(
@@ -485,7 +491,7 @@ class StudySummary:
         for d in self.dl_star:
             for seed in d.dl_by_seed:
                 search = self.searches.get((d.width, seed))
-                if search is not None and search.selected is not None and not search.selected.bracketed:
+                if search is not None and search.capped:
                     out.add(d.width)
         return sorted(out)
 
@@ -507,9 +513,10 @@ class StudySummary:
     def verdict(self) -> OptimumVerdict | None:
         """The optimum's verdict (:func:`mdl_utils.resolution.judge_optimum`), ``None`` before
         any search has finished."""
-        if self.resolution is None or self.bracket is None:
+        bracket = self.bracket  # computed once: it reads every search
+        if self.resolution is None or bracket is None:
             return None
-        return judge_optimum(self.resolution, self.bracket)
+        return judge_optimum(self.resolution, bracket)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySummary:

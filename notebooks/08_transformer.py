@@ -222,9 +222,8 @@ for name in arm_names(settings):
         for s in summary.settings.seeds:
             search = summary.searches.get((w, s))
             if search is not None:
-                capped_k = search.complete and search.selected is not None and not search.selected.bracketed
                 parts.append(f"seed {s}: " + ("done" if search.complete else "running")
-                             + ("" if search.reachable else ", misses eps") + (", capped" if capped_k else ""))
+                             + ("" if search.reachable else ", misses eps") + (", capped" if search.capped else ""))
         print(f"  width {w:5d}: " + "; ".join(parts))
     rules = summary.settings
     for what, widths in (

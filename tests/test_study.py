@@ -715,6 +715,11 @@ def test_the_summary_names_widths_whose_k_search_stopped_before_its_minimum():
     seed = min(typed.dl_star_of(rival).dl_by_seed)
     search = typed.searches[(rival, seed)]
     open_k = replace(search, selected=replace(search.selected, bracketed=False))
+    # The per-search flag: over, reachable, and its selected k not bracketed.
+    assert not search.capped and open_k.capped
+    assert not replace(open_k, complete=False).capped  # still running: more k to come
+    assert not replace(open_k, reachable=False, selected=None).capped  # no k met the tolerance
+    assert sorted({w for (w, _), s in typed.searches.items() if s.capped}) == []
     cut = replace(typed, searches={**typed.searches, (rival, seed): open_k})
     assert cut.widths_capped == [rival] and not cut.bracket.bracketed
     assert cut.verdict.status == "not resolved" and f"width {rival} reached the cap" in cut.verdict.reason

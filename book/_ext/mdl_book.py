@@ -77,13 +77,14 @@ def study_headline(summary_path: Path) -> str:
     tie = ", ".join(str(w) for w in res.tie_set)
     # The library's one rule (mdl_utils.resolution.judge_optimum), as chapter 3 prints it.
     verdict = summary.verdict
+    assert verdict is not None  # a resolution exists, so the bracket and the verdict do too
     if res.provisional:
         opt = (f"this is **provisional**, as the study is incomplete (so far widths {tie} "
                "cannot be told apart)")
-    elif verdict is not None and verdict.resolved:
+    elif verdict.resolved:
         opt = f"the optimum is **resolved: width {res.optimum}**"
     else:
-        opt = f"the optimum is **not resolved**: {verdict.reason if verdict else 'no verdict'}"
+        opt = f"the optimum is **not resolved**: {verdict.reason}"
     source = (RESULTS_DIR / STUDY_SUMMARY).as_posix()
     meta = summary.metadata
     return (
