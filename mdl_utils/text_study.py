@@ -32,7 +32,7 @@ widths: each arm's rows live in its own folder, and no arm's results depend on a
 the embedding arm's tolerance, which waits for the first FVU arm's first seed (a process running
 ``embedding`` without that arm calibrates once the other process has finished it). The
 arms' results are the same whichever process trains them; ``--summary-only`` afterwards writes
-``transformer.json`` from every arm's rows. Give each arm to one process only: two processes on
+``transformer.json`` and each arm's ``summary.json`` from every arm's rows. Give each arm to one process only: two processes on
 one arm would both write its rows.
 
 Command line::
@@ -481,6 +481,14 @@ def run_text_study(
             extra_fields=EXTRA_FIELDS,
         )
         stopped = stopped or bool(summary.get("stopped_by_budget"))
+        if seeds != study.seeds:
+            # run_study summarised this phase's seeds only; the arm's summary.json describes the
+            # whole study (every seed), or it would read as finished while seeds remain.
+            full = summarise(study, load_rows(out / arm), d_in=int(data.split("test").shape[1]),
+                             extra_fields=EXTRA_FIELDS)  # fmt: skip
+            full.update({k: v for k, v in summary.items() if k not in full})  # this run's provenance
+            write_results(out / arm / "summary.json", full)
+            return full
         return summary
 
     phases: list[tuple[str, tuple[int, ...]]] = [(a, (first,)) for a in fvu_arms]
@@ -564,6 +572,29 @@ def summarise_text_study(
     }
 
 
+def rewrite_summaries(
+    settings: TextStudySettings,
+    out_dir: str | os.PathLike[str],
+    *,
+    acts: TokenActivations,
+    variance: float,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """``--summary-only``: :func:`summarise_text_study`'s content, returned (the caller writes
+    ``transformer.json``), and each arm's own ``summary.json`` rewritten from the same rows, with
+    the provenance of this call (``started``: when it began, default now). A job stopped
+    between its phases may have left an arm's file summarising fewer seeds than the study has.
+    """
+    started = time.time() if started is None else started
+    out = Path(out_dir)
+    payload = summarise_text_study(settings, out, acts=acts, variance=variance)
+    for arm, a in payload["arms"].items():
+        if a["summary"] is not None:
+            write_results(out / arm / "summary.json",
+                          {**a["summary"], **provenance(started), "stopped_by_budget": False})  # fmt: skip
+    return payload
+
+
 @dataclass(frozen=True)
 class TextResults:
     """``transformer.json`` as read: each arm's tolerance and typed study summary (``None``
@@ -637,9 +668,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
 
     def summarise_only() -> dict[str, Any]:
+        started = time.time()
         cache_path = Path(args.cache) if args.cache else default_cache_dir()
         acts, _, variance, _ = text_data(settings, cache_path)
-        return summarise_text_study(settings, out, acts=acts, variance=variance)
+        return rewrite_summaries(settings, out, acts=acts, variance=variance, started=started)
 
     return run_job(
         args,

@@ -17,12 +17,16 @@ from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.study_plan import QUICK_RECIPE, StudySettings
 from mdl_utils.study_store import load_rows
 from mdl_utils.text_activations import ActivationSpec, token_activations
+from mdl_utils.study_summary import StudySummary
 from mdl_utils.text_study import (
+    EXTRA_FIELDS,
     EmbeddingMeasure,
     TextStudySettings,
     calibrate_embedding_epsilon,
     load_text_study,
+    rewrite_summaries,
     run_text_study,
+    text_data,
 )
 
 WORDS = ("a sparse autoencoder explains the activations of a model with few features each of which "
@@ -228,6 +232,47 @@ def test_arms_run_in_separate_calls_give_the_rows_of_one_whole_run(minilm, corpu
     reference = json.loads((whole / "transformer.json").read_text())
     for arm in ("fvu-0.5", "embedding"):
         assert last["arms"][arm]["summary"]["dl_star"] == reference["arms"][arm]["summary"]["dl_star"]
+
+
+def test_an_arm_summary_on_disk_covers_every_seed_even_when_the_job_stops_between_phases(
+    minilm, corpus_dir, monkeypatch, tmp_path
+):
+    import mdl_utils.text_study as text_study
+    from mdl_utils.study_summary import read_summary, summarise
+
+    monkeypatch.setenv("MDL_CORPUS_DIR", str(corpus_dir))
+    two = replace(SMALL, study=replace(SMALL.study, seeds=(0, 1)))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    real = text_study.run_study
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_the_first_seed(settings, *args, **kwargs):
+        if settings.seeds != (0,):
+            raise Killed  # the job dies as its every-seed phase begins, before any of its rows
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(text_study, "run_study", killed_after_the_first_seed)
+    with pytest.raises(Killed):
+        run_text_study(two, out, cache=cache, progress=False, arms=["fvu-0.5"])
+    rows = load_rows(out / "fvu-0.5")
+    assert {r["seed"] for r in rows} == {0}
+    # Seed 1 has not started: the file must say so, not read as a finished study of seed 0.
+    on_disk = read_summary(out / "fvu-0.5" / "summary.json")
+    assert on_disk.settings.seeds == (0, 1)
+    assert not on_disk.complete and on_disk.remaining == ((64, 1),)
+    assert on_disk.resolution is not None and on_disk.resolution.provisional
+    assert "machine" in json.loads((out / "fvu-0.5" / "summary.json").read_text())  # the run's provenance
+    # --summary-only repairs a file an older job left with the first seed only.
+    first_only = summarise(replace(on_disk.settings, seeds=(0,)), rows, d_in=384, extra_fields=EXTRA_FIELDS)
+    assert first_only["complete"]
+    (out / "fvu-0.5" / "summary.json").write_text(json.dumps(first_only))
+    acts, _, variance, _ = text_data(two, cache)
+    payload = rewrite_summaries(two, out, acts=acts, variance=variance)
+    again = read_summary(out / "fvu-0.5" / "summary.json")
+    assert again.settings.seeds == (0, 1) and again.remaining == ((64, 1),)
+    assert again.dl_star == StudySummary.from_dict(payload["arms"]["fvu-0.5"]["summary"]).dl_star
 
 
 def test_arm_selection_refuses_unknown_empty_and_repeated_names(tmp_path):
