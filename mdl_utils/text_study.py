@@ -581,17 +581,21 @@ def rewrite_summaries(
     started: float | None = None,
 ) -> dict[str, Any]:
     """``--summary-only``: :func:`summarise_text_study`'s content, returned (the caller writes
-    ``transformer.json``), and each arm's own ``summary.json`` rewritten from the same rows, with
-    the provenance of this call (``started``: when it began, default now). A job stopped
-    between its phases may have left an arm's file summarising fewer seeds than the study has.
+    ``transformer.json``), and each arm's own ``summary.json`` rewritten from the same rows. A
+    job stopped between its phases may have left an arm's file summarising fewer seeds than the
+    study has. What the run that trained the rows recorded (machine, date, code version, budget
+    stop, executor) is kept; a file with none gets this call's (``started``: when it began,
+    default now), as chapter 6's :func:`mdl_utils.epsilon_scan.rewrite_study_summaries` does.
     """
     started = time.time() if started is None else started
     out = Path(out_dir)
     payload = summarise_text_study(settings, out, acts=acts, variance=variance)
     for arm, a in payload["arms"].items():
-        if a["summary"] is not None:
-            write_results(out / arm / "summary.json",
-                          {**a["summary"], **provenance(started), "stopped_by_budget": False})  # fmt: skip
+        if a["summary"] is None:
+            continue
+        path = out / arm / "summary.json"
+        before = json.loads(path.read_text()) if path.is_file() else {**provenance(started), "stopped_by_budget": False}
+        write_results(path, {**a["summary"], **{k: v for k, v in before.items() if k not in a["summary"]}})
     return payload
 
 

@@ -263,16 +263,21 @@ def test_an_arm_summary_on_disk_covers_every_seed_even_when_the_job_stops_betwee
     assert on_disk.settings.seeds == (0, 1)
     assert not on_disk.complete and on_disk.remaining == ((64, 1),)
     assert on_disk.resolution is not None and on_disk.resolution.provisional
-    assert "machine" in json.loads((out / "fvu-0.5" / "summary.json").read_text())  # the run's provenance
-    # --summary-only repairs a file an older job left with the first seed only.
+    run = json.loads((out / "fvu-0.5" / "summary.json").read_text())
+    assert run["machine"] and run["code_version"]  # the run's provenance
+    # --summary-only repairs a file an older job left with the first seed only, keeping the
+    # provenance of the run that trained the rows.
     first_only = summarise(replace(on_disk.settings, seeds=(0,)), rows, d_in=384, extra_fields=EXTRA_FIELDS)
     assert first_only["complete"]
-    (out / "fvu-0.5" / "summary.json").write_text(json.dumps(first_only))
+    stale = {**first_only, "date": "then", "machine": "the training machine"}
+    (out / "fvu-0.5" / "summary.json").write_text(json.dumps(stale))
     acts, _, variance, _ = text_data(two, cache)
     payload = rewrite_summaries(two, out, acts=acts, variance=variance)
     again = read_summary(out / "fvu-0.5" / "summary.json")
     assert again.settings.seeds == (0, 1) and again.remaining == ((64, 1),)
     assert again.dl_star == StudySummary.from_dict(payload["arms"]["fvu-0.5"]["summary"]).dl_star
+    kept = json.loads((out / "fvu-0.5" / "summary.json").read_text())
+    assert (kept["date"], kept["machine"]) == ("then", "the training machine")
 
 
 def test_arm_selection_refuses_unknown_empty_and_repeated_names(tmp_path):
