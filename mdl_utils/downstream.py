@@ -76,7 +76,7 @@ from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows, load_selected_sae
 from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
-from mdl_utils.study_summary import StudySummary, summarise
+from mdl_utils.study_summary import StudySummary, rewrite_summary, summarise
 from mdl_utils.data import DataSpec, SweepData, prepare_data
 from mdl_utils import verdicts as V
 
@@ -351,6 +351,7 @@ def run_downstream(
         return None if deadline is None else max(0.0, (deadline - time.time()) / 3600)
 
     def run_arm(arm: str, epsilon: float, seeds: Sequence[int]) -> dict[str, Any]:
+        """Train the arm's searches of ``seeds``; return the arm's summary (every seed)."""
         study = settings.study(epsilon, seeds)
         measure = DownstreamMeasure(model, y_test, arm, epsilon, tuple(epsilon * r for r in settings.reread))
         return run_study(
@@ -366,12 +367,15 @@ def run_downstream(
             measure=measure,
             name=f"downstream-{arm}",
             extra_fields=EXTRA_FIELDS,
+            # summary.json describes every seed, even after a first-seed phase.
+            summary_seeds=settings.seeds,
         )
 
     calibration_path = out / "calibration.json"
     stopped = False
     summary = run_arm("ce", settings.epsilon_ce, [first])
-    if summary["complete"] and not calibration_path.is_file():
+    first_done = not any(seed == first for _, seed in summary["remaining"])  # its searches all finished
+    if first_done and not calibration_path.is_file():
         atomic_write_text(calibration_path, json.dumps(calibrate_epsilon_mse(summary, first), indent=2))
     if calibration_path.is_file():
         eps_mse = json.loads(calibration_path.read_text())["epsilon_mse"]
@@ -400,7 +404,8 @@ def summarise_downstream(
     settings: DownstreamSettings, out_dir: str | os.PathLike[str], *, data: SweepData | None = None
 ) -> dict[str, Any]:
     """``downstream.json``'s contents from the rows on disk: both arms summarised with every
-    seed (each arm's ``summary.json`` is rewritten so), the calibration and the verdicts.
+    seed (each arm's ``summary.json`` is rewritten so, keeping the training run's record:
+    :func:`mdl_utils.study_summary.rewrite_summary`), the calibration and the verdicts.
     ``data`` (the activations) gives the activations' variance; without it they are computed
     from the stored classifier and the MNIST test digits."""
     out = Path(out_dir)
@@ -417,7 +422,7 @@ def summarise_downstream(
             arms[arm] = None
             continue
         arms[arm] = summarise(settings.study(arm_eps), rows, d_in=d_in, extra_fields=EXTRA_FIELDS)
-        write_results(out / arm / "summary.json", {**arms[arm], "name": f"downstream-{arm}"})
+        rewrite_summary(out / arm / "summary.json", {**arms[arm], "name": f"downstream-{arm}"})
     meta = json.loads((out / "classifier.json").read_text()).get("metadata", {})
     if data is not None:
         h_test = data.split("test")

@@ -36,7 +36,6 @@ and their verdicts; the rate-distortion curves of chapter 3's SAEs and their cro
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -57,7 +56,7 @@ from mdl_utils.study import run_study
 from mdl_utils.study_store import load_rows
 from mdl_utils.scan_results import SCAN_FORMAT_VERSION, ScanResults, read_scan
 from mdl_utils.study_plan import StudySettings, study_settings
-from mdl_utils.study_summary import RULE_KEYS, StudySummary, read_summary, summarise
+from mdl_utils.study_summary import StudySummary, read_summary, rewrite_summary, summarise
 
 __all__ = [
     "EPSILONS",
@@ -250,9 +249,8 @@ def run_epsilon_scan(
     for first_pass in (True, False):
 
         def one(eps: float, first_pass: bool = first_pass) -> None:
-            settings = scan_settings(base, eps, seeds)
-            if first_pass:
-                settings = replace(settings, seeds=settings.seeds[:1])
+            study = scan_settings(base, eps, seeds)
+            settings = replace(study, seeds=study.seeds[:1]) if first_pass else study
             left = remaining_hours()
             if left is not None and left <= 0:
                 return
@@ -275,6 +273,9 @@ def run_epsilon_scan(
                 data=data,
                 threads=threads,
                 executor=executor,
+                # The first pass's summary.json describes every seed (the rest remain), not a
+                # finished one-seed study.
+                summary_seeds=study.seeds,
             )
 
         if parallel > 1:
@@ -285,8 +286,8 @@ def run_epsilon_scan(
         else:
             for eps in eps_list:
                 one(eps)
-    # The first pass wrote every tolerance's summary for its one seed, and a budget can stop the
-    # second before it rewrites them all: each summary is recomputed for every seed.
+    # A budget can stop a run before it visits every tolerance: each summary is recomputed from
+    # its rows, so a change to the summary reaches them all.
     rewrite_study_summaries(
         base, out, epsilons=eps_list, reference_dir=ref, seeds=seeds, d_in=int(data.split("test").shape[1])
     )
@@ -506,11 +507,10 @@ def rewrite_study_summaries(
     """Recompute each tolerance's ``summary.json`` from its rows (no training), keeping what
     the run that trained them recorded (machine, date, wall time, code version, budget stop,
     executor), so that a change to :func:`mdl_utils.study_summary.summarise` reaches the
-    tolerances a budgeted run did not get to. Chapter 3's study (``reference_dir``) is left
-    alone: it has its own job. Returns the files rewritten.
+    tolerances a budgeted run did not get to (:func:`mdl_utils.study_summary.rewrite_summary`).
+    Chapter 3's study (``reference_dir``) is left alone: it has its own job. Returns the files
+    rewritten.
     """
-    from mdl_utils.profiles import write_results
-
     out = Path(out_dir)
     ref = Path(reference_dir) if reference_dir is not None else None
     written = []
@@ -519,10 +519,7 @@ def rewrite_study_summaries(
         path = folder / "summary.json"
         if (ref is not None and folder == ref) or not (folder / "rows").is_dir() or not path.is_file():
             continue
-        before = json.loads(path.read_text())
-        summary = summarise(scan_settings(base, eps, seeds), load_rows(folder), d_in=d_in)
-        summary.update({k: v for k, v in before.items() if k not in summary and k not in RULE_KEYS})
-        write_results(path, summary)
+        rewrite_summary(path, summarise(scan_settings(base, eps, seeds), load_rows(folder), d_in=d_in))
         written.append(path)
     return written
 

@@ -51,7 +51,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,7 @@ def run_study(
     measure: Measure | None = None,
     name: str = "mnist-mdl",
     extra_fields: Sequence[str] = (),
+    summary_seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study and write its rows, stored SAEs and ``summary.json``.
 
@@ -312,10 +313,28 @@ def run_study(
             :func:`default_measure`, chapter 3's MSE tolerance; see :class:`MSEMeasure`).
         name: the job's name in progress lines.
         extra_fields: further measurement keys the summary copies (see :func:`mdl_utils.study_summary.summarise`).
+        summary_seeds: the seeds of the study that ``summary.json`` describes (default:
+            ``settings.seeds``; it must include them, first seed first). A job that runs a
+            study in phases (its first seed, then every seed; chapters 6, 7 and 8) trains with
+            ``settings.seeds`` the phase's seeds and passes the study's own here, so the file
+            on disk never reads as a finished study of fewer seeds while the rest remain, even
+            when the job stops between its phases.
 
     Returns:
-        The summary (also written to ``out_dir/summary.json``).
+        The summary written to ``out_dir/summary.json`` (of ``summary_seeds``).
+
+    Raises:
+        ValueError: ``summary_seeds`` leaves out a seed of ``settings`` or starts with another.
     """
+    described = settings
+    if summary_seeds is not None:
+        wanted = tuple(int(seed) for seed in summary_seeds)
+        if not set(settings.seeds) <= set(wanted) or wanted[:1] != tuple(settings.seeds)[:1]:
+            raise ValueError(
+                f"summary_seeds {list(wanted)} must start with the first seed and include every seed "
+                f"run ({list(settings.seeds)})"
+            )
+        described = replace(settings, seeds=wanted)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -334,6 +353,7 @@ def run_study(
             measure=measure,
             name=name,
             extra_fields=extra_fields,
+            described=described,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -354,6 +374,7 @@ def _run_study(
     measure: Measure | None = None,
     name: str = "mnist-mdl",
     extra_fields: Sequence[str] = (),
+    described: StudySettings | None = None,
 ) -> dict[str, Any]:
     progress = check_progress_mode(progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -506,7 +527,7 @@ def _run_study(
     finally:
         display.close()
 
-    summary = summarise(settings, load_rows(out), d_in=int(x_test.shape[1]), extra_fields=extra_fields)
+    summary = summarise(described or settings, load_rows(out), d_in=int(x_test.shape[1]), extra_fields=extra_fields)
     summary.update(provenance(started))
     summary["stopped_by_budget"] = stopped_by_budget
     summary["executor"] = executor.describe()

@@ -5,7 +5,8 @@ its k search and how it trained; DL*(width) over seeds with its spread and a boo
 interval over test digits; the resolution of the optimum
 (:func:`mdl_utils.resolution.resolve_optimum`), also at the reread tolerances; the points A-D;
 and what remains to train. It is a pure function of the rows, so ``--summary-only`` rewrites
-the committed ``summary.json`` from the committed rows, byte for byte. Chapters 6 and 7 use it
+the committed ``summary.json`` from the committed rows, byte for byte
+(:func:`rewrite_summary`, which keeps the training run's record). Chapters 6, 7 and 8 use it
 for their own studies.
 
 :class:`StudySummary` is the same summary as typed records (:class:`SeedSearch` per
@@ -17,15 +18,17 @@ for key what :func:`summarise` writes).
 from __future__ import annotations
 
 import functools
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mdl_utils.profiles import read_record
+from mdl_utils.profiles import read_record, write_results
 from mdl_utils.entropy import two_part_bits
 from mdl_utils.resolution import (
     Bracket,
@@ -53,6 +56,7 @@ __all__ = [
     "RESULTS_FORMAT_VERSION",
     "RULE_KEYS",
     "summarise",
+    "rewrite_summary",
     "points_from",
     "StudySummary",
     "SeedSearch",
@@ -585,3 +589,27 @@ def read_summary(path: str | os.PathLike[str], *, how_to_make: str | None = None
         how_to_make=how_to_make or "run `python -m mdl_utils mnist-sweep --profile full --summary-only` to compute it",
         what="a study summary",
     )
+
+
+def rewrite_summary(
+    path: str | os.PathLike[str], summary: Mapping[str, Any], *, record: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``summary`` (what :func:`summarise` computed from a study's rows, perhaps with a
+    few keys of the caller's) over the study's ``summary.json`` at ``path``, keeping what the
+    run that trained the rows recorded there.
+
+    The keys of the earlier file that ``summary`` lacks (machine, date, wall time, code
+    version, budget stop, executor) follow ``summary``'s keys unchanged, except the
+    :data:`RULE_KEYS`: :func:`summarise` writes one exactly when its rule is on, so an earlier
+    one it did not write is stale. Where there is no earlier file, ``record`` (say this call's
+    :func:`mdl_utils.profiles.provenance`) stands in for it. A rewrite of an unchanged summary
+    therefore changes no byte of the file.
+
+    Returns:
+        What was written.
+    """
+    target = Path(path)
+    before = json.loads(target.read_text()) if target.is_file() else dict(record or {})
+    written = {**summary, **{k: v for k, v in before.items() if k not in summary and k not in RULE_KEYS}}
+    write_results(target, written)
+    return written

@@ -85,7 +85,7 @@ from mdl_utils.sae import BatchTopKSAE
 from mdl_utils.study import run_study
 from mdl_utils.study_plan import QUICK_RECIPE, RECIPE, StudySettings
 from mdl_utils.study_store import load_rows
-from mdl_utils.study_summary import StudySummary, summarise
+from mdl_utils.study_summary import StudySummary, rewrite_summary, summarise
 from mdl_utils.text_activations import ActivationSpec, Chunk, TokenActivations, token_activations
 
 __all__ = [
@@ -479,16 +479,11 @@ def run_text_study(
             measure=measure,
             name=f"transformer-{arm}",
             extra_fields=EXTRA_FIELDS,
+            # The arm's summary.json describes the whole study even after a first-seed phase,
+            # or it would read as finished while seeds remain.
+            summary_seeds=study.seeds,
         )
         stopped = stopped or bool(summary.get("stopped_by_budget"))
-        if seeds != study.seeds:
-            # run_study summarised this phase's seeds only; the arm's summary.json describes the
-            # whole study (every seed), or it would read as finished while seeds remain.
-            full = summarise(study, load_rows(out / arm), d_in=int(data.split("test").shape[1]),
-                             extra_fields=EXTRA_FIELDS)  # fmt: skip
-            full.update({k: v for k, v in summary.items() if k not in full})  # this run's provenance
-            write_results(out / arm / "summary.json", full)
-            return full
         return summary
 
     phases: list[tuple[str, tuple[int, ...]]] = [(a, (first,)) for a in fvu_arms]
@@ -581,21 +576,19 @@ def rewrite_summaries(
     started: float | None = None,
 ) -> dict[str, Any]:
     """``--summary-only``: :func:`summarise_text_study`'s content, returned (the caller writes
-    ``transformer.json``), and each arm's own ``summary.json`` rewritten from the same rows. A
-    job stopped between its phases may have left an arm's file summarising fewer seeds than the
-    study has. What the run that trained the rows recorded (machine, date, code version, budget
-    stop, executor) is kept; a file with none gets this call's (``started``: when it began,
-    default now), as chapter 6's :func:`mdl_utils.epsilon_scan.rewrite_study_summaries` does.
+    ``transformer.json``), and each arm's own ``summary.json`` rewritten from the same rows
+    (:func:`mdl_utils.study_summary.rewrite_summary`), so a change to the summary reaches them
+    and a file an older job left summarising fewer seeds than the study has is repaired. What
+    the run that trained the rows recorded (machine, date, code version, budget stop, executor)
+    is kept; a file with none gets this call's (``started``: when it began, default now).
     """
     started = time.time() if started is None else started
     out = Path(out_dir)
     payload = summarise_text_study(settings, out, acts=acts, variance=variance)
     for arm, a in payload["arms"].items():
-        if a["summary"] is None:
-            continue
-        path = out / arm / "summary.json"
-        before = json.loads(path.read_text()) if path.is_file() else {**provenance(started), "stopped_by_budget": False}
-        write_results(path, {**a["summary"], **{k: v for k, v in before.items() if k not in a["summary"]}})
+        if a["summary"] is not None:
+            record = {**provenance(started), "stopped_by_budget": False}
+            rewrite_summary(out / arm / "summary.json", a["summary"], record=record)
     return payload
 
 

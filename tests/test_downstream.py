@@ -235,6 +235,40 @@ def test_a_budget_stops_before_calibrating_and_a_rerun_continues(tmp_path, mnist
     assert rest["complete"] and (out / "calibration.json").is_file()
 
 
+def test_each_arms_summary_on_disk_covers_every_seed_when_the_job_dies_after_the_first_seed(
+    tmp_path, mnist_source_dir, monkeypatch
+):
+    """The job runs both arms' first seed, then every seed; killed as the every-seed phases
+    begin, it must leave summaries that say seed 1 remains, not finished one-seed studies."""
+    import mdl_utils.downstream as downstream
+
+    torch.set_num_threads(1)
+    settings, out = _mini(), tmp_path / "out"
+    real = downstream.run_study
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_the_first_seed(study, *args, **kwargs):
+        if study.seeds != (0,):
+            raise Killed
+        return real(study, *args, **kwargs)
+
+    monkeypatch.setattr(downstream, "run_study", killed_after_the_first_seed)
+    with pytest.raises(Killed):
+        run_downstream(settings, out, cache=tmp_path / "cache", progress=False)
+    assert (out / "calibration.json").is_file()  # the first seed of the ce arm finished
+    for arm in ("ce", "mse"):
+        on_disk = json.loads((out / arm / "summary.json").read_text())
+        assert {r["seed"] for r in load_rows(out / arm)} == {0}
+        assert on_disk["settings"]["seeds"] == [0, 1]
+        reached = sorted(e["width"] for e in on_disk["widths"] if e["seeds"]["0"]["reachable"])
+        assert reached, arm
+        assert sorted(map(tuple, on_disk["remaining"])) == [(w, 1) for w in reached], arm
+        assert not on_disk["complete"] and on_disk["resolution"]["provisional"]
+        assert on_disk["machine"] and on_disk["code_version"]  # the run's record
+
+
 # --- the committed full-profile results -------------------------------------------------------
 
 

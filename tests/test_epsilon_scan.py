@@ -166,6 +166,42 @@ def test_every_tolerances_summary_ends_with_all_its_seeds_even_when_the_budget_s
     assert json.loads((folder / "summary.json").read_text()) == full
 
 
+def test_a_tolerances_summary_on_disk_covers_every_seed_when_the_job_dies_after_its_first_pass(
+    scan, tmp_path, monkeypatch
+):
+    """The first pass runs each tolerance's first seed; a job killed as its second pass begins
+    (before the end-of-run rewrite) must leave files that say the other seeds remain."""
+    import mdl_utils.epsilon_scan as scan_mod
+
+    root, data, _, _ = scan
+    real = scan_mod.run_study
+
+    class Killed(Exception):
+        pass
+
+    def killed_in_the_second_pass(settings, *args, **kwargs):
+        if settings.seeds != SETTINGS.seeds[:1]:
+            raise Killed
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(scan_mod, "run_study", killed_in_the_second_pass)
+    out = tmp_path / "scan"
+    with pytest.raises(Killed):  # the fixture's cache holds every SAE: nothing trains
+        run_epsilon_scan(SETTINGS, out, epsilons=EPSILONS, reference_dir=root / "ref", cache=root / "cache",
+                         progress=False, data=data, curves=False)  # fmt: skip
+    folders = sorted(out.glob("eps-*"))
+    assert len(folders) == len(EPSILONS) - 1  # chapter 3's tolerance is its own study
+    for folder in folders:
+        on_disk = json.loads((folder / "summary.json").read_text())
+        assert on_disk["settings"]["seeds"] == list(SETTINGS.seeds), folder.name
+        assert {r["seed"] for r in load_rows(folder)} == {0}
+        # Seed 1 waits wherever seed 0 reached the tolerance (the scan's replication rule
+        # keeps only the widths within its margin of the best, at least that one).
+        reached = [e["width"] for e in on_disk["widths"] if e["seeds"]["0"]["reachable"]]
+        if reached:
+            assert not on_disk["complete"] and {s for _, s in on_disk["remaining"]} == {1}, folder.name
+
+
 def test_curves_reread_the_measured_dl_at_the_studys_own_tolerance(scan):
     root, data, result, _ = scan
     curves = rate_distortion_curves(root / "ref", SETTINGS, data.split("test"),

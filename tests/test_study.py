@@ -88,6 +88,60 @@ def test_resuming_from_rows_alone_retrains_nothing_and_rewrites_the_same_rows(ti
     assert again["dl_star"] == summary["dl_star"]
 
 
+def test_a_first_seed_phase_writes_a_summary_of_every_seed_with_the_rest_remaining(tiny, tmp_path):
+    """A job that runs a study in phases (chapters 6-8: the first seed, then every seed) passes
+    the study's seeds as ``summary_seeds``: the file the first phase leaves on disk must say
+    that seed 1 remains, not read as a finished one-seed study."""
+    from dataclasses import replace
+
+    root, data, summary = tiny
+    first = replace(SETTINGS, seeds=(0,))
+    # Seed 0's SAEs are all in the fixture's cache: nothing trains.
+    written = run_study(first, tmp_path / "out", cache=root / "cache", progress=False, data=data,
+                        summary_seeds=SETTINGS.seeds)  # fmt: skip
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert json.loads(json.dumps(written)) == on_disk
+    assert on_disk["settings"]["seeds"] == [0, 1]
+    # Seed 1 searches every width seed 0 reached (the replication rule is off in SETTINGS).
+    reached = {e["width"] for e in summary["widths"] if e["seeds"]["0"]["reachable"]}
+    assert reached and sorted(map(tuple, on_disk["remaining"])) == sorted((w, 1) for w in reached)
+    assert not on_disk["complete"] and on_disk["resolution"]["provisional"]
+    assert {r["seed"] for r in load_rows(tmp_path / "out")} == {0}
+    # The same phase without summary_seeds describes seed 0 alone, finished (what the phased
+    # jobs used to leave on disk).
+    alone = run_study(first, tmp_path / "alone", cache=root / "cache", progress=False, data=data)
+    assert list(alone["settings"]["seeds"]) == [0] and alone["complete"]
+    for bad in ((1,), (1, 0), (0, 2)):
+        with pytest.raises(ValueError, match="summary_seeds"):
+            run_study(replace(SETTINGS, seeds=(0, 1)), tmp_path / "bad", progress=False, data=data,
+                      summary_seeds=bad)  # fmt: skip
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_rewriting_a_summary_keeps_the_runs_record_drops_stale_rule_keys_and_changes_no_byte_twice(tiny, tmp_path):
+    from mdl_utils.study_summary import RULE_KEYS, rewrite_summary
+
+    root, data, _ = tiny
+    summary = summarise(SETTINGS, load_rows(root / "out"), d_in=data.split("test").shape[1])
+    assert not set(RULE_KEYS) & set(summary)  # SETTINGS has every rule off
+    path = tmp_path / "summary.json"
+    # No earlier file: the record stands in for the run's.
+    written = rewrite_summary(path, summary, record={"machine": "here", "stopped_by_budget": False})
+    assert list(written) == [*summary, "machine", "stopped_by_budget"]
+    assert json.loads(path.read_text()) == json.loads(json.dumps(written))
+    first = path.read_bytes()
+    assert rewrite_summary(path, summary, record={"machine": "elsewhere"}) == written
+    assert path.read_bytes() == first
+    # An older file: its own record is kept, a stale number and a rule key summarise no
+    # longer writes are not.
+    older = {**json.loads(first), "n_saes_trained": -1, "widths_one_seed": [8], "executor": "ray (2 workers)"}
+    path.write_text(json.dumps(older))
+    again = json.loads(json.dumps(rewrite_summary(path, summary)))
+    assert again == {**json.loads(json.dumps(summary)), "machine": "here", "stopped_by_budget": False,
+                     "executor": "ray (2 workers)"}  # fmt: skip
+    assert json.loads(path.read_text()) == again
+
+
 def test_finished_searches_keep_their_sae_and_a_lost_one_is_retrained_to_the_same_dl(tiny, tmp_path):
     root, data, summary = tiny
     out = root / "out"
