@@ -585,9 +585,9 @@ def rewrite_summaries(
     started = time.time() if started is None else started
     out = Path(out_dir)
     payload = summarise_text_study(settings, out, acts=acts, variance=variance)
+    record = {**provenance(started), "stopped_by_budget": False}
     for arm, a in payload["arms"].items():
         if a["summary"] is not None:
-            record = {**provenance(started), "stopped_by_budget": False}
             rewrite_summary(out / arm / "summary.json", a["summary"], record=record)
     return payload
 
