@@ -45,6 +45,7 @@ from mdl_utils.sae import BatchTopKSAE
 
 __all__ = [
     "REL_BAND",
+    "BITS_RESOLUTION",
     "ContinuousPrecision",
     "SAEMeasurement",
     "k_of_index",
@@ -65,6 +66,9 @@ __all__ = [
 
 #: Every compared SAE's quantised MSE lies in ``[(1 - REL_BAND) * eps, eps]``.
 REL_BAND = 1e-3
+#: Where the band cannot pin the precision (the unquantised MSE already lies in it, so every
+#: precision meeting eps does), the bisection narrows its bracket to this many bits instead.
+BITS_RESOLUTION = 1e-3
 #: Steps of the k grid per doubling of k: ``k_j = 2**(j / K_STEPS_PER_DOUBLING)``.
 K_STEPS_PER_DOUBLING = 4
 
@@ -266,8 +270,10 @@ def continuous_precision(
     Bisection on ``bits`` in ``[min_bits, max_bits]``: the coarse end's MSE is above
     epsilon (else the answer is ``min_bits``, status ``"coarsest"``), the fine end's at or
     below it; the bracket halves until the fine end's MSE lies in ``[(1 - rel_band) eps,
-    eps]``. The quantised MSE need not fall monotonically with the bits: the bisection only
-    keeps a bracket whose ends lie on either side of epsilon.
+    eps]``. Where the unquantised MSE itself already lies in that band, every precision that
+    meets epsilon does too and the band pins nothing: the bracket then halves until it is
+    :data:`BITS_RESOLUTION` bits wide. The quantised MSE need not fall monotonically with the
+    bits: the bisection only keeps a bracket whose ends lie on either side of epsilon.
 
     Raises:
         ValueError: the unquantised MSE already exceeds ``epsilon``; bad ``epsilon`` or
@@ -312,6 +318,7 @@ def bisect_precision(
     min_bits: float = 0.05,
     max_bits: float = 40.0,
     max_evaluations: int = 80,
+    bits_resolution: float = BITS_RESOLUTION,
 ) -> ContinuousPrecision:
     """The bisection of :func:`continuous_precision` for any quantised-MSE function.
 
@@ -319,6 +326,12 @@ def bisect_precision(
     ``mse_raw`` is the unquantised MSE, at or below ``epsilon``. Used by
     :func:`continuous_precision` (latents and data in memory) and by :mod:`mdl_utils.scoring`
     (latents and activations streamed in chunks).
+
+    The bisection stops once the fine end's MSE lies in the band ``[(1 - rel_band) eps, eps]``.
+    When it already does at ``max_bits`` (the unquantised MSE lies in the band), that test
+    holds for every precision meeting epsilon, so the bracket is halved until it is
+    ``bits_resolution`` bits wide: the answer is still the coarsest precision meeting epsilon,
+    not ``max_bits``.
     """
     low_edge = (1.0 - rel_band) * epsilon
     n = 1
@@ -330,7 +343,14 @@ def bisect_precision(
     n += 1
     if fine_mse > epsilon:  # rounding at 40 bits cannot add this much; guard anyway
         raise ValueError(f"even {max_bits} bits give MSE {fine_mse:.6g} > epsilon {epsilon:.6g}")
-    while fine_mse < low_edge and n < max_evaluations and fine - coarse > 1e-9:
+    # The band pins the answer only where the unquantised MSE lies below it; otherwise the
+    # bracket's width does (see the docstring).
+    pin_by_width = fine_mse >= low_edge
+    while (
+        (fine_mse < low_edge or (pin_by_width and fine - coarse > bits_resolution))
+        and n < max_evaluations
+        and fine - coarse > 1e-9
+    ):
         mid = 0.5 * (coarse + fine)
         value = mse_at(mid)
         n += 1

@@ -62,6 +62,7 @@ from mdl_utils.profiles import cache_dir as default_cache_dir
 from mdl_utils.jobs import job_parser, parse_job, run_job, training_options
 from mdl_utils.profiles import provenance, write_results
 from mdl_utils.protocol import (
+    REL_BAND,
     bootstrap_weights,
     k_of_index,
     measure_sae,
@@ -112,7 +113,9 @@ from mdl_utils.study_summary import summarise
 from mdl_utils.train import TrainConfig, device_label, resolve_device
 
 __all__ = [
+    "PRECISION_RULE",
     "MSEMeasure",
+    "stale_precision",
     "default_measure",
     "run_study",
     "main",
@@ -155,6 +158,95 @@ def default_measure(settings: StudySettings) -> MSEMeasure:
 # --------------------------------------------------------------------------------------------
 # Rows on disk
 # --------------------------------------------------------------------------------------------
+
+#: The continuous-precision rule a row's measurement used, kept in its ``measure`` dict. Rule 1
+#: (rows without the key) stopped the bisection at 40 bits at once when the unquantised loss
+#: already lay within ``REL_BAND`` below the tolerance; rule 2 finds the coarsest precision
+#: there too (:func:`mdl_utils.protocol.bisect_precision`). Elsewhere the two rules agree.
+PRECISION_RULE = 2
+
+#: Which measurement key holds the unquantised loss that the tolerance applies to, by the
+#: measure's ``loss`` (rows without one hold the reconstruction MSE to it).
+_RAW_LOSS_KEYS = {"mse": "mse", "ce": "ce_increase", "embedding": "embedding_change"}
+
+
+def stale_precision(row: dict[str, Any]) -> bool:
+    """Whether a row was measured under precision rule 1 at a tolerance where rule 2 differs:
+    its unquantised loss lies within ``REL_BAND`` below its tolerance or below one of the
+    tolerances it rereads (``dl_at``), and it lacks ``precision_rule`` 2. Such rows recorded
+    a DL at 40 bits there, and :func:`run_study` measures them again."""
+    m = row["measure"]
+    if int(m.get("precision_rule", 1)) >= PRECISION_RULE:
+        return False
+    key = _RAW_LOSS_KEYS.get(str(m.get("loss", "mse")))
+    if key is None or m.get(key) is None:
+        return False
+    raw = float(m[key])
+    # ``dl_at`` keys hold the tolerance to 6 significant digits: a row that rounding puts at the
+    # band's edge is measured again, which costs time but changes nothing when rule 1 was right.
+    tolerances = [float(m["epsilon"]), *(float(t) for t in m.get("dl_at") or {})]
+    return any((1.0 - REL_BAND) * t <= raw <= t for t in tolerances)
+
+
+def _remeasure_stale(
+    settings: StudySettings,
+    out: Path,
+    widths: set[int],
+    *,
+    data: SweepData,
+    cache_path: Path,
+    device: str,
+    measure: Measure,
+    weights: np.ndarray,
+    say: Callable[[str], None],
+    name: str,
+) -> None:
+    """Measure again the rows of ``widths`` that :func:`stale_precision` flags, from their
+    cached SAE (trained again where the cache lacks it: training is deterministic on one thread
+    of one machine type), and drop a stored SAE that the new DLs no longer select (the job
+    stores the right one when it finalises the search). A row whose SAE cannot be reproduced
+    here (trained on another kind of device, or retraining gives another test MSE) stands,
+    and a RuntimeWarning names it."""
+    x_test = data.split("test")
+    here = resolve_device(device).type
+    for row in [r for r in load_rows(out) if r["width"] in widths and stale_precision(r)]:
+        width, seed, k = int(row["width"]), int(row["seed"]), float(row["k"])
+        what = f"width {width} seed {seed} k={k:g}"
+        config = settings.train_config(width, k, seed, device=device)
+        if device_kind(row.get("device", "cpu")) != here or config_key(config, data.fingerprint) != row["key"]:
+            warnings.warn(
+                f"{what}: measured under precision rule 1 at the edge of a tolerance, but its SAE "
+                f"(trained on {row.get('device', 'cpu')}) cannot be reproduced here; the row stands",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        train_cached(config, data, cache_path)
+        sae = compact(load_cached_sae(cache_path, row["key"]))
+        m = measure(sae, x_test, weights)
+        if not math.isclose(m["mse"], row["measure"]["mse"], rel_tol=1e-9):
+            warnings.warn(
+                f"{what}: retrained here its test MSE is {m['mse']}, but its row records "
+                f"{row['measure']['mse']} (another machine type); the row stands",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            continue
+        m["precision_rule"] = PRECISION_RULE
+        width_rows = [r for r in load_rows(out) if r["width"] == width]
+        for r in width_rows:
+            if r["seed"] == seed and r["k_index"] == row["k_index"]:
+                r["measure"] = m
+        write_rows(out, width, width_rows)
+        old, new = row["measure"]["dl_bits"], m["dl_bits"]
+        say(f"[{name}] {what}: measured again (precision rule {PRECISION_RULE}): DL {old} -> {new} bits")
+        final = sae_stem(out, width, seed)
+        feasible = [r for r in width_rows if r["seed"] == seed and r["measure"]["dl_bits"] is not None]
+        if final.with_suffix(".json").is_file() and feasible:
+            best = min(feasible, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
+            if BatchTopKSAE.load(final).k != best["k"]:
+                for suffix in (".safetensors", ".json"):
+                    final.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def _finalise_selected(
@@ -428,7 +520,7 @@ def _run_study(
         sae = compact(load_cached_sae(cache_path, key))
         if measured is None:
             measured = measure(sae, x_test, weights)
-        m = measured
+        m = {**measured, "precision_rule": PRECISION_RULE}
         entry = json.loads((cache_path / key / "entry.json").read_text())
         history = entry.get("history", {})
         # Where the SAE trained, as its cache entry recorded it (a configuration another study
@@ -468,6 +560,18 @@ def _run_study(
             record(width, seed, config, j, trained, device_name if serial else payload.device, t0, measured)
         return first_error
 
+    _remeasure_stale(
+        settings,
+        out,
+        mine,
+        data=data,
+        cache_path=cache_path,
+        device=device,
+        measure=measure,
+        weights=weights,
+        say=say,
+        name=name,
+    )
     try:
         while True:
             rows = load_rows(out)

@@ -782,3 +782,57 @@ def test_the_summary_names_widths_whose_k_search_stopped_before_its_minimum():
                                         if d.width == rival else d for d in cut.dl_star))  # fmt: skip
     assert absent.widths_capped == []
     assert replace(typed, resolution=None).verdict is None
+
+
+def test_rows_measured_under_the_old_precision_rule_at_a_tolerances_edge_are_measured_again(tiny, tmp_path):
+    """Precision rule 1 returned 40 bits where a row's unquantised MSE already lay within
+    REL_BAND below a tolerance. A job measures such rows again from their SAE, marks them with
+    rule 2, replaces a stored SAE that the old DLs had selected wrongly, and leaves a row it
+    cannot reproduce here (trained on another kind of device) standing, with a warning."""
+    from mdl_utils.cache import load_cached_sae
+    from mdl_utils.protocol import REL_BAND
+    from mdl_utils.study import PRECISION_RULE, stale_precision
+    from mdl_utils.study_store import sae_stem, save_compact, write_rows
+
+    root, data, summary = tiny
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    rows = load_rows(out)
+    assert rows and all(r["measure"]["precision_rule"] == PRECISION_RULE for r in rows)
+    assert not any(stale_precision(r) for r in rows)
+    # A search with two feasible rows: its best (the SAE stored) and a runner-up.
+    searches = {}
+    for r in rows:
+        if r["measure"]["dl_bits"] is not None:
+            searches.setdefault((r["width"], r["seed"]), []).append(r)
+    (width, seed), feasible = next((s, f) for s, f in sorted(searches.items()) if len(f) >= 2)
+    best, runner_up = sorted(feasible, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))[:2]
+    truth = json.loads(json.dumps(best["measure"]))
+
+    def as_rule_1(row, dl_bits):
+        m = {key: v for key, v in row["measure"].items() if key != "precision_rule"}
+        # Its MSE sits inside the band below a reread tolerance, where rule 1 read 40 bits.
+        edge = m["mse"] / (1 - REL_BAND / 2)
+        m["dl_at"] = {**m["dl_at"], f"{edge:.6g}": dl_bits}
+        m["dl_bits"] = dl_bits
+        return dict(row, measure=m)
+
+    # Rule 1 made the best row look long, so the runner-up's SAE was stored.
+    stale = as_rule_1(best, runner_up["measure"]["dl_bits"] * 3)
+    foreign = next(f[0] for s, f in sorted(searches.items()) if s != (width, seed))
+    foreign_stale = dict(as_rule_1(foreign, 1e6), device="cuda:0")
+    for w in {width, foreign["width"]}:
+        write_rows(out, w, [stale if r is best else foreign_stale if r is foreign else r for r in rows if r["width"] == w])
+    save_compact(load_cached_sae(root / "cache", runner_up["key"]), sae_stem(out, width, seed))
+    assert stale_precision(stale) and stale_precision(foreign_stale)
+
+    with pytest.warns(RuntimeWarning, match=f"width {foreign['width']} seed {foreign['seed']} .* cannot be reproduced"):
+        run_study(SETTINGS, out, cache=root / "cache", progress=False, data=data)
+    again = {(r["width"], r["seed"], r["k_index"]): r for r in load_rows(out)}
+    measured = again[(width, seed, best["k_index"])]["measure"]
+    assert measured["precision_rule"] == PRECISION_RULE
+    assert json.dumps({**measured, "precision_rule": None}, sort_keys=True) == json.dumps(
+        {**truth, "precision_rule": None}, sort_keys=True
+    )
+    assert load_selected_sae(out, width, seed).k == best["k"]  # the right SAE is stored again
+    assert again[(foreign["width"], foreign["seed"], foreign["k_index"])]["measure"] == foreign_stale["measure"]
