@@ -201,33 +201,43 @@ def _remeasure_stale(
     say: Callable[[str], None],
     name: str,
 ) -> None:
-    """Measure again the rows of ``widths`` that :func:`stale_precision` flags, from their
-    cached SAE (trained again where the cache lacks it: training is deterministic on one thread
-    of one machine type), and drop a stored SAE that the new DLs no longer select (the job
-    stores the right one when it finalises the search). A row whose SAE cannot be reproduced
-    here (trained on another kind of device, or retraining gives another test MSE) stands,
-    and a RuntimeWarning names it."""
+    """Measure again the rows of ``widths`` that :func:`stale_precision` flags, and drop a
+    stored SAE that the new DLs no longer select (the job stores the right one when it
+    finalises the search).
+
+    The SAE measured is the search's stored one (``saes/``, or its pending copy) where that is
+    the row's k, else the cached one, trained again where the cache lacks it (training is
+    deterministic on one thread of one machine type). It must give the row's test MSE. A row
+    whose SAE cannot be had here (stored nowhere and trained on another kind of device, or
+    retraining gives another test MSE) stands, and a RuntimeWarning names it."""
     x_test = data.split("test")
     here = resolve_device(device).type
     for row in [r for r in load_rows(out) if r["width"] in widths and stale_precision(r)]:
         width, seed, k = int(row["width"]), int(row["seed"]), float(row["k"])
         what = f"width {width} seed {seed} k={k:g}"
-        config = settings.train_config(width, k, seed, device=device)
-        if device_kind(row.get("device", "cpu")) != here or config_key(config, data.fingerprint) != row["key"]:
-            warnings.warn(
-                f"{what}: measured under precision rule 1 at the edge of a tolerance, but its SAE "
-                f"(trained on {row.get('device', 'cpu')}) cannot be reproduced here; the row stands",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            continue
-        train_cached(config, data, cache_path)
-        sae = compact(load_cached_sae(cache_path, row["key"]))
+        stems = [sae_stem(out, width, seed), sae_stem(out, width, seed, pending=True)]
+        stored = [BatchTopKSAE.load(p) for p in stems if p.with_suffix(".json").is_file()]
+        sae = next((compact(s) for s in stored if math.isclose(s.k, k, rel_tol=1e-9)), None)
+        source = "its stored SAE"
+        if sae is None:
+            config = settings.train_config(width, k, seed, device=device)
+            if device_kind(row.get("device", "cpu")) != here or config_key(config, data.fingerprint) != row["key"]:
+                warnings.warn(
+                    f"{what}: measured under precision rule 1 at the edge of a tolerance, but its SAE "
+                    f"(trained on {row.get('device', 'cpu')}, not stored) cannot be reproduced here; "
+                    "the row stands",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            train_cached(config, data, cache_path)
+            sae = compact(load_cached_sae(cache_path, row["key"]))
+            source = "its SAE trained here"
         m = measure(sae, x_test, weights)
         if not math.isclose(m["mse"], row["measure"]["mse"], rel_tol=1e-9):
             warnings.warn(
-                f"{what}: retrained here its test MSE is {m['mse']}, but its row records "
-                f"{row['measure']['mse']} (another machine type); the row stands",
+                f"{what}: {source} gives test MSE {m['mse']}, but its row records "
+                f"{row['measure']['mse']} (trained on another machine type); the row stands",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -819,16 +819,29 @@ def test_rows_measured_under_the_old_precision_rule_at_a_tolerances_edge_are_mea
 
     # Rule 1 made the best row look long, so the runner-up's SAE was stored.
     stale = as_rule_1(best, runner_up["measure"]["dl_bits"] * 3)
-    foreign = next(f[0] for s, f in sorted(searches.items()) if s != (width, seed))
+    # Another search's rows: its stored (best) SAE, and a row trained on a GPU, not stored.
+    other = next(sorted(f, key=lambda r: (r["measure"]["dl_bits"], r["k_index"]))
+                 for s, f in sorted(searches.items()) if s != (width, seed) and len(f) >= 2)
+    kept, foreign = other[0], other[1]
+    kept_stale = as_rule_1(kept, kept["measure"]["dl_bits"])
     foreign_stale = dict(as_rule_1(foreign, 1e6), device="cuda:0")
-    for w in {width, foreign["width"]}:
-        write_rows(out, w, [stale if r is best else foreign_stale if r is foreign else r for r in rows if r["width"] == w])
+    swap = {id(best): stale, id(kept): kept_stale, id(foreign): foreign_stale}
+    for w in {width, kept["width"]}:
+        write_rows(out, w, [swap.get(id(r), r) for r in rows if r["width"] == w])
     save_compact(load_cached_sae(root / "cache", runner_up["key"]), sae_stem(out, width, seed))
-    assert stale_precision(stale) and stale_precision(foreign_stale)
+    assert stale_precision(stale) and stale_precision(kept_stale) and stale_precision(foreign_stale)
 
+    # The stored SAE serves its own row, with an empty cache; the best row's SAE comes from the cache.
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache", cache, ignore=lambda d, names: [n for n in names if best["key"] not in n]
+                    if Path(d) == root / "cache" else [])
     with pytest.warns(RuntimeWarning, match=f"width {foreign['width']} seed {foreign['seed']} .* cannot be reproduced"):
-        run_study(SETTINGS, out, cache=root / "cache", progress=False, data=data)
+        run_study(SETTINGS, out, cache=cache, progress=False, data=data)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [best["key"]]
     again = {(r["width"], r["seed"], r["k_index"]): r for r in load_rows(out)}
+    assert again[(kept["width"], kept["seed"], kept["k_index"])]["measure"] == {
+        **kept["measure"], "precision_rule": PRECISION_RULE
+    }
     measured = again[(width, seed, best["k_index"])]["measure"]
     assert measured["precision_rule"] == PRECISION_RULE
     assert json.dumps({**measured, "precision_rule": None}, sort_keys=True) == json.dumps(
