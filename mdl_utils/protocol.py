@@ -330,8 +330,10 @@ def bisect_precision(
     The bisection stops once the fine end's MSE lies in the band ``[(1 - rel_band) eps, eps]``.
     When it already does at ``max_bits`` (the unquantised MSE lies in the band), that test
     holds for every precision meeting epsilon, so the bracket is halved until it is
-    ``bits_resolution`` bits wide: the answer is still the coarsest precision meeting epsilon,
-    not ``max_bits``.
+    ``bits_resolution`` bits wide: the answer is where the quantised MSE crosses epsilon, as
+    elsewhere, not ``max_bits``. (Where the quantised MSE is not monotonic in the bits, a
+    coarser precision may meet epsilon too; the whole-bit reading,
+    :func:`coarsest_whole_bits`, scans from the coarse end.)
     """
     low_edge = (1.0 - rel_band) * epsilon
     n = 1

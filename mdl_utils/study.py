@@ -161,8 +161,9 @@ def default_measure(settings: StudySettings) -> MSEMeasure:
 
 #: The continuous-precision rule a row's measurement used, kept in its ``measure`` dict. Rule 1
 #: (rows without the key) stopped the bisection at 40 bits at once when the unquantised loss
-#: already lay within ``REL_BAND`` below the tolerance; rule 2 finds the coarsest precision
-#: there too (:func:`mdl_utils.protocol.bisect_precision`). Elsewhere the two rules agree.
+#: already lay within ``REL_BAND`` below the tolerance; rule 2 bisects there too, to where the
+#: quantised loss crosses the tolerance (:func:`mdl_utils.protocol.bisect_precision`).
+#: Elsewhere the two rules agree.
 PRECISION_RULE = 2
 
 #: Which measurement key holds the unquantised loss that the tolerance applies to, by the

@@ -51,8 +51,8 @@
 #   values are binned with width $\max_i / 2^b$ and replaced by their bin centres. $b$ is
 #   found by bisection so that the quantised test MSE lies in $[0.999\,\epsilon, \epsilon]$.
 #   Where the unquantised MSE already lies in that band, every precision meeting $\epsilon$
-#   does, so the bisection instead narrows $b$ to 0.001 bits: $b$ is always the coarsest
-#   precision that meets $\epsilon$. The paper's whole-bit reading (the fewest whole bits that meet $\epsilon$) is shown beside.
+#   does, so the bisection instead closes its bracket to 0.001 bits rather than stopping at
+#   its finest end. The paper's whole-bit reading (the fewest whole bits that meet $\epsilon$) is shown beside.
 # - **Description length.** $\mathrm{DL} = \sum_i H(p_i)$ on the test digits at that
 #   precision, in bits per digit (chapter 2).
 # - **Minimum over $k$.** For each width and seed, $k$ runs over the grid $2^{j/4}$: a search

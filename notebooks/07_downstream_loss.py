@@ -40,8 +40,8 @@
 #   width and seed a search over $k$ on the grid $2^{j/4}$ until the smallest DL is bracketed;
 #   each SAE's precision on the continuous scale, found by bisection so that the
 #   $\Delta\mathrm{CE}$ of its *quantised* latents lies in $[0.999\,\epsilon, \epsilon]$
-#   (to within 0.001 bits of the coarsest precision meeting $\epsilon$ where the unquantised
-#   $\Delta\mathrm{CE}$ already lies in that band);
+#   (where the unquantised $\Delta\mathrm{CE}$ already lies in that band, until the bracket
+#   around $\epsilon$ is 0.001 bits wide);
 #   the DL measured there; several seeds per width, a bootstrap over test digits, and an
 #   optimum called resolved only when every other width is longer by more than the combined
 #   uncertainty and the minimum is bracketed (chapter 3's rule,
