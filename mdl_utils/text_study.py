@@ -43,8 +43,10 @@ Command line::
 
 Output folder: ``transformer.json`` (settings, the activations' provenance and wall times, the
 variance, the rank bound on any SAE's test MSE at each width up to d
-(:func:`mdl_utils.bounds.rank_mse_bound`), each arm's tolerance and study summary, provenance
-of the run), and one study folder
+(:func:`mdl_utils.bounds.rank_mse_bound`), each arm's tolerance and study summary, the
+number of distinct SAEs trained over all arms and their summed training time (an SAE two arms
+share is counted once here, in both arms' own summaries), provenance of the run), and one study
+folder
 per arm (``rows/``, ``saes/``, ``summary.json``). The activations themselves are cached
 (``$MDL_CACHE_DIR``), not committed: the job collects them again from a clean clone.
 """
@@ -536,6 +538,7 @@ def summarise_text_study(
     """
     out = Path(out_dir)
     arms: dict[str, Any] = {}
+    seconds_by_key: dict[str, float] = {}  # each distinct SAE once, however many arms used it
     calibrated = _calibrated(out)
     floor = list(floor) if floor is not None else rank_floor(acts)
     for arm in arm_names(settings):
@@ -545,6 +548,8 @@ def summarise_text_study(
             continue
         study, _, epsilon = found
         rows = load_rows(out / arm) if (out / arm / "rows").is_dir() else []
+        for row in rows:
+            seconds_by_key.setdefault(row["key"], float(row["train"]["train_seconds"] or 0.0))
         arms[arm] = {
             "epsilon": epsilon,
             "summary": summarise(study, rows, d_in=int(acts.split("test").shape[1]), extra_fields=EXTRA_FIELDS)
@@ -562,7 +567,11 @@ def summarise_text_study(
         "rank_bound_mse": floor,
         "calibration": json.loads((out / "calibration.json").read_text()) if calibrated is not None else None,
         "arms": arms,
-        "n_saes_trained": sum(a["summary"]["n_saes_trained"] for a in arms.values() if a["summary"]),
+        # Distinct SAEs over all arms: an SAE two arms both searched through (same width, seed
+        # and k: the training does not depend on the tolerance) is trained once, from the shared
+        # cache, and counted once here, while each arm's own summary counts every SAE it used.
+        "n_saes_trained": len(seconds_by_key),
+        "training_time_s": round(sum(seconds_by_key.values()), 1),
         "complete": all(a["summary"] and a["summary"]["complete"] for a in arms.values()),
     }
 

@@ -150,6 +150,8 @@ display(Table(["part", "wall time (s)"], [
     *[[f"collect the {s} activations", f"{secs[f'collect_{s}']:.1f}"] for s in ("train", "val", "test")],
     *[[f"train the SAEs arm {name} chose among (summed; an SAE two arms share is trained once, counted in both)",
        f"{t:.0f}"] for name, t in train_s.items()],
+    *([[f"train all {info['n_saes_trained']} distinct SAEs (every arm; each SAE once)",
+        f"{info['training_time_s']:.0f}"]] if "training_time_s" in info else []),
 ], caption=f"Measured cost of each part ({meta['machine']}; collected {meta['date']})"))
 
 # %% [markdown]

@@ -178,6 +178,15 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     again = run_text_study(SMALL, out, cache=tmp_path / "cache", progress=False)
     assert {p.name: p.read_text() for p in sorted(out.glob("*/rows/*.json"))} == before
     assert again["n_saes_trained"] == payload["n_saes_trained"]
+    # The total counts each distinct SAE once: exactly the entries the shared cache holds (every
+    # training stores one), and their training times, however many arms searched through them.
+    entries = [json.loads(p.read_text()) for p in sorted((tmp_path / "cache").glob("*/entry.json"))]
+    assert payload["n_saes_trained"] == len(entries) > 0
+    assert payload["training_time_s"] == pytest.approx(
+        sum(e["row"]["train_seconds"] for e in entries), abs=0.1
+    )
+    per_arm = sum(a["summary"]["n_saes_trained"] for a in payload["arms"].values())
+    assert per_arm >= payload["n_saes_trained"]
     typed = load_text_study(out)
     eps, summary = typed.arms["fvu-0.5"]
     assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
