@@ -245,7 +245,8 @@ for name in arm_names(settings):
 #
 # For each arm, width and seed, the SAE with the smallest DL among those that meet the
 # tolerance, and what it reads under the other loss: its FVU, and the embedding change
-# $1 - \cos$ at its precision.
+# $1 - \cos$ at its precision. A search still running shows the best SAE it has so far, marked
+# as such; only finished searches enter DL* and the verdicts below.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -258,7 +259,8 @@ for name, (eps, summary) in arms.items():
             table.append([w, s, state] + [None] * 8)
             continue
         x = e.extra
-        table.append([w, s, f"{e.k:.2f}", f"{e.dl_bits:.1f}", f"{e.bits:.2f}", f"{e.l0:.1f}", f"{x['fvu']:.3f}",
+        k = f"{e.k:.2f}" if search.complete else f"{e.k:.2f} (best so far; search running)"
+        table.append([w, s, k, f"{e.dl_bits:.1f}", f"{e.bits:.2f}", f"{e.l0:.1f}", f"{x['fvu']:.3f}",
                       f"{x['embedding_change_quantised']:.4f}", f"{e.dead_fraction:.3f}", f"{e.best_epoch}/{e.epochs}",
                       e.stop_reason])
     display(Table(["width", "seed", "k", "DL (bits/token)", "precision (bits)", "L0", "FVU (unquantised)",
