@@ -333,8 +333,8 @@ for name, (eps, summary) in arms.items():
 
 # %% tags=["hide-input"]
 mnist, _ = load_study(results_dir() / "full" / "mnist-mdl")
-curves = {"MNIST (chapter 3)": mnist.dl_star}
-curves.update({f"text, {name}": summary.dl_star for name, (_, summary) in arms.items()})
+studies = {"MNIST (chapter 3)": mnist, **{f"text, {name}": summary for name, (_, summary) in arms.items()}}
+curves = {name: study.dl_star for name, study in studies.items()}
 fig, axes = plots.figure(width=6.5, height=4.0)
 ax = axes[0, 0]
 shapes = {}
@@ -351,14 +351,28 @@ ax.legend(fontsize=8)
 plots.label(ax, title="DL* relative to its minimum", xlabel="width / width of the minimum (log scale)",
             ylabel="DL* / minimum DL*")
 
+# %% [markdown]
+# Each DL* below is a mean over the seeds that width has finished (one seed for widths far from
+# the minimum), and one whose k search was capped is only an upper bound: while either is
+# marked, a percentage is a reading of the current state, not a measured gap.
+
 # %%
 # NBVAL_CHECK_OUTPUT
+def _point(study, d):
+    marks = [f"{d.n_seeds} seed{'s' if d.n_seeds > 1 else ''}"]
+    if d.width in study.widths_capped:
+        marks.append("capped: an upper bound")
+    return f"width {d.width}, {', '.join(marks)}"
+
+
 for name, (best, star) in shapes.items():
+    study = studies[name]
     narrow = [d for d in star if d.width < best.width]
     wide = [d for d in star if d.width > best.width]
-    steps = [f"{side} neighbour (width {d.width}) +{100 * (d.mean / best.mean - 1):.1f}%"
+    steps = [f"{side} neighbour ({_point(study, d)}) +{100 * (d.mean / best.mean - 1):.1f}%"
              for side, d in (("narrower", narrow[-1] if narrow else None), ("wider", wide[0] if wide else None)) if d]
-    print(f"{name}: minimum at width {best.width}; " + ("; ".join(steps) if steps else "no neighbour reaches the tolerance"))
+    print(f"{name}: minimum at {_point(study, best)}; "
+          + ("; ".join(steps) if steps else "no neighbour reaches the tolerance"))
 
 # %% [markdown]
 # ## Chapter 1's arithmetic, measured
