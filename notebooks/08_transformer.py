@@ -352,9 +352,10 @@ plots.label(ax, title="DL* relative to its minimum", xlabel="width / width of th
             ylabel="DL* / minimum DL*")
 
 # %% [markdown]
-# Each DL* below is a mean over the seeds that width has finished (one seed for widths far from
-# the minimum), and one whose k search was capped is only an upper bound: while either is
-# marked, a percentage is a reading of the current state, not a measured gap.
+# Each DL* below is a mean over the seeds that width has finished (fewer where the width is far
+# from the minimum, or while its further seeds are still running), and one whose k search was
+# capped is only an upper bound: while either is marked, a percentage is a reading of the
+# current state, not a measured gap.
 
 # %%
 # NBVAL_CHECK_OUTPUT

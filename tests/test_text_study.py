@@ -185,8 +185,6 @@ def test_miniature_job_writes_both_arms_and_resumes_without_training(minilm, cor
     assert payload["training_time_s"] == pytest.approx(
         sum(e["row"]["train_seconds"] for e in entries), abs=0.1
     )
-    per_arm = sum(a["summary"]["n_saes_trained"] for a in payload["arms"].values())
-    assert per_arm >= payload["n_saes_trained"]
     typed = load_text_study(out)
     eps, summary = typed.arms["fvu-0.5"]
     assert summary is not None and eps == pytest.approx(0.5 * payload["variance"])
