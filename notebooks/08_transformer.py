@@ -355,7 +355,9 @@ plots.label(ax, title="DL* relative to its minimum", xlabel="width / width of th
 # Each DL* below is a mean over the seeds that width has finished (fewer where the width is far
 # from the minimum, or while its further seeds are still running), and one whose k search was
 # capped is only an upper bound: while either is marked, a percentage is a reading of the
-# current state, not a measured gap.
+# current state, not a measured gap. Each neighbour is also marked by whether it lies in the
+# optimum's tie set (the widths the verdict above cannot tell apart from the optimum): a gap
+# to a width in the tie set is inside the noise, whatever its size.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -363,6 +365,9 @@ def _point(study, d):
     marks = [f"{d.n_seeds} seed{'s' if d.n_seeds > 1 else ''}"]
     if d.width in study.widths_capped:
         marks.append("capped: an upper bound")
+    res = study.resolution
+    if res is not None and d.width != res.optimum:
+        marks.append("in the optimum's tie set" if d.width in res.tie_set else "outside the optimum's tie set")
     return f"width {d.width}, {', '.join(marks)}"
 
 
