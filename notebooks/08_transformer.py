@@ -389,6 +389,8 @@ for name, (best, star) in shapes.items():
 # paper's reading), the dense code sends all $d = 384$ values with $B$ bits each, the bound
 # is $L_0 (B + \log_2 D)$, and the measured DL is the entropy code of chapter 2 at the
 # continuous precision (and at $B$). GPT-2's figures are the paper's (layer 8, $B = 7$).
+# Where the first seed's k search at that width was capped, its row is only an upper bound;
+# a line under the table then says so and gives the width's other seeds.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -409,6 +411,18 @@ for name, (eps, summary) in arms.items():
 display(Table(["activations", "d", "D", "L0", "B (bits)", "dense B d", "bound L0 (B + log2 D)",
                "measured DL at B", "measured DL (continuous)"], table,
               caption="Bits per token: dense, the bound, and the measured description length"))
+# A row read from a capped k search (the search used up its trainings with DL still falling)
+# holds an SAE whose DL is only an upper bound: name it, and the width's other seeds beside it.
+for name, (eps, summary) in arms.items():
+    res = summary.resolution
+    search = None if res is None else summary.searches.get((res.optimum, first))
+    if search is None or not search.capped:
+        continue
+    others = [f"seed {s}: {sel.dl_bits:.1f}" for (w, s), other in sorted(summary.searches.items())
+              if w == res.optimum and s != first and other.complete and (sel := other.selected) is not None]
+    print(f"arm {name}: seed {first}'s k search at width {res.optimum} was capped, so its row's DL "
+          f"({search.selected.dl_bits:.1f}) is only an upper bound; the width's other finished "
+          f"searches: {', '.join(others) if others else 'none yet'} (bits/token)")
 
 # %% [markdown]
 # ## Provenance
