@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mdl_utils.executors import Executor, add_executor_args, executor_from_args
-from mdl_utils.profiles import PROFILES, provenance, results_dir, write_results
+from mdl_utils.profiles import PROFILES, provenance, results_dir
 
 __all__ = ["job_parser", "parse_job", "run_job", "training_options"]
 
@@ -118,7 +118,9 @@ def run_job(
             job writes its own files).
         summarise: rebuilds the summary from the rows on disk.
         report: one line for the terminal from a summary.
-        summary_path: where ``--summary-only`` writes the summary, with provenance added;
+        summary_path: where ``--summary-only`` writes the summary
+            (:func:`mdl_utils.study_summary.rewrite_summary`: the provenance the training run
+            recorded in the earlier file is kept; with no earlier file, this call's is added);
             ``None`` when ``summarise`` writes it itself.
     """
     try:
@@ -128,9 +130,11 @@ def run_job(
             if summary_path is not None:
                 if not isinstance(payload, dict):
                     raise TypeError("summary_path needs a summary in dict form (a typed one writes itself)")
-                payload.update(provenance(started))
-                payload["stopped_by_budget"] = False
-                write_results(summary_path, payload)
+                # Keep what the run that trained the rows recorded (machine, date, code version,
+                # executor, budget stop); only a first summary gets this call's record.
+                from mdl_utils.study_summary import rewrite_summary
+
+                rewrite_summary(summary_path, payload, record={**provenance(started), "stopped_by_budget": False})
         else:
             try:
                 executor = executor_from_args(args, device=args.device, threads=args.threads)

@@ -609,7 +609,15 @@ def rewrite_summary(
         What was written.
     """
     target = Path(path)
-    before = json.loads(target.read_text()) if target.is_file() else dict(record or {})
+    try:
+        before = json.loads(target.read_text()) if target.is_file() else dict(record or {})
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{target} is not valid JSON ({err}): restore it from git, or delete it to write "
+            "a new one (the training run's provenance is then lost)"
+        ) from err
+    if not isinstance(before, dict):
+        raise ValueError(f"{target} holds a JSON {type(before).__name__}, not a summary object")
     written = {**summary, **{k: v for k, v in before.items() if k not in summary and k not in RULE_KEYS}}
     write_results(target, written)
     return written

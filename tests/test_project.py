@@ -212,6 +212,16 @@ def test_jobs_exit_codes_and_the_summary_only_path(tmp_path, capsys):
     assert run_job(args, train=train, summarise=lambda: {"n": 2}, report=str, summary_path=path) == 0
     written = json.loads(path.read_text())
     assert written["n"] == 2 and written["stopped_by_budget"] is False and "code_version" in written
+    # A later --summary-only keeps the record of the run that trained the rows: the file is the
+    # training run's, so its machine, date, executor and budget stop must not be replaced.
+    trained_by = {"machine": "the training machine", "date": "then", "code_version": "abc1234",
+                  "executor": "2 local workers", "stopped_by_budget": True}
+    path.write_text(json.dumps({"n": 2, **trained_by}))
+    assert run_job(args, train=train, summarise=lambda: {"n": 3}, report=str, summary_path=path) == 0
+    assert json.loads(path.read_text()) == {"n": 3, **trained_by}
+    path.write_text("{not json")
+    assert run_job(args, train=train, summarise=lambda: {"n": 3}, report=str, summary_path=path) == 1
+    assert f"{path} is not valid JSON" in capsys.readouterr().err
     args = parse_job(parser, ["--out", str(tmp_path), "--workers", "0"])
     assert run_job(args, train=train, summarise=failing, report=str) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
