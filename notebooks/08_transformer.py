@@ -94,6 +94,7 @@ profile = "quick"
 retrain = False
 
 # %% tags=["hide-input"]
+import math
 import time
 
 import torch
@@ -320,8 +321,31 @@ for name, (eps, summary) in arms.items():
     # Said even while provisional: a capped search's DL* is only an upper bound, whatever comes next.
     cap = summary.settings.max_trainings_per_search
     for w in summary.widths_capped:
-        print(f"  width {w}: its k search reached the cap of {cap} trainings with DL still falling; "
-              f"its DL* ({summary.dl_star_of(w).mean:.1f} bits per token) is only an upper bound")
+        searches = {s: sr for (ww, s), sr in sorted(summary.searches.items()) if ww == w}
+        for s, sr in searches.items():
+            if not sr.capped:
+                continue
+            k_cap = sr.selected.k
+            print(f"  width {w}: seed {s}'s k search reached the cap of {cap} trainings with DL still falling "
+                  f"(last k {k_cap:.2f}, DL {sr.dl_bits:.1f}); the width's DL* ({summary.dl_star_of(w).mean:.1f} "
+                  "bits per token) is only an upper bound")
+            # The same k trained with the width's other seeds: whether the seeds differ at equal k,
+            # or only in how far their searches were allowed to go.
+            same_k = sorted((r.seed, r.dl_bits) for r in rows[name] if r.width == w and r.seed != s
+                            and r.dl_bits is not None and math.isclose(r.k, k_cap, rel_tol=1e-9))
+            if same_k:
+                at_k = [sr.dl_bits] + [d for _, d in same_k]
+                spread = (max(at_k) - min(at_k)) / (sum(at_k) / len(at_k))
+                print(f"    at that k the other seeds give {', '.join(f'{d:.1f} (seed {t})' for t, d in same_k)}: "
+                      f"at equal k the seeds' DLs span {100 * spread:.1f}% of their mean (a later seed's search "
+                      "starts at the first seed's k and may go lower)")
+
+# %% [markdown]
+# Under a capped width, the indented line compares the seeds at the $k$ where the capped search
+# stopped. Where they agree there to within about a percent, the seeds' spread in that width's
+# DL* is not training noise: it comes from the cap, which stopped the first seed's search
+# while the later seeds, starting from its $k$, can go lower. A tie set that holds such a width
+# is wide for that reason, and only searching below the cap could narrow it.
 
 # %% [markdown]
 # ## The shape of the curve, beside MNIST's
