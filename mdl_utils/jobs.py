@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from mdl_utils.executors import Executor, add_executor_args, executor_from_args
 from mdl_utils.profiles import PROFILES, provenance, results_dir
+from mdl_utils.study_summary import rewrite_summary
 
 __all__ = ["job_parser", "parse_job", "run_job", "training_options"]
 
@@ -132,8 +133,6 @@ def run_job(
                     raise TypeError("summary_path needs a summary in dict form (a typed one writes itself)")
                 # Keep what the run that trained the rows recorded (machine, date, code version,
                 # executor, budget stop); only a first summary gets this call's record.
-                from mdl_utils.study_summary import rewrite_summary
-
                 rewrite_summary(summary_path, payload, record={**provenance(started), "stopped_by_budget": False})
         else:
             try:

@@ -20,6 +20,7 @@ __all__ = [
     "code_version",
     "provenance",
     "write_results",
+    "load_json_object",
     "read_record",
     "read_results",
 ]
@@ -117,6 +118,23 @@ def write_results(path: str | os.PathLike[str], payload: dict[str, Any], *, inde
     atomic_write_text(target, json.dumps(payload, indent=indent))
 
 
+def load_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON file that must hold an object.
+
+    Raises:
+        ValueError: the file is not valid JSON, or holds something other than an object (the
+            message names the file).
+    """
+    target = Path(path)
+    try:
+        payload = json.loads(target.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{target} is not valid JSON ({err}): restore it from git, or delete it") from err
+    if not isinstance(payload, dict):
+        raise ValueError(f"{target} holds a JSON {type(payload).__name__}, not an object")
+    return payload
+
+
 def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str) -> dict[str, Any]:
     """Read a job's JSON results and check their format.
 
@@ -127,7 +145,7 @@ def read_results(path: str | os.PathLike[str], *, version: int, how_to_make: str
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"{target} does not exist: {how_to_make}")
-    payload = json.loads(target.read_text())
+    payload = load_json_object(target)
     if payload.get("format_version") != version:
         raise ValueError(f"{target} has results format {payload.get('format_version')}, this code reads {version}")
     return payload

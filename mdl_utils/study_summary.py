@@ -18,7 +18,6 @@ for key what :func:`summarise` writes).
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mdl_utils.profiles import read_record, write_results
+from mdl_utils.profiles import load_json_object, read_record, write_results
 from mdl_utils.entropy import two_part_bits
 from mdl_utils.resolution import (
     Bracket,
@@ -609,15 +608,7 @@ def rewrite_summary(
         What was written.
     """
     target = Path(path)
-    try:
-        before = json.loads(target.read_text()) if target.is_file() else dict(record or {})
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{target} is not valid JSON ({err}): restore it from git, or delete it to write "
-            "a new one (the training run's provenance is then lost)"
-        ) from err
-    if not isinstance(before, dict):
-        raise ValueError(f"{target} holds a JSON {type(before).__name__}, not a summary object")
+    before = load_json_object(target) if target.is_file() else dict(record or {})
     written = {**summary, **{k: v for k, v in before.items() if k not in summary and k not in RULE_KEYS}}
     write_results(target, written)
     return written

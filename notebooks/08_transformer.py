@@ -336,16 +336,19 @@ for name, (eps, summary) in arms.items():
             if same_k:
                 at_k = [sr.dl_bits] + [d for _, d in same_k]
                 spread = (max(at_k) - min(at_k)) / (sum(at_k) / len(at_k))
-                print(f"    at that k the other seeds give {', '.join(f'{d:.1f} (seed {t})' for t, d in same_k)}: "
+                print(f"    at that k the other seeds give {', '.join(f'{d:.1f} (seed {t})' for t, d in same_k)} "
+                      "bits per token: "
                       f"at equal k the seeds' DLs span {100 * spread:.1f}% of their mean (a later seed's search "
                       "starts at the first seed's k and may go lower)")
 
 # %% [markdown]
 # Under a capped width, the indented line compares the seeds at the $k$ where the capped search
 # stopped. Where they agree there to within about a percent, the seeds' spread in that width's
-# DL* is not training noise: it comes from the cap, which stopped the first seed's search
-# while the later seeds, starting from its $k$, can go lower. A tie set that holds such a width
-# is wide for that reason, and only searching below the cap could narrow it.
+# DL* is not a difference between trainings at equal $k$: it reflects how far down in $k$ each
+# search was allowed to go, since the cap stopped the first seed's search while the later seeds,
+# starting from its $k$, can go lower. What the capped seed would reach below the cap is not
+# measured. A tie set that holds such a width is wide for that reason, and only searching below
+# the cap could narrow it.
 
 # %% [markdown]
 # ## The shape of the curve, beside MNIST's

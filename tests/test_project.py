@@ -222,6 +222,9 @@ def test_jobs_exit_codes_and_the_summary_only_path(tmp_path, capsys):
     path.write_text("{not json")
     assert run_job(args, train=train, summarise=lambda: {"n": 3}, report=str, summary_path=path) == 1
     assert f"{path} is not valid JSON" in capsys.readouterr().err
+    path.write_text("[1, 2]")
+    assert run_job(args, train=train, summarise=lambda: {"n": 3}, report=str, summary_path=path) == 1
+    assert f"{path} holds a JSON list, not an object" in capsys.readouterr().err
     args = parse_job(parser, ["--out", str(tmp_path), "--workers", "0"])
     assert run_job(args, train=train, summarise=failing, report=str) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
@@ -242,6 +245,9 @@ def test_job_results_round_trip_and_bad_files_say_what_is_wrong(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?|unknown", payload["code_version"])
     with pytest.raises(FileNotFoundError, match="run the job first"):
         read_results(tmp_path / "missing.json", version=3, how_to_make="run the job first")
+    (tmp_path / "torn.json").write_text('{"format_version": 3, "rows": [1')  # a half-written file
+    with pytest.raises(ValueError, match="torn.json is not valid JSON"):
+        read_results(tmp_path / "torn.json", version=3, how_to_make="x")
     (tmp_path / "old.json").write_text(json.dumps({"format_version": 1}))
     with pytest.raises(ValueError, match="results format 1, this code reads 3"):
         read_results(tmp_path / "old.json", version=3, how_to_make="x")
