@@ -69,6 +69,20 @@ def test_toc_lists_the_chapters_in_order_and_nothing_is_orphaned():
     assert sorted(chapters) == sources, "every notebook source must be a chapter, and vice versa"
 
 
+def test_landing_page_lists_every_chapter_in_order_by_its_title():
+    """book/index.md's numbered list under "The chapters" names each chapter, in the table of
+    contents' order, by the title its source opens with, up to any colon (a chapter added to the book but not
+    to the landing page fails here)."""
+    text = (REPO / "book" / "index.md").read_text()
+    section = text.split("## The chapters", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^(\d+)\. \*\*(.+?)\*\*", section, flags=re.M)
+    assert [int(n) for n, _ in listed] == list(range(1, len(CHAPTERS) + 1)), listed
+    for (_, name), stem in zip(listed, CHAPTERS):
+        title = jupytext.read(REPO / "notebooks" / f"{stem}.py").cells[0].source.splitlines()[0]
+        short = title.removeprefix("# ").split(":")[0]  # the part before a subtitle
+        assert short.lower() == name.lower(), f"{stem}: titled {title!r}, listed as {name!r}"
+
+
 @pytest.mark.parametrize("stem", CHAPTERS)
 def test_chapter_has_a_parameters_cell_with_profile(stem):
     notebook = jupytext.read(REPO / "notebooks" / f"{stem}.py")
