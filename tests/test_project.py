@@ -83,6 +83,16 @@ def test_landing_page_lists_every_chapter_in_order_by_its_title():
         assert short.lower() == name.lower(), f"{stem}: titled {title!r}, listed as {name!r}"
 
 
+def test_results_readme_describes_every_committed_results_folder():
+    """results/README.md has an entry for each folder under results/full/ (a job added without
+    one fails here)."""
+    text = (REPO / "results" / "README.md").read_text()
+    folders = sorted(p.name for p in (REPO / "results" / "full").iterdir() if p.is_dir())
+    assert folders, "no committed results folders"
+    missing = [name for name in folders if f"`full/{name}/`" not in text]
+    assert not missing, f"results/README.md does not describe: {missing}"
+
+
 @pytest.mark.parametrize("stem", CHAPTERS)
 def test_chapter_has_a_parameters_cell_with_profile(stem):
     notebook = jupytext.read(REPO / "notebooks" / f"{stem}.py")
