@@ -318,6 +318,17 @@ for name, (eps, summary) in arms.items():
                 f"{', '.join(map(str, bracket.narrower_infeasible))} cannot)")
     verdict = summary.verdict
     print(f"{name}: the smallest DL* is at width {res.optimum}{edge}, {best.mean:.1f} bits per token{spread}; {verdict}")
+    # The set of widths the data cannot tell apart from the optimum, whatever the verdict: the
+    # answer the chapter gives when no single width is resolved.
+    noise = ("seeds and test tokens" if res.seed_spread_known
+             else "test tokens only: one seed per width, so the training noise is unknown")
+    so_far = "so far, " if res.provisional else ""
+    if len(res.tie_set) > 1:
+        print(f"  tie set ({so_far}the widths within {res.z:g} combined standard errors of the optimum; {noise}): "
+              f"{', '.join(map(str, res.tie_set))}")
+    else:
+        print(f"  tie set ({so_far}{noise}): width {res.optimum} alone; every other width is longer by more than "
+              f"{res.z:g} combined standard errors")
     # Said even while provisional: a capped search's DL* is only an upper bound, whatever comes next.
     cap = summary.settings.max_trainings_per_search
     for w in summary.widths_capped:
@@ -383,8 +394,8 @@ plots.label(ax, title="DL* relative to its minimum", xlabel="width / width of th
 # from the minimum, or while its further seeds are still running), and one whose k search was
 # capped is only an upper bound: while either is marked, a percentage is a reading of the
 # current state, not a measured gap. Each neighbour is also marked by whether it lies in the
-# optimum's tie set (the widths the verdict above cannot tell apart from the optimum): a gap
-# to a width in the tie set is inside the noise, whatever its size.
+# optimum's tie set (listed under each verdict above: the widths it cannot tell apart from the
+# optimum): a gap to a width in the tie set is inside the noise, whatever its size.
 
 # %%
 # NBVAL_CHECK_OUTPUT
